@@ -1,0 +1,9 @@
+"""The Typer app. Each verb lives in its own module here and only formats output:
+the logic is in the public API modules (spec, host, planner, apply, ...)."""
+
+from __future__ import annotations
+
+from kvmctl.commands._app import app
+from kvmctl.commands import cockpit, doctor, validate  # noqa: F401  (register verbs)
+
+__all__ = ["app"]

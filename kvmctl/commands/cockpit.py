@@ -1,0 +1,3 @@
+"""The cockpit verbs: plan, apply, status, destroy, xml."""
+
+from __future__ import annotations
