@@ -1,0 +1,368 @@
+"""The cockpit spec as frozen, typed models (field names are binding: see DESIGN.md).
+
+Structure and single-field rules live here; rules that relate fields to each
+other (dependency graph, network references, CPU claims) live in
+`kvmctl.spec.semantics`, so each error can name its own field path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from kvmctl.spec.units import parse_duration, parse_percent, parse_rate, parse_size
+
+# A name that is safe as a libvirt domain name, a file name, a metadata value and
+# a shell word: lower-case letters, digits and inner dashes. No XML or shell
+# metacharacters can pass.
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
+# Linux interface names: at most 15 bytes, no '/', ':' or white space.
+BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+DEFAULT_IMAGE_DIRS = ("/var/lib/kvmctl/images", "/var/lib/libvirt/images")
+
+
+def _check_name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"'{value}' is not a valid name: use 1-32 lower-case letters, digits and inner "
+            "dashes, starting with a letter"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Percent = Annotated[float, BeforeValidator(parse_percent)]
+Rate = Annotated[int, BeforeValidator(parse_rate)]
+CpuId = Annotated[int, Field(ge=0, le=4095)]
+VlanId = Annotated[int, Field(ge=1, le=4094)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+# --- host --------------------------------------------------------------------
+
+
+class HostSection(Model):
+    housekeeping_cpus: list[CpuId] = Field(default_factory=lambda: [0], min_length=1)
+    # Where `image: {path: ...}` may point. A spec cannot reach outside these.
+    image_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_IMAGE_DIRS))
+    # Share of each period real-time vCPUs of the whole set may use (cgroup v1 RT
+    # group scheduling); the rest stays for the host so a runaway FIFO vCPU cannot
+    # lock it up.
+    rt_budget: Percent = 90.0
+
+    @field_validator("housekeeping_cpus")
+    @classmethod
+    def _unique(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a CPU twice")
+        return sorted(value)
+
+    @field_validator("image_dirs")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        for d in value:
+            if not d.startswith("/"):
+                raise ValueError(f"'{d}' is not an absolute directory")
+        return value
+
+    @field_validator("rt_budget")
+    @classmethod
+    def _budget(cls, value: float) -> float:
+        if not 0 < value <= 95:
+            raise ValueError("must be between 0% and 95% (the host keeps at least 5%)")
+        return value
+
+
+class HostRef(Model):
+    uri: str = Field(min_length=1)
+
+
+# --- networks ----------------------------------------------------------------
+
+
+class Network(Model):
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    isolated: bool = False
+    vlan: VlanId | None = None
+    mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
+    # The host's own address on the bridge; never on an isolated network.
+    host_address: ipaddress.IPv4Address | None = None
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge_name(cls, value: str) -> str:
+        if not BRIDGE_RE.match(value):
+            raise ValueError(
+                f"'{value}' is not a valid bridge name: at most 15 letters, digits, '-', '_' or '.'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _host_address(self) -> Network:
+        if self.host_address is not None:
+            if self.isolated:
+                raise ValueError("an isolated network has no host address")
+            if self.host_address not in self.subnet:
+                raise ValueError(f"host_address {self.host_address} is outside {self.subnet}")
+        return self
+
+
+class BandwidthLimit(Model):
+    average: Rate
+    peak: Rate | None = None
+    burst: Size | None = None
+
+
+class Bandwidth(Model):
+    """Per-direction limits seen from the guest: `out` is what it sends."""
+
+    in_: BandwidthLimit | None = Field(default=None, alias="in")
+    out: BandwidthLimit | None = None
+    average: Rate | None = None  # shorthand: both directions
+    peak: Rate | None = None
+    burst: Size | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Bandwidth:
+        short = self.average is not None or self.peak is not None or self.burst is not None
+        if short and (self.in_ is not None or self.out is not None):
+            raise ValueError("give either average/peak/burst or in/out, not both")
+        if not short and self.in_ is None and self.out is None:
+            raise ValueError("needs average (both directions) or in/out limits")
+        if (self.peak is not None or self.burst is not None) and self.average is None:
+            raise ValueError("peak and burst need an average")
+        return self
+
+    def limits(self) -> tuple[BandwidthLimit | None, BandwidthLimit | None]:
+        """(inbound, outbound) as seen from the guest."""
+        if self.average is not None:
+            both = BandwidthLimit(average=self.average, peak=self.peak, burst=self.burst)
+            return both, both
+        return self.in_, self.out
+
+
+class Attachment(Model):
+    name: str
+    address: ipaddress.IPv4Address | None = None
+    port_isolated: bool = False
+    bandwidth: Bandwidth | None = None
+    vlan: VlanId | None = None
+    mac: Annotated[str, Field(pattern=r"^52:54:00(:[0-9a-f]{2}){3}$")] | None = None
+
+
+def _attachment(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+AttachmentIn = Annotated[Attachment, BeforeValidator(_attachment)]
+
+
+# --- one VM ------------------------------------------------------------------
+
+
+class Realtime(Model):
+    policy: Literal["fifo", "rr"] = "fifo"
+    priority: Annotated[int, Field(ge=1, le=99)] = 10
+
+
+class Cpu(Model):
+    placement: Literal["dedicated", "shared"] = "shared"
+    shares: Annotated[int, Field(ge=2, le=262144)] | None = None
+    limit: Percent | None = None
+    realtime: Realtime | None = None
+    # Explicit pCPUs; otherwise the planner picks them.
+    cpus: list[CpuId] | None = None
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, value: float | None) -> float | None:
+        if value is not None and not 1 <= value <= 100:
+            raise ValueError("must be between 1% and 100% of each vCPU")
+        return value
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must list at least one CPU")
+            if len(set(value)) != len(value):
+                raise ValueError("lists a CPU twice")
+            return sorted(value)
+        return value
+
+    @model_validator(mode="after")
+    def _realtime_is_dedicated(self) -> Cpu:
+        # A FIFO vCPU on a shared pCPU starves every other vCPU there: only a
+        # dedicated CPU can host it without breaking someone else's guarantee.
+        if self.realtime is not None and self.placement != "dedicated":
+            raise ValueError("realtime needs placement: dedicated")
+        if self.placement == "dedicated" and self.limit is not None:
+            raise ValueError("a dedicated CPU is not capped: remove limit or use shared")
+        return self
+
+
+HugepageSize = Literal[2097152, 1073741824]
+
+
+def _hugepage_size(value: Any) -> Any:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return 2 * 1024 * 1024
+    size = parse_size(value)
+    if size not in (2 * 1024**2, 1024**3):
+        raise ValueError("must be 2MiB or 1GiB (the x86-64 hugepage sizes)")
+    return size
+
+
+class Memory(Model):
+    size: Size = 256 * 1024**2
+    hugepages: Annotated[HugepageSize | None, BeforeValidator(_hugepage_size)] = None
+    soft_limit: Size | None = None
+    hard_limit: Size | None = None
+    locked: bool = False
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        if value < 64 * 1024**2:
+            raise ValueError("must be at least 64MiB")
+        if value % (1024**2):
+            raise ValueError("must be a whole number of MiB")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_pages(self) -> Memory:
+        if self.hugepages and self.size % self.hugepages:
+            raise ValueError("size must be a multiple of the hugepage size")
+        return self
+
+
+class Image(Model):
+    builtin: Literal["test-guest", "test-guest-rt"] | None = None
+    path: str | None = None
+    cloud_init: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Image:
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("give exactly one of builtin or path")
+        if self.cloud_init is not None and self.path is None:
+            raise ValueError("cloud_init goes with path (a cloud image), not builtin")
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError(f"path '{self.path}' must be absolute")
+        return self
+
+
+class Disk(Model):
+    size: Size = 1024**3
+    iops_limit: Annotated[int, Field(ge=1)] | None = None
+    bps_limit: Rate | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        if value < 16 * 1024**2:
+            raise ValueError("must be at least 16MiB")
+        return value
+
+
+class Display(Model):
+    width: Annotated[int, Field(ge=320, le=7680)] = 1024
+    height: Annotated[int, Field(ge=200, le=4320)] = 768
+
+
+class Watchdog(Model):
+    action: Literal["reset", "poweroff", "shutdown", "pause", "none", "dump", "inject-nmi"] = (
+        "reset"
+    )
+    model: Literal["i6300esb", "itco"] = "i6300esb"
+
+
+class Ready(Model):
+    probe: str = "agent"
+    timeout: Duration = 60.0
+
+    @field_validator("probe")
+    @classmethod
+    def _probe(cls, value: str) -> str:
+        if value == "agent":
+            return value
+        if value.startswith("serial:") and len(value) > len("serial:"):
+            marker = value[len("serial:") :]
+            if not marker.isprintable():
+                raise ValueError("the serial marker must be printable text")
+            return value
+        raise ValueError("must be 'agent' or 'serial:<marker>'")
+
+    @property
+    def serial_marker(self) -> str | None:
+        return self.probe[len("serial:") :] if self.probe.startswith("serial:") else None
+
+
+class Restart(Model):
+    policy: Literal["always", "on-failure", "never"] = "on-failure"
+    max: Annotated[int, Field(ge=0)] = 5
+    window: Duration = 60.0
+
+
+class Migration(Model):
+    max_downtime: Duration | None = None
+    bandwidth: Rate | None = None
+    auto_converge: bool = True
+    postcopy: bool = False
+    multifd: Annotated[int, Field(ge=1, le=64)] | None = None
+    compression: Literal["zlib", "zstd", "xbzrle"] | None = None
+    completion_timeout: Duration | None = None
+    on_timeout: Literal["abort", "postcopy"] = "abort"
+
+
+class VM(Model):
+    role: str | None = None
+    criticality: Literal["safety", "high", "normal"] = "normal"
+    host: str | None = None
+    vcpus: Annotated[int, Field(ge=1, le=64)] = 1
+    cpu: Cpu = Field(default_factory=Cpu)
+    memory: Memory = Field(default_factory=Memory)
+    image: Image = Field(default_factory=lambda: Image(builtin="test-guest"))
+    disk: Disk = Field(default_factory=Disk)
+    networks: list[AttachmentIn] = Field(default_factory=list)
+    display: Display | None = None
+    watchdog: Watchdog | None = None
+    ready: Ready = Field(default_factory=Ready)
+    restart: Restart = Field(default_factory=Restart)
+    depends_on: list[str] = Field(default_factory=list)
+    migration: Migration = Field(default_factory=Migration)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}", value):
+            raise ValueError("must be letters, digits, spaces, '.', '_' or '-' (max 64)")
+        return value
+
+
+class Cockpit(Model):
+    name: Name
+    host: HostSection = Field(default_factory=HostSection)
+    hosts: dict[str, HostRef] = Field(default_factory=dict)
+    networks: dict[str, Network] = Field(default_factory=dict)
+    vms: dict[str, VM] = Field(min_length=1)

@@ -1,0 +1,184 @@
+"""Rules that relate fields of a structurally valid spec to each other.
+
+Each problem is (field path, message) so the loader can add file:line. These
+rules need no host: whether the host can satisfy the spec is preflight's job.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+
+from kvmctl.spec.models import NAME_RE, Cockpit
+
+Path = tuple[str | int, ...]
+Problem = tuple[Path, str]
+
+
+def check(spec: Cockpit) -> list[Problem]:
+    problems: list[Problem] = []
+    for rule in (_hosts, _networks, _attachments, _depends_on, _cpus, _images):
+        problems.extend(rule(spec))
+    return problems
+
+
+def check_names(data: object) -> list[Problem]:
+    """Names of VMs, networks and hosts, checked on the raw mapping so that a bad
+    name is reported even when other fields fail structural validation."""
+    if not isinstance(data, dict):
+        return []
+    return list(_names(data))
+
+
+def _names(data: dict[str, object]) -> Iterator[Problem]:
+    for section in ("vms", "networks", "hosts"):
+        entries = data.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for key in entries:
+            key = str(key)
+            if not NAME_RE.match(key):
+                yield (
+                    (section, key),
+                    f"'{key}' is not a valid name: use 1-32 lower-case letters, digits and "
+                    "inner dashes, starting with a letter",
+                )
+
+
+def _hosts(spec: Cockpit) -> Iterator[Problem]:
+    for name, vm in spec.vms.items():
+        if vm.host is not None and vm.host not in spec.hosts:
+            known = ", ".join(sorted(spec.hosts)) or "none are declared under hosts:"
+            yield (("vms", name, "host"), f"unknown host '{vm.host}' (known: {known})")
+
+
+def _networks(spec: Cockpit) -> Iterator[Problem]:
+    seen: dict[str, str] = {}
+    for name, net in spec.networks.items():
+        if net.bridge in seen:
+            yield (
+                ("networks", name, "bridge"),
+                f"bridge '{net.bridge}' is already used by network '{seen[net.bridge]}'",
+            )
+        seen.setdefault(net.bridge, name)
+    nets = list(spec.networks.items())
+    for i, (name, net) in enumerate(nets):
+        for other, onet in nets[:i]:
+            if net.subnet.overlaps(onet.subnet):
+                yield (
+                    ("networks", name, "subnet"),
+                    f"{net.subnet} overlaps network '{other}' ({onet.subnet})",
+                )
+
+
+def _attachments(spec: Cockpit) -> Iterator[Problem]:
+    taken: dict[tuple[str, str], str] = {}
+    for vm_name, vm in spec.vms.items():
+        attached: set[str] = set()
+        for i, att in enumerate(vm.networks):
+            path: Path = ("vms", vm_name, "networks", i)
+            net = spec.networks.get(att.name)
+            if net is None:
+                known = ", ".join(sorted(spec.networks)) or "none are declared"
+                yield (path + ("name",), f"unknown network '{att.name}' (known: {known})")
+                continue
+            if att.name in attached:
+                yield (path + ("name",), f"attached to network '{att.name}' twice")
+            attached.add(att.name)
+            if att.address is None:
+                continue
+            if att.address not in net.subnet:
+                yield (path + ("address",), f"{att.address} is outside {net.subnet}")
+            elif att.address in (net.subnet.network_address, net.subnet.broadcast_address):
+                yield (path + ("address",), f"{att.address} is not a host address of {net.subnet}")
+            elif att.address == net.host_address:
+                yield (path + ("address",), f"{att.address} is the host's address on '{att.name}'")
+            key = (att.name, str(att.address))
+            if key in taken:
+                yield (path + ("address",), f"{att.address} is already used by VM '{taken[key]}'")
+            taken.setdefault(key, vm_name)
+
+
+def _depends_on(spec: Cockpit) -> Iterator[Problem]:
+    for name, vm in spec.vms.items():
+        for i, dep in enumerate(vm.depends_on):
+            if dep == name:
+                yield (("vms", name, "depends_on", i), "a VM cannot depend on itself")
+            elif dep not in spec.vms:
+                yield (("vms", name, "depends_on", i), f"unknown VM '{dep}'")
+    cycle = find_cycle(
+        {n: [d for d in vm.depends_on if d in spec.vms] for n, vm in spec.vms.items()}
+    )
+    if cycle:
+        yield (("vms", cycle[0], "depends_on"), "dependency cycle: " + " -> ".join(cycle))
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle as [a, b, ..., a], or None. Self-loops are reported elsewhere."""
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if nxt == node:
+                continue
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _cpus(spec: Cockpit) -> Iterator[Problem]:
+    housekeeping = set(spec.host.housekeeping_cpus)
+    owners: dict[int, str] = {}
+    for name, vm in spec.vms.items():
+        cpus = vm.cpu.cpus
+        if cpus is None:
+            continue
+        path: Path = ("vms", name, "cpu", "cpus")
+        if vm.cpu.placement == "dedicated":
+            if len(cpus) != vm.vcpus:
+                yield (
+                    path,
+                    f"a dedicated VM needs one CPU per vCPU: {vm.vcpus} vCPU(s), "
+                    f"{len(cpus)} CPU(s)",
+                )
+            for cpu in cpus:
+                if cpu in housekeeping:
+                    yield (path, f"CPU {cpu} is a housekeeping CPU and cannot be dedicated")
+                elif cpu in owners:
+                    yield (path, f"CPU {cpu} is already dedicated to VM '{owners[cpu]}'")
+                else:
+                    owners[cpu] = name
+    for name, vm in spec.vms.items():
+        if vm.cpu.placement == "shared" and vm.cpu.cpus:
+            clash = sorted(set(vm.cpu.cpus) & set(owners))
+            if clash:
+                yield (
+                    ("vms", name, "cpu", "cpus"),
+                    f"CPU {clash[0]} is dedicated to VM '{owners[clash[0]]}' and cannot be shared",
+                )
+
+
+def _images(spec: Cockpit) -> Iterator[Problem]:
+    allowed = [posixpath.normpath(d) for d in spec.host.image_dirs]
+    for name, vm in spec.vms.items():
+        if vm.image.path is None:
+            continue
+        path = posixpath.normpath(vm.image.path)
+        if not any(path.startswith(d.rstrip("/") + "/") for d in allowed):
+            yield (
+                ("vms", name, "image", "path"),
+                f"'{vm.image.path}' is outside the allowed image directories "
+                f"({', '.join(allowed)}); move it there or add its directory to host.image_dirs",
+            )
