@@ -1,0 +1,43 @@
+"""What runs now, as plain data: the planner's third input beside spec and facts.
+
+The apply layer fills this from libvirt (domains and their kvmctl metadata);
+tests and `kvmctl plan --facts` build it by hand or leave it empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LiveDomain:
+    name: str
+    active: bool
+    # kvmctl metadata; None for a domain kvmctl does not own.
+    set_name: str | None = None
+    vm: str | None = None
+    restart_hash: str = ""
+    live_hash: str = ""
+    groups: dict[str, str] = field(default_factory=dict)  # settings group -> hash
+    dedicated_cpus: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class LiveState:
+    domains: tuple[LiveDomain, ...] = ()
+
+    def by_name(self) -> dict[str, LiveDomain]:
+        return {d.name: d for d in self.domains}
+
+    def of_set(self, set_name: str) -> dict[str, LiveDomain]:
+        """The set's domains keyed by VM name."""
+        return {d.vm: d for d in self.domains if d.set_name == set_name and d.vm}
+
+    def foreign_dedicated(self, set_name: str) -> dict[int, str]:
+        """CPUs dedicated to running domains of *other* sets."""
+        out: dict[int, str] = {}
+        for d in self.domains:
+            if d.active and d.set_name not in (None, set_name):
+                for cpu in d.dedicated_cpus:
+                    out[cpu] = d.name
+        return out
