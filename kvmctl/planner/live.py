@@ -25,6 +25,7 @@ class LiveDomain:
 @dataclass(frozen=True)
 class LiveState:
     domains: tuple[LiveDomain, ...] = ()
+    bridges: dict[str, str | None] = field(default_factory=dict)  # name -> ifalias
 
     def by_name(self) -> dict[str, LiveDomain]:
         return {d.name: d for d in self.domains}

@@ -1,0 +1,295 @@
+"""The whole plan: from (spec, host facts, live state) to what every VM gets and
+what must change. Pure: no libvirt, no files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from kvmctl.host.facts import HostFacts, VirtType
+from kvmctl.planner import resources
+from kvmctl.planner.cpuset import format_cpuset
+from kvmctl.planner.diff import Action, Fingerprint, diff
+from kvmctl.planner.live import LiveState
+from kvmctl.planner.networks import (
+    BridgeAction,
+    BridgePlan,
+    diff_bridges,
+    plan_bridges,
+    vlan_problems,
+)
+from kvmctl.planner.nics import NicPlan, plan_nics
+from kvmctl.planner.order import level_of, start_levels
+from kvmctl.planner.placement import Placement, place
+from kvmctl.planner.resources import RealtimeBudget
+from kvmctl.spec.loader import spec_hash
+from kvmctl.spec.models import VM, Cockpit
+
+CFS_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Where things live on the host; the defaults match `make setup`."""
+
+    image_root: str = "/var/lib/kvmctl/images"
+    pool: str = "kvmctl"
+    pool_path: str = "/var/lib/kvmctl/volumes"
+    log_dir: str = "/var/log/kvmctl"
+
+
+@dataclass(frozen=True)
+class VolumePlan:
+    pool: str
+    name: str
+    capacity: int  # bytes
+    backing: str | None = None  # a cloud image the overlay sits on
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    name: str
+    domain: str
+    vm: VM
+    virt_type: VirtType
+    placement: Placement
+    level: int
+    nics: tuple[NicPlan, ...]
+    shares: int | None
+    period_us: int | None
+    quota_us: int | None
+    realtime: RealtimeBudget | None
+    volume: VolumePlan
+    kernel: str | None
+    initrd: str | None
+    cmdline: str | None
+    serial_log: str
+    set_name: str
+    spec_hash: str
+    fingerprint: Fingerprint = field(default_factory=Fingerprint)
+
+    def summary(self) -> dict[str, object]:
+        """The row `kvmctl plan` shows, as JSON-able data."""
+        return {
+            "vm": self.name,
+            "domain": self.domain,
+            "vcpus": {i: format_cpuset(c) for i, c in enumerate(self.placement.vcpu_pins)},
+            "emulator": format_cpuset(self.placement.emulator),
+            "placement": "dedicated" if self.placement.dedicated else "shared",
+            "memory_mib": self.vm.memory.size // 1024**2,
+            "hugepages_kib": (self.vm.memory.hugepages or 0) // 1024 or None,
+            "shares": self.shares,
+            "quota_us": self.quota_us,
+            "period_us": self.period_us,
+            "realtime": None
+            if self.realtime is None
+            else {
+                "policy": self.realtime.policy,
+                "priority": self.realtime.priority,
+                "rt_runtime_us": self.realtime.domain_runtime_us,
+                "rt_period_us": self.realtime.period_us,
+            },
+            "start_level": self.level,
+            "nics": [
+                {"network": n.network, "bridge": n.bridge, "mac": n.mac, "address": str(n.address)}
+                for n in self.nics
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    set_name: str
+    spec_hash: str
+    virt_type: VirtType
+    vms: dict[str, VmPlan]
+    levels: list[list[str]]
+    actions: list[Action]
+    bridges: list[BridgePlan]
+    bridge_actions: list[BridgeAction]
+    shared_pool: frozenset[int]
+    housekeeping: frozenset[int]
+    problems: list[str]  # the host cannot satisfy this plan: preflight fails, exit 3
+    warnings: list[str]
+    notes: list[str]
+
+    @property
+    def changes(self) -> list[Action]:
+        return [a for a in self.actions if a.kind != "unchanged"]
+
+
+def domain_name(set_name: str, vm: str) -> str:
+    return f"{set_name}-{vm}"
+
+
+def make_plan(
+    spec: Cockpit,
+    facts: HostFacts,
+    live: LiveState | None = None,
+    options: PlanOptions | None = None,
+    host: str | None = None,
+) -> Plan:
+    """Plan the VMs of `spec` that run on `host` (None: those without a host:)."""
+    live = live or LiveState()
+    options = options or PlanOptions()
+    vms = {n: vm for n, vm in spec.vms.items() if vm.host == host}
+    local = spec.model_copy(update={"vms": vms}) if len(vms) != len(spec.vms) else spec
+    placed = place(local, facts, live.foreign_dedicated(spec.name))
+    budgets, rt_problems = resources.realtime_budgets(vms, facts, spec.host.rt_budget)
+    nics = plan_nics(local)
+    levels = start_levels(vms)
+    levels_by_vm = level_of(levels)
+    whole_hash = spec_hash(spec)
+
+    warnings: list[str] = []
+    if facts.virt_type == "qemu":
+        warnings.append(
+            f"KVM is {facts.kvm} on this host: VMs run under TCG emulation, so timing is "
+            "not representative"
+        )
+    if budgets and not facts.rt_group_sched:
+        warnings.append("no RT group scheduling on this host: real-time vCPUs need no budget")
+
+    vm_plans: dict[str, VmPlan] = {}
+    for name, vm in vms.items():
+        plan = _vm_plan(
+            spec,
+            name,
+            vm,
+            facts.virt_type,
+            placed.placements.get(name),
+            levels_by_vm[name],
+            tuple(nics.get(name, [])),
+            budgets.get(name),
+            options,
+            whole_hash,
+        )
+        if plan is not None:
+            vm_plans[name] = plan
+
+    actions = diff(
+        spec.name,
+        {n: (p.domain, p.fingerprint) for n, p in vm_plans.items()},
+        live,
+    )
+    to_start = {a.vm for a in actions if a.kind in ("create", "restart")}
+    problems = list(placed.problems) + rt_problems
+    problems += resources.check_memory({n: vms[n] for n in sorted(to_start)}, facts)
+    problems += resources.check_memlock(vms, facts)
+    problems += _foreign_domains(spec.name, vm_plans, live)
+    bridges = plan_bridges(spec, {a.name for vm in vms.values() for a in vm.networks})
+    bridge_actions, bridge_problems = diff_bridges(spec.name, bridges, live.bridges)
+    problems += bridge_problems + vlan_problems(local, facts.vlan_supported)
+    return Plan(
+        set_name=spec.name,
+        spec_hash=whole_hash,
+        virt_type=facts.virt_type,
+        vms=vm_plans,
+        levels=levels,
+        actions=actions,
+        bridges=bridges,
+        bridge_actions=bridge_actions,
+        shared_pool=placed.shared_pool,
+        housekeeping=placed.housekeeping,
+        problems=problems,
+        warnings=warnings,
+        notes=placed.notes,
+    )
+
+
+def _vm_plan(
+    spec: Cockpit,
+    name: str,
+    vm: VM,
+    virt_type: VirtType,
+    placement: Placement | None,
+    level: int,
+    nics: tuple[NicPlan, ...],
+    budget: RealtimeBudget | None,
+    options: PlanOptions,
+    whole_hash: str,
+) -> VmPlan | None:
+    if placement is None or len(placement.vcpu_pins) != vm.vcpus:
+        return None  # placement failed; the problem is already recorded
+    domain = domain_name(spec.name, name)
+    quota = int(CFS_PERIOD_US * vm.cpu.limit / 100) if vm.cpu.limit is not None else None
+    kernel = initrd = cmdline = None
+    backing = None
+    if vm.image.builtin is not None:
+        root = f"{options.image_root}/{vm.image.builtin}"
+        kernel, initrd = f"{root}/vmlinuz", f"{root}/initrd.img"
+        cmdline = guest_cmdline(name, nics)
+    else:
+        backing = vm.image.path
+    plan = VmPlan(
+        name=name,
+        domain=domain,
+        vm=vm,
+        virt_type=virt_type,
+        placement=placement,
+        level=level,
+        nics=nics,
+        shares=vm.cpu.shares,
+        period_us=CFS_PERIOD_US if quota is not None else None,
+        quota_us=quota,
+        realtime=budget,
+        volume=VolumePlan(options.pool, f"{domain}-data.qcow2", vm.disk.size, backing),
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+        serial_log=f"{options.log_dir}/{domain}.serial.log",
+        set_name=spec.name,
+        spec_hash=whole_hash,
+    )
+    return _with_fingerprint(plan)
+
+
+def guest_cmdline(name: str, nics: tuple[NicPlan, ...]) -> str:
+    """The test guest's kernel command line: its name and one static address per
+    NIC, matched by MAC inside the guest (see guest-images/README.md)."""
+    parts = ["console=ttyS0", "quiet", f"kvmctl.name={name}"]
+    if nics:
+        parts.append("kvmctl.ip=" + ";".join(f"{n.mac},{n.address}" for n in nics))
+    return " ".join(parts)
+
+
+def _with_fingerprint(plan: VmPlan) -> VmPlan:
+    vm = plan.vm
+    settings = {
+        "vcpus": vm.vcpus,
+        "cpu-mode": vm.cpu.placement,
+        "realtime": None if plan.realtime is None else plan.realtime.__dict__,
+        "memory": vm.memory.model_dump(mode="json"),
+        "image": [vm.image.model_dump(mode="json"), plan.kernel, plan.initrd, plan.cmdline],
+        "disk": vm.disk.size,
+        "networks": [[n.bridge, n.mac, str(n.address), n.port_isolated] for n in plan.nics],
+        "display": None if vm.display is None else vm.display.model_dump(mode="json"),
+        "watchdog": None if vm.watchdog is None else vm.watchdog.model_dump(mode="json"),
+        "virt-type": plan.virt_type,
+        "shares": plan.shares,
+        "cap": [plan.period_us, plan.quota_us],
+        "pins": [
+            [format_cpuset(c) for c in plan.placement.vcpu_pins],
+            format_cpuset(plan.placement.emulator),
+            format_cpuset(plan.placement.iothread),
+        ],
+        "iotune": [vm.disk.iops_limit, vm.disk.bps_limit],
+        "labels": [vm.role, vm.criticality],
+    }
+    return replace(plan, fingerprint=Fingerprint.of(settings))
+
+
+def _foreign_domains(set_name: str, plans: dict[str, VmPlan], live: LiveState) -> list[str]:
+    """A domain of the planned name that kvmctl does not own (or another set owns)
+    is never touched: the plan cannot go ahead."""
+    existing = live.by_name()
+    problems = []
+    for plan in plans.values():
+        dom = existing.get(plan.domain)
+        if dom is not None and (dom.set_name != set_name or dom.vm != plan.name):
+            owner = f"cockpit '{dom.set_name}'" if dom.set_name else "nobody kvmctl knows"
+            problems.append(
+                f"a domain named '{plan.domain}' already exists and belongs to {owner}: "
+                "kvmctl will not touch it (rename the set or the VM)"
+            )
+    return problems
