@@ -39,13 +39,10 @@ def format_cpuset(cpus: Iterable[int]) -> str:
     ordered = sorted(set(cpus))
     if not ordered:
         return ""
-    ranges: list[str] = []
-    start = prev = ordered[0]
-    for cpu in ordered[1:] + [None]:  # type: ignore[list-item]
-        if cpu is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        ranges.append(str(start) if start == prev else f"{start}-{prev}")
-        if cpu is not None:
-            start = prev = cpu
-    return ",".join(ranges)
+    runs: list[list[int]] = []
+    for cpu in ordered:
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
