@@ -39,6 +39,7 @@ class Prop:
     model: type[XMLModel] | None = None
     unit: str | None = None
     tag: str | None = None
+    keep_empty: bool = False
 
     @property
     def segments(self) -> list[str]:
@@ -98,11 +99,14 @@ def children(
     tag: str | None = None,
     default: Any = dataclasses.MISSING,
 ) -> Any:
-    """A tuple of nested models. With a wrapper `path`, None means "no wrapper"
-    and () an empty wrapper, a distinction libvirt makes (``<hugepages/>``)."""
-    return dataclasses.field(
-        default=default, metadata={_META_KEY: Prop("children", path, model=model, tag=tag)}
-    )
+    """A tuple of nested models, optionally inside the wrapper element `path`.
+
+    With ``default=None`` and a wrapper, None means "no wrapper" and () an
+    empty one, a distinction libvirt makes (``<hugepages/>``); otherwise an
+    empty tuple writes nothing.
+    """
+    prop = Prop("children", path, model=model, tag=tag, keep_empty=default is None)
+    return dataclasses.field(default=default, metadata={_META_KEY: prop})
 
 
 def unclaimed(*, default: Any = ()) -> Any:
@@ -268,7 +272,7 @@ def _write(el: Any, prop: Prop, val: Any) -> None:
         if val is not None:
             _ensure(el, segs).append(val.to_element(prop.tag))
     elif prop.kind == "children":
-        if val is None or (not val and not segs):
+        if val is None or (not val and not (segs and prop.keep_empty)):
             return
         parent = _ensure(el, segs)
         for item in val:

@@ -68,11 +68,10 @@ class EmulatorSched(XMLModel, tag="emulatorsched"):
 
 
 class CPUTune(XMLModel, tag="cputune"):
-    """Periods and quotas are in microseconds; a quota of -1 means unlimited."""
+    """Periods and quotas are in microseconds; a quota of -1 means unlimited.
+    Field order is libvirt's own, so read-back XML diffs cleanly. libvirt
+    splits a ``vcpusched`` over several vCPUs into one per vCPU on define."""
 
-    vcpupins: tuple[VCPUPin, ...] = children(VCPUPin, default=())
-    emulatorpin: str | None = value("emulatorpin/@cpuset", default=None)
-    iothreadpins: tuple[IOThreadPin, ...] = children(IOThreadPin, default=())
     shares: int | None = value("shares", INT, default=None)
     period: int | None = value("period", INT, default=None)
     quota: int | None = value("quota", INT, default=None)
@@ -82,9 +81,12 @@ class CPUTune(XMLModel, tag="cputune"):
     emulator_quota: int | None = value("emulator_quota", INT, default=None)
     iothread_period: int | None = value("iothread_period", INT, default=None)
     iothread_quota: int | None = value("iothread_quota", INT, default=None)
+    vcpupins: tuple[VCPUPin, ...] = children(VCPUPin, default=())
+    emulatorpin: str | None = value("emulatorpin/@cpuset", default=None)
+    iothreadpins: tuple[IOThreadPin, ...] = children(IOThreadPin, default=())
+    emulatorsched: EmulatorSched | None = child(EmulatorSched, default=None)
     vcpuscheds: tuple[VCPUSched, ...] = children(VCPUSched, default=())
     iothreadscheds: tuple[IOThreadSched, ...] = children(IOThreadSched, default=())
-    emulatorsched: EmulatorSched | None = child(EmulatorSched, default=None)
 
     def _validate(self) -> None:
         if self.emulatorpin is not None:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from kvmctl.xml.base import XMLModel, children, flag, value, values
 from kvmctl.xml.convert import INT, ONOFF, YESNO
+from kvmctl.xml.names import validate_cpuset
 
 BootDevice = Literal["hd", "cdrom", "network", "fd"]
 
@@ -37,6 +38,17 @@ class CPUFeature(XMLModel, tag="feature"):
     name: str = value("@name")
 
 
+class NumaCell(XMLModel, tag="cell"):
+    """One guest NUMA node: which vCPUs and how much memory (KiB) it has."""
+
+    id: int = value("@id", INT)
+    cpus: str = value("@cpus")
+    memory_kib: int = value("@memory", INT, unit="KiB")
+
+    def _validate(self) -> None:
+        validate_cpuset(self.cpus)
+
+
 class CPU(XMLModel, tag="cpu"):
     """``host-passthrough`` is fastest where KVM works; ``custom`` with model
     ``qemu64`` or ``max`` is what TCG (``<domain type='qemu'>``) can run."""
@@ -54,6 +66,7 @@ class CPU(XMLModel, tag="cpu"):
     cores: int | None = value("topology/@cores", INT, default=None)
     threads: int | None = value("topology/@threads", INT, default=None)
     features: tuple[CPUFeature, ...] = children(CPUFeature, default=())
+    numa_cells: tuple[NumaCell, ...] = children(NumaCell, "numa", default=())
 
     def _validate(self) -> None:
         topology = (self.sockets, self.cores, self.threads)

@@ -39,8 +39,8 @@ class MemoryBacking(XMLModel, tag="memoryBacking"):
 class MemTune(XMLModel, tag="memtune"):
     hard_limit_kib: int | None = value("hard_limit", INT, unit="KiB", default=None)
     soft_limit_kib: int | None = value("soft_limit", INT, unit="KiB", default=None)
-    swap_hard_limit_kib: int | None = value("swap_hard_limit", INT, unit="KiB", default=None)
     min_guarantee_kib: int | None = value("min_guarantee", INT, unit="KiB", default=None)
+    swap_hard_limit_kib: int | None = value("swap_hard_limit", INT, unit="KiB", default=None)
 
 
 NumaMode = Literal["strict", "preferred", "interleave", "restrictive"]

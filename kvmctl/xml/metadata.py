@@ -1,0 +1,39 @@
+"""``<metadata>``: kvmctl's ownership record plus other tools' entries.
+
+Every domain kvmctl creates carries one ``<kvmctl:cockpit>`` element, so a
+later run can tell its own domains (and the spec revision that made them)
+from everything else on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from kvmctl.xml.base import XMLModel, child, unclaimed, value
+
+KVMCTL_NS = "https://kvmctl.dev/xmlns/kvmctl/1"
+KVMCTL_PREFIX = "kvmctl"
+
+
+def _q(name: str) -> str:
+    return f"{{{KVMCTL_NS}}}{name}"
+
+
+Criticality = Literal["safety", "high", "normal"]
+
+
+class KvmctlMetadata(XMLModel, tag=_q("cockpit"), nsmap={KVMCTL_PREFIX: KVMCTL_NS}):
+    """``set_name`` is the cockpit spec's name, ``vm_name`` the VM's key in it."""
+
+    set_name: str = value(_q("set"))
+    vm_name: str = value(_q("vm"))
+    spec_hash: str | None = value(_q("spec-hash"), default=None)
+    role: str | None = value(_q("role"), default=None)
+    criticality: Criticality | None = value(_q("criticality"), default=None)
+
+
+class Metadata(XMLModel, tag="metadata"):
+    """``foreign`` holds other applications' metadata elements verbatim."""
+
+    kvmctl: KvmctlMetadata | None = child(KvmctlMetadata, default=None)
+    foreign: tuple[str, ...] = unclaimed()
