@@ -30,6 +30,13 @@ class KvmctlMetadata(XMLModel, tag=_q("cockpit"), nsmap={KVMCTL_PREFIX: KVMCTL_N
     spec_hash: str | None = value(_q("spec-hash"), default=None)
     role: str | None = value(_q("role"), default=None)
     criticality: Criticality | None = value(_q("criticality"), default=None)
+    # What the planner's diff compares: hashes of the settings groups that need
+    # a restart / can change live, and each group's own hash (for the reason).
+    restart_hash: str | None = value(_q("restart-hash"), default=None)
+    live_hash: str | None = value(_q("live-hash"), default=None)
+    groups: str | None = value(_q("groups"), default=None)
+    # CPUs this domain owns exclusively, so another set never places vCPUs there.
+    dedicated: str | None = value(_q("dedicated"), default=None)
 
 
 class Metadata(XMLModel, tag="metadata"):
