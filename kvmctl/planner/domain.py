@@ -1,0 +1,206 @@
+"""VmPlan -> libvirt domain and volume XML objects (pure).
+
+What the guest is promised lives here as XML: pins, hugepages, shares, caps,
+I/O limits, watchdog. Real-time needs one exception: on hosts with RT group
+scheduling a domain with <vcpusched> cannot start (its fresh cgroups have no
+RT budget), so there apply sets the policy on the vCPU thread after giving
+the cgroups a budget, and the XML carries no <vcpusched>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from kvmctl.planner.cpuset import format_cpuset
+from kvmctl.planner.plan import VmPlan
+from kvmctl.xml.chardev import Channel, Console, Serial
+from kvmctl.xml.cputune import CPUTune, IOThreadPin, VCPUPin, VCPUSched
+from kvmctl.xml.devices import RNG, Devices, MemBalloon, Panic, Watchdog
+from kvmctl.xml.disk import Disk, IOTune
+from kvmctl.xml.display import Graphics, Video
+from kvmctl.xml.domain import Domain
+from kvmctl.xml.interface import Interface
+from kvmctl.xml.machine import CPU, OS, Clock, Features
+from kvmctl.xml.memory import HugePage, MemoryBacking, MemTune
+from kvmctl.xml.metadata import KvmctlMetadata, Metadata
+from kvmctl.xml.storage import BackingStore, StorageVolume
+
+IOTHREAD = 1
+
+
+def tap_name(domain: str, mac: str) -> str:
+    """A stable host tap name (<= 15 chars), so shaping and isolation can find
+    the VM's port without asking libvirt, and it survives restarts."""
+    return "kvt" + hashlib.sha256(f"{domain}/{mac}".encode()).hexdigest()[:10]
+
+
+def domain_uuid(set_name: str, vm: str) -> str:
+    """Stable per set and VM: a re-created domain keeps its identity."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kvmctl:{set_name}/{vm}"))
+
+
+def build_domain(plan: VmPlan, rt_by_thread: bool) -> Domain:
+    """`rt_by_thread`: the host has RT group scheduling, so real-time is set on
+    the vCPU threads by apply instead of through <vcpusched>."""
+    vm = plan.vm
+    memory_kib = vm.memory.size // 1024
+    return Domain(
+        type=plan.virt_type,
+        name=plan.domain,
+        uuid=domain_uuid(plan.set_name, plan.name),
+        title=f"{plan.set_name}/{plan.name}",
+        metadata=Metadata(kvmctl=_metadata(plan)),
+        memory_kib=memory_kib,
+        current_memory_kib=memory_kib,
+        memtune=_memtune(plan),
+        memory_backing=_memory_backing(plan),
+        vcpus=vm.vcpus,
+        vcpu_placement="static",
+        vcpu_cpuset=format_cpuset(plan.placement.cpus),
+        iothreads=IOTHREAD,
+        cputune=_cputune(plan, rt_by_thread),
+        os=OS(
+            machine="pc",
+            kernel=plan.kernel,
+            initrd=plan.initrd,
+            cmdline=plan.cmdline,
+            boot_devices=() if plan.kernel else ("hd",),
+        ),
+        features=Features(acpi=True, apic=True),
+        # host-passthrough can abort QEMU on nested hosts (unknown MSRs), and
+        # host-model keeps a guest migratable between unlike hosts.
+        cpu=CPU(mode="host-model", check="partial") if plan.virt_type == "kvm" else None,
+        clock=Clock(offset="utc"),
+        on_poweroff="destroy",
+        on_reboot="restart",
+        on_crash="destroy" if vm.restart.policy == "never" else "restart",
+        devices=_devices(plan),
+    )
+
+
+def build_volume(plan: VmPlan) -> StorageVolume:
+    vol = plan.volume
+    backing = BackingStore(path=vol.backing, format="qcow2") if vol.backing else None
+    return StorageVolume(
+        name=vol.name,
+        capacity_bytes=vol.capacity,
+        allocation_bytes=0,
+        format="qcow2",
+        backing_store=backing,
+    )
+
+
+def _metadata(plan: VmPlan) -> KvmctlMetadata:
+    fp = plan.fingerprint
+    return KvmctlMetadata(
+        set_name=plan.set_name,
+        vm_name=plan.name,
+        spec_hash=plan.spec_hash,
+        role=plan.vm.role,
+        criticality=plan.vm.criticality,
+        restart_hash=fp.restart_hash,
+        live_hash=fp.live_hash,
+        groups=";".join(f"{k}={v}" for k, v in sorted(fp.groups.items())),
+        dedicated=format_cpuset(plan.placement.cpus) if plan.placement.dedicated else None,
+    )
+
+
+def _memtune(plan: VmPlan) -> MemTune | None:
+    mem = plan.vm.memory
+    if mem.soft_limit is None and mem.hard_limit is None:
+        return None
+    return MemTune(
+        soft_limit_kib=mem.soft_limit // 1024 if mem.soft_limit else None,
+        hard_limit_kib=mem.hard_limit // 1024 if mem.hard_limit else None,
+    )
+
+
+def _memory_backing(plan: VmPlan) -> MemoryBacking | None:
+    mem = plan.vm.memory
+    if not mem.hugepages and not mem.locked:
+        return None
+    pages = (HugePage(size_kib=mem.hugepages // 1024),) if mem.hugepages else None
+    # Reserved means reserved: fault every page in at start, not on first touch.
+    return MemoryBacking(
+        hugepages=pages,
+        locked=mem.locked,
+        allocation_mode="immediate" if mem.hugepages else None,
+    )
+
+
+def _cputune(plan: VmPlan, rt_by_thread: bool) -> CPUTune:
+    placement = plan.placement
+    scheds: tuple[VCPUSched, ...] = ()
+    if plan.realtime is not None and not rt_by_thread:
+        scheds = (
+            VCPUSched(
+                vcpus=f"0-{plan.vm.vcpus - 1}" if plan.vm.vcpus > 1 else "0",
+                scheduler=plan.realtime.policy,  # type: ignore[arg-type]
+                priority=plan.realtime.priority,
+            ),
+        )
+    return CPUTune(
+        vcpupins=tuple(
+            VCPUPin(vcpu=i, cpuset=format_cpuset(cpus))
+            for i, cpus in enumerate(placement.vcpu_pins)
+        ),
+        emulatorpin=format_cpuset(placement.emulator),
+        iothreadpins=(IOThreadPin(iothread=IOTHREAD, cpuset=format_cpuset(placement.iothread)),),
+        shares=plan.shares,
+        period=plan.period_us,
+        quota=plan.quota_us,
+        vcpuscheds=scheds,
+    )
+
+
+def _devices(plan: VmPlan) -> Devices:
+    vm = plan.vm
+    iotune = None
+    if vm.disk.iops_limit or vm.disk.bps_limit:
+        iotune = IOTune(total_iops_sec=vm.disk.iops_limit, total_bytes_sec=vm.disk.bps_limit)
+    disk = Disk(
+        type="volume",
+        device="disk",
+        driver_name="qemu",
+        driver_type="qcow2",
+        driver_iothread=IOTHREAD,
+        source_pool=plan.volume.pool,
+        source_volume=plan.volume.name,
+        target_dev="vda",
+        target_bus="virtio",
+        iotune=iotune,
+    )
+    interfaces = tuple(
+        Interface(
+            type="bridge",
+            mac=nic.mac,
+            source_bridge=nic.bridge,
+            target_dev=tap_name(plan.domain, nic.mac),
+            model="virtio",
+            port_isolated=True if nic.port_isolated else None,
+        )
+        for nic in plan.nics
+    )
+    graphics: tuple[Graphics, ...] = ()
+    videos: tuple[Video, ...] = ()
+    if vm.display is not None:
+        graphics = (Graphics(type="vnc", autoport=True, listen="127.0.0.1"),)
+        videos = (Video(model="vga", xres=vm.display.width, yres=vm.display.height),)
+    watchdog = Watchdog(model=vm.watchdog.model, action=vm.watchdog.action) if vm.watchdog else None
+    # A balloon could hand a safety VM's reserved memory back to the host.
+    reserved = plan.placement.dedicated or bool(vm.memory.hugepages)
+    balloon = MemBalloon(model="none") if reserved else MemBalloon(model="virtio", stats_period=5)
+    return Devices(
+        disks=(disk,),
+        interfaces=interfaces,
+        serials=(Serial(type="pty", log_file=plan.serial_log, log_append=False, target_port=0),),
+        consoles=(Console(type="pty", target_type="serial", target_port=0),),
+        channels=(Channel(type="unix", source_mode="bind"),),
+        graphics=graphics,
+        videos=videos,
+        watchdog=watchdog,
+        memballoon=balloon,
+        rngs=(RNG(model="virtio"),),
+        panics=(Panic(model="isa"),),
+    )
