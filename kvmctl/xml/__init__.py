@@ -1,0 +1,73 @@
+"""Pure libvirt XML object model.
+
+Frozen dataclasses, one per element family, each with ``to_element()`` /
+``from_element()`` and ``to_xml()`` / ``from_xml()``. Nothing here talks to
+libvirt; the adapters feed the XML to it and parse what it returns.
+"""
+
+from kvmctl.xml.base import XMLModel
+from kvmctl.xml.chardev import GUEST_AGENT_CHANNEL, Channel, Console, Serial
+from kvmctl.xml.cputune import (
+    CPUTune,
+    EmulatorSched,
+    IOThreadPin,
+    IOThreadSched,
+    VCPUPin,
+    VCPUSched,
+)
+from kvmctl.xml.devices import RNG, Controller, Devices, MemBalloon, Panic, Watchdog
+from kvmctl.xml.disk import Disk, IOTune
+from kvmctl.xml.display import Graphics, Input, Video
+from kvmctl.xml.domain import Domain
+from kvmctl.xml.interface import Bandwidth, BandwidthRate, Interface
+from kvmctl.xml.machine import CPU, OS, Clock, CPUFeature, Features, NumaCell, Timer
+from kvmctl.xml.memory import HugePage, MemNode, MemoryBacking, MemTune, NumaTune
+from kvmctl.xml.metadata import KVMCTL_NS, KvmctlMetadata, Metadata
+from kvmctl.xml.storage import BackingStore, StoragePool, StorageVolume
+
+__all__ = [
+    "CPU",
+    "GUEST_AGENT_CHANNEL",
+    "KVMCTL_NS",
+    "OS",
+    "RNG",
+    "BackingStore",
+    "Bandwidth",
+    "BandwidthRate",
+    "CPUFeature",
+    "CPUTune",
+    "Channel",
+    "Clock",
+    "Console",
+    "Controller",
+    "Devices",
+    "Disk",
+    "Domain",
+    "EmulatorSched",
+    "Features",
+    "Graphics",
+    "HugePage",
+    "IOThreadPin",
+    "IOThreadSched",
+    "IOTune",
+    "Input",
+    "Interface",
+    "KvmctlMetadata",
+    "MemBalloon",
+    "MemNode",
+    "MemTune",
+    "MemoryBacking",
+    "Metadata",
+    "NumaCell",
+    "NumaTune",
+    "Panic",
+    "Serial",
+    "StoragePool",
+    "StorageVolume",
+    "Timer",
+    "VCPUPin",
+    "VCPUSched",
+    "Video",
+    "Watchdog",
+    "XMLModel",
+]

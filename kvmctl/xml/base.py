@@ -290,7 +290,8 @@ def _read(el: Any, prop: Prop, claimed: frozenset[str]) -> Any:
             raw = None if holder is None else holder.get(segs[-1][1:])
         else:
             holder = _find(el, segs)
-            raw = None if holder is None else (holder.text or "")
+            # An element without text counts as absent, as libvirt treats it.
+            raw = None if holder is None else holder.text
         if raw is None:
             return dataclasses.MISSING
         parsed = prop.conv.parse(raw)

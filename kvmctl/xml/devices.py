@@ -21,6 +21,8 @@ class Controller(XMLModel, tag="controller"):
 
 
 class Watchdog(XMLModel, tag="watchdog"):
+    """``itco`` (the q35 chipset's own watchdog) needs libvirt 9.1 or later."""
+
     model: Literal["i6300esb", "itco", "ib700", "diag288"] = value("@model")
     action: (
         Literal["reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi"] | None
@@ -43,13 +45,15 @@ class MemBalloon(XMLModel, tag="memballoon"):
 
 
 class RNG(XMLModel, tag="rng"):
+    """With the random backend and no ``backend_path`` libvirt reads /dev/urandom."""
+
     model: Literal["virtio", "virtio-transitional", "virtio-non-transitional"] = value(
         "@model", default="virtio"
     )
     rate_bytes: int | None = value("rate/@bytes", INT, default=None)
     rate_period: int | None = value("rate/@period", INT, default=None)
     backend_model: Literal["random", "builtin"] = value("backend/@model", default="random")
-    backend_path: str | None = value("backend", default="/dev/urandom")
+    backend_path: str | None = value("backend", default=None)
 
     def _validate(self) -> None:
         if self.backend_model == "builtin" and self.backend_path is not None:
@@ -57,6 +61,9 @@ class RNG(XMLModel, tag="rng"):
 
 
 class Panic(XMLModel, tag="panic"):
+    """``isa`` is QEMU's pvpanic ISA device; ``pvpanic`` (the PCI variant)
+    needs libvirt 9.1 or later."""
+
     model: Literal["isa", "pvpanic", "hyperv", "pseries", "s390"] | None = value(
         "@model", default=None
     )

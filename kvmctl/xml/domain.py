@@ -55,6 +55,8 @@ class Domain(XMLModel, tag="domain"):
         validate_domain_name(self.name)
         if self.uuid is not None:
             validate_uuid(self.uuid)
+        if self.title is not None and "\n" in self.title:
+            raise ValueError(f"domain {self.name}: a title must be a single line")
         if self.vcpu_cpuset is not None:
             validate_cpuset(self.vcpu_cpuset)
         if self.memory_kib <= 0 or self.vcpus <= 0:

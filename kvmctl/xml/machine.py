@@ -69,6 +69,8 @@ class CPU(XMLModel, tag="cpu"):
     numa_cells: tuple[NumaCell, ...] = children(NumaCell, "numa", default=())
 
     def _validate(self) -> None:
+        if self.migratable is not None and self.mode not in ("host-passthrough", "maximum"):
+            raise ValueError("cpu: migratable applies to host-passthrough and maximum modes only")
         topology = (self.sockets, self.cores, self.threads)
         if any(t is not None for t in topology) and None in topology:
             raise ValueError("cpu: topology needs sockets, cores and threads together")
