@@ -19,7 +19,9 @@ def assert_golden(path: Path, text: str, regenerate: bool) -> None:
         path.write_text(text, encoding="utf-8")
         return
     if not path.exists():
-        raise AssertionError(f"golden file {path} is missing; run pytest --regenerate and commit it")
+        raise AssertionError(
+            f"golden file {path} is missing; run pytest --regenerate and commit it"
+        )
     expected = path.read_text(encoding="utf-8")
     if text != expected:
         diff = "".join(

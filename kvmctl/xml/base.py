@@ -23,7 +23,7 @@ from lxml import etree
 
 from kvmctl.xml.convert import STR, Converter, rescale
 
-_META_KEY = "kvmctl.xml.prop"
+PROP_KEY = "kvmctl.xml.prop"
 Kind = Literal["value", "values", "flag", "child", "children", "unclaimed"]
 # A namespace URI may contain "/", so a segment is an optional {uri} plus a name.
 _SEGMENT = re.compile(r"(?:\{[^}]*\})?[^/{}]+")
@@ -64,19 +64,19 @@ def value(
     other unit are rescaled, since libvirt accepts sizes in many units.
     """
     return dataclasses.field(
-        default=default, metadata={_META_KEY: Prop("value", path, conv, unit=unit)}
+        default=default, metadata={PROP_KEY: Prop("value", path, conv, unit=unit)}
     )
 
 
 def values(path: str, conv: Converter[Any] = STR, *, default: Any = ()) -> Any:
     """A tuple of scalars, one repeated element each: ``values("boot/@dev")``
     reads and writes ``<boot dev='hd'/><boot dev='cdrom'/>``."""
-    return dataclasses.field(default=default, metadata={_META_KEY: Prop("values", path, conv)})
+    return dataclasses.field(default=default, metadata={PROP_KEY: Prop("values", path, conv)})
 
 
 def flag(path: str, *, default: Any = False) -> Any:
     """A boolean that is true when the (usually empty) element is present."""
-    return dataclasses.field(default=default, metadata={_META_KEY: Prop("flag", path)})
+    return dataclasses.field(default=default, metadata={PROP_KEY: Prop("flag", path)})
 
 
 def child(
@@ -88,7 +88,7 @@ def child(
 ) -> Any:
     """One nested model, optionally below the wrapper element `path`."""
     return dataclasses.field(
-        default=default, metadata={_META_KEY: Prop("child", path, model=model, tag=tag)}
+        default=default, metadata={PROP_KEY: Prop("child", path, model=model, tag=tag)}
     )
 
 
@@ -106,13 +106,13 @@ def children(
     empty tuple writes nothing.
     """
     prop = Prop("children", path, model=model, tag=tag, keep_empty=default is None)
-    return dataclasses.field(default=default, metadata={_META_KEY: prop})
+    return dataclasses.field(default=default, metadata={PROP_KEY: prop})
 
 
 def unclaimed(*, default: Any = ()) -> Any:
     """Child elements no other field claims, kept verbatim as XML strings so
     foreign data (other tools' metadata) survives a read-modify-write."""
-    return dataclasses.field(default=default, metadata={_META_KEY: Prop("unclaimed")})
+    return dataclasses.field(default=default, metadata={PROP_KEY: Prop("unclaimed")})
 
 
 @dataclass_transform(
@@ -140,9 +140,9 @@ class XMLModel:
         cls.NSMAP = nsmap
         dataclass(frozen=True, kw_only=True)(cls)
         cls._PROPS = tuple(
-            (f.name, f.metadata[_META_KEY])
+            (f.name, f.metadata[PROP_KEY])
             for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-            if _META_KEY in f.metadata
+            if PROP_KEY in f.metadata
         )
         cls._CLAIMED = _claimed(cls._PROPS)
         cls._HINTS = None
@@ -194,7 +194,7 @@ class XMLModel:
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if required and f.name not in kwargs:
-                where = f.metadata[_META_KEY].path or f.name
+                where = f.metadata[PROP_KEY].path or f.name
                 raise ValueError(f"<{expected}> lacks required {where}")
         try:
             return cls(**kwargs)

@@ -45,7 +45,7 @@ class MemBalloon(XMLModel, tag="memballoon"):
 
 
 class RNG(XMLModel, tag="rng"):
-    """With the random backend and no ``backend_path`` libvirt reads /dev/urandom."""
+    """With the random backend and no ``backend_path`` libvirt fills in its default device."""
 
     model: Literal["virtio", "virtio-transitional", "virtio-non-transitional"] = value(
         "@model", default="virtio"

@@ -156,6 +156,10 @@ def full_domain() -> Domain:
                 spec_hash="sha256:ab",
                 role="instrument-cluster",
                 criticality="high",
+                restart_hash="sha256:01",
+                live_hash="sha256:02",
+                groups="cpu=1a,memory=2b",
+                dedicated="1",
             ),
             foreign=('<app:x xmlns:app="http://example.org/app" a="1"><app:y>z</app:y></app:x>',),
         ),
@@ -199,10 +203,12 @@ def full_domain() -> Domain:
                 VCPUSched(vcpus="0", scheduler="fifo", priority=10),
                 VCPUSched(vcpus="1", scheduler="fifo", priority=10),
             ),
-            iothreadscheds=(IOThreadSched(iothreads="1", scheduler="batch"),),
+            iothreadscheds=(IOThreadSched(iothreads="1", scheduler="rr", priority=1),),
         ),
         numatune=NumaTune(
-            mode="strict", nodeset="0", memnodes=(MemNode(cellid=0, mode="strict", nodeset="0"),)
+            mode="strict",
+            nodeset="0",
+            memnodes=(MemNode(cellid=0, mode="strict", nodeset="0"),),
         ),
         os=OS(
             machine="q35",
@@ -325,7 +331,15 @@ def full_devices() -> Devices:
             Serial(type="pty", log_file="/var/log/kvmctl/full.log", log_append=True, target_port=0),
             Serial(type="file", source_path="/var/log/kvmctl/full-1.log", target_port=1),
         ),
-        consoles=(Console(type="pty", target_type="serial", target_port=0),),
+        consoles=(
+            Console(type="pty", target_type="serial", target_port=0),
+            Console(
+                type="file",
+                source_path="/var/log/kvmctl/full-hvc.log",
+                target_type="virtio",
+                target_port=1,
+            ),
+        ),
         channels=(
             Channel(source_mode="bind", source_path="/run/kvmctl/full.agent"),
             Channel(type="pty", target_name="org.kvmctl.ready.0"),
@@ -353,6 +367,8 @@ def passthrough_domain() -> Domain:
         name="ivi",
         memory_kib=1048576,
         vcpus=2,
+        vcpu_placement="auto",
+        numatune=NumaTune(mode="strict", placement="auto"),
         cpu=CPU(mode="host-passthrough", check="none", migratable=True),
         os=OS(machine="q35", boot_devices=("hd",)),
         devices=Devices(
