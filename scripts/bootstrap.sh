@@ -72,6 +72,8 @@ else
     PYTHON=/usr/bin/python3
     py_ok "$PYTHON" || die "/usr/bin/python3 is not Python >= $MIN_PY"
 fi
+# The real interpreter behind a pyenv shim or symlink, so the venv points at it.
+PYTHON=$("$PYTHON" -c "import sys; print(sys.executable)")
 # Debian splits venv/ensurepip into python3-venv.
 if ! py_can_venv "$PYTHON"; then
     case "$(readlink -f "$PYTHON")" in
