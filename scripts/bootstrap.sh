@@ -20,14 +20,6 @@ MIN_PY="3.11"
 say() { printf '[bootstrap] %s\n' "$*"; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
 
-if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    die "not root and no sudo: cannot install Debian packages"
-fi
-
 # Debian packages not yet installed, among those given.
 missing_debs() {
     local pkg status
@@ -41,10 +33,16 @@ apt_install() {
     local missing
     mapfile -t missing < <(missing_debs "$@")
     [ "${#missing[@]}" -eq 0 ] && return 0
+    local -a SUDO=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 \
+            || die "need root or sudo to install Debian packages: ${missing[*]}"
+        SUDO=(sudo)
+    fi
     say "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
     "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq
-    "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
         --no-install-recommends "${missing[@]}" >/dev/null
 }
 
