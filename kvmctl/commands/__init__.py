@@ -4,6 +4,6 @@ the logic is in the public API modules (spec, host, planner, apply, ...)."""
 from __future__ import annotations
 
 from kvmctl.commands._app import app
-from kvmctl.commands import cockpit, doctor, validate  # noqa: F401  (register verbs)
+from kvmctl.commands import cockpit, doctor, net, validate  # noqa: F401  (register verbs)
 
 __all__ = ["app"]
