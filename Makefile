@@ -11,6 +11,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 VENV     ?= .venv
+export VENV
 BIN      := $(VENV)/bin
 PY       := $(BIN)/python
 PYTEST   ?= $(BIN)/pytest
@@ -42,18 +43,21 @@ host: venv
 	@echo "[setup] ansible-playbook ansible/site.yml on localhost"
 	@$(BIN)/ansible-playbook -i $(ANSIBLE_INVENTORY_FILE) ansible/site.yml
 
-# Guest images (kernel + busybox initramfs) built offline from Debian packages.
-images: venv
+# Guest images (kernel + busybox initramfs) built offline from Debian packages; needs
+# the host packages (`make host`) but not the venv.
+images:
 	@if [ -e guest-images/build.sh ]; then \
 	    guest-images/build.sh; \
 	else \
 	    echo "[setup] warning: guest-images/build.sh is not in this checkout yet; no guest images built" >&2; \
 	fi
 
-## demo: set up, then show the example cockpit
+## demo: set up, then run the example cockpit
 demo: setup
 	$(BIN)/kvmctl doctor
-	@# Next: $(BIN)/kvmctl apply $(SPEC) && $(BIN)/kvmctl status $(SPEC)
+# The example cockpit, once `apply` and `status` exist:
+#	$(BIN)/kvmctl apply $(SPEC)
+#	$(BIN)/kvmctl status $(SPEC)
 
 ## test: set up, lint, then unit and integration tests (each must run at least one test)
 test: setup
