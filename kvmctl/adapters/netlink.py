@@ -17,26 +17,21 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from kvmctl.adapters import netlink_shaping
+from kvmctl.adapters import netlink_shaping, netlink_vlan
 from kvmctl.adapters.netlink_shaping import RateLimit, Shaping
 from kvmctl.adapters.netlink_support import (
-    access_vlan_changes,
     address_changes,
+    brport,
     check_ifname,
-    check_vid,
     link_kind,
     netlink_failure,
     parse_cidr,
-    read_kernel_config,
-    vlan_support,
-    vlan_unsupported_message,
 )
 from kvmctl.errors import HostError
 
@@ -73,14 +68,6 @@ class BridgeInfo:
     stp: bool
     forward_delay: int  # centiseconds, as the kernel keeps it
     addresses: list[str] = field(default_factory=list)  # IPv4 and IPv6, address/prefix
-
-
-def _brport(msg: Any) -> Any:
-    """The bridge-port attributes of a link message, or None when it is no bridge port."""
-    info = msg.get("linkinfo")
-    if info is None or info.get("slave_kind") != "bridge":
-        return None
-    return info.get("slave_data")
 
 
 class Netlink:
@@ -264,7 +251,7 @@ class Netlink:
         msg = self._link(ifname)
         if msg is None:
             raise HostError(f"there is no interface '{ifname}'{self._where}")
-        if _brport(msg) is None:
+        if brport(msg) is None:
             raise HostError(f"'{ifname}'{self._where} is not a bridge port: cannot isolate it")
         with self._guard("set port isolation on", ifname):
             self._ipr.brport("set", index=msg["index"], isolated=int(on))
@@ -275,7 +262,7 @@ class Netlink:
             links = self._ipr.link("dump")
         out = []
         for m in links:
-            if m.get("master") != index or _brport(m) is None:
+            if m.get("master") != index or brport(m) is None:
                 continue
             stats = m.get("stats64") or {}
             out.append(
@@ -283,7 +270,7 @@ class Netlink:
                     ifname=m.get("ifname"),
                     index=int(m["index"]),
                     mac=m.get("address"),
-                    isolated=bool(_brport(m).get("IFLA_BRPORT_ISOLATED")),
+                    isolated=bool(brport(m).get("IFLA_BRPORT_ISOLATED")),
                     up=bool(m["flags"] & 1),
                     mtu=int(m.get("mtu")),
                     kind=link_kind(m),
@@ -308,41 +295,12 @@ class Netlink:
 
     def vlan_supported(self) -> bool:
         """Whether this kernel can put bridge ports on VLANs (802.1Q + VLAN filtering)."""
-        return vlan_support(
-            read_kernel_config(),
-            Path("/proc/net/vlan").exists(),
-            Path("/sys/module/8021q").exists(),
-        )
+        return netlink_vlan.supported()
 
     def set_port_vlan(self, ifname: str, vid: int) -> None:
-        """Make a bridge port an untagged access port of VLAN `vid`."""
-        check_vid(vid)
-        if not self.vlan_supported():
-            raise HostError(vlan_unsupported_message(ifname, vid))
-        msg = self._link(ifname)
-        if msg is None or _brport(msg) is None:
-            raise HostError(f"'{ifname}'{self._where} is not a bridge port: cannot set its VLAN")
-        with self._guard("turn on VLAN filtering for the bridge of", ifname):
-            self._ipr.link("set", index=msg["master"], kind="bridge", br_vlan_filtering=1)
-        add, remove = access_vlan_changes(self._port_vids(msg["index"]), vid)
-        with self._guard(f"put on VLAN {vid}", ifname):
-            for v in add:
-                self._ipr.vlan_filter(
-                    "add", index=msg["index"], vlan_info={"vid": v, "flags": ["pvid", "untagged"]}
-                )
-            for v in remove:
-                self._ipr.vlan_filter("del", index=msg["index"], vlan_info={"vid": v})
-
-    def _port_vids(self, index: int) -> set[int]:
-        vids: set[int] = set()
-        for m in self._ipr.get_vlans():
-            if m["index"] != index:
-                continue
-            spec = m.get("af_spec")
-            for name, value in spec["attrs"] if spec is not None else []:
-                if name == "IFLA_BRIDGE_VLAN_INFO":
-                    vids.add(int(value["vid"]))
-        return vids
+        """Make a bridge port an untagged access port of VLAN `vid`; HostError where the
+        kernel has no 802.1Q."""
+        netlink_vlan.set_port_vlan(self, ifname, vid)
 
 
 _COUNTERS = (

@@ -68,6 +68,14 @@ def link_kind(msg: Any) -> str | None:
     return info.get("kind") if info is not None else None
 
 
+def brport(msg: Any) -> Any:
+    """The bridge-port attributes of a pyroute2 link message, or None for a non-port."""
+    info = msg.get("linkinfo")
+    if info is None or info.get("slave_kind") != "bridge":
+        return None
+    return info.get("slave_data")
+
+
 # --- bandwidth shaping names -------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pytest
 from pyroute2 import IPRoute, netns
 
+from kvmctl.adapters import netlink_vlan
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.netlink_shaping import Limit
 from kvmctl.adapters.netlink_support import ifb_name
@@ -389,6 +390,33 @@ def test_shaping_long_tap_name_and_readback(make_netns: Callable[[str], str]) ->
         nl.unshape(tap)
         assert nl.shaping(tap).ifb is None
     assert links(ns) == before
+
+
+def test_foreign_ifb_is_refused_and_left_alone(make_netns: Callable[[str], str]) -> None:
+    ns = make_netns("i")
+    with ipr(ns) as ip:
+        ip.link("add", ifname="vnet7", kind="veth", peer={"ifname": "peer7"})
+        ip.link("add", ifname=ifb_name("vnet7"), kind="ifb")
+    before = links(ns)
+    with Netlink(ns) as nl:
+        with pytest.raises(HostError, match="'ifb-vnet7'.*left untouched"):
+            nl.shape("vnet7", None, Limit(LIMIT))
+        nl.unshape("vnet7")  # not ours: not deleted either
+    assert links(ns) == before
+
+
+def test_port_vlan_reaches_the_kernel(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Netlink(lab.host) as nl:
+        if nl.vlan_supported():
+            nl.set_port_vlan(lab.ports["a"], 20)
+            nl.set_port_vlan(lab.ports["a"], 20)
+            index = nl._index(lab.ports["a"])
+            assert netlink_vlan._port_vids(nl, index) == {20}
+            return
+        # Ask the kernel anyway: its refusal must come back as a plain HostError too.
+        monkeypatch.setattr(Netlink, "vlan_supported", lambda self: True)
+        with pytest.raises(HostError, match="'p-a' in network namespace .* does not support"):
+            nl.set_port_vlan(lab.ports["a"], 20)
 
 
 # --- kvmctl net status -----------------------------------------------------------

@@ -11,6 +11,7 @@ from kvmctl.adapters.netlink_support import (
     IFNAMSIZ,
     access_vlan_changes,
     address_changes,
+    brport,
     check_ifname,
     check_vid,
     guest_mac,
@@ -108,9 +109,13 @@ def test_guest_mac_behind_a_libvirt_tap(tap: str | None, guest: str | None) -> N
     assert guest_mac(tap) == guest
 
 
-def test_link_kind() -> None:
+def test_link_kind_and_bridge_port_attributes() -> None:
+    port = {"linkinfo": {"kind": "tun", "slave_kind": "bridge", "slave_data": {"x": 1}}}
     assert link_kind({"linkinfo": {"kind": "bridge"}}) == "bridge"
     assert link_kind({"ifname": "lo"}) is None
+    assert brport(port) == {"x": 1}
+    assert brport({"linkinfo": {"kind": "veth"}}) is None
+    assert brport({"ifname": "lo"}) is None
 
 
 @pytest.mark.parametrize("vid", [1, 20, 4094])
