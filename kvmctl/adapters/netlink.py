@@ -1,4 +1,7 @@
-"""Bridges, bridge ports and tap shaping over rtnetlink: the only place that imports pyroute2.
+"""Bridges, bridge ports and tap shaping over rtnetlink: the only module that imports pyroute2.
+
+Its siblings (netlink_shaping, netlink_vlan, ...) work through a `Netlink`
+session; netlink_support holds the pure rules they share.
 
 Every operation is idempotent and can run inside a named network namespace
 (the test lab and migration tests run whole hosts in one). Kernel refusals
@@ -127,7 +130,7 @@ class Netlink:
 
     def bridges(self) -> dict[str, str | None]:
         """Every Linux bridge here -> its alias (None when it has none)."""
-        with self._guard("list", "bridges"):
+        with self._guard("list the interfaces", ""):
             links = self._ipr.link("dump")
         return {m.get("ifname"): m.get("ifalias") for m in links if link_kind(m) == "bridge"}
 
@@ -289,7 +292,12 @@ class Netlink:
         netlink_shaping.unshape(self, ifname)
 
     def shaping(self, ifname: str) -> Shaping:
+        """The limits in place on a tap now (rates None where there is none)."""
         return netlink_shaping.read(self, ifname)
+
+    def prune_shaping(self) -> list[str]:
+        """Delete kvmctl's ifb devices whose tap is gone (its VM stopped); their names."""
+        return netlink_shaping.prune(self)
 
     # --- VLANs --------------------------------------------------------------------
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pyroute2.protocols import ETH_P_ALL
-
-from kvmctl.adapters.netlink_support import ifb_alias, ifb_name, link_kind
+from kvmctl.adapters.netlink_support import ifb_alias, ifb_name, ifb_tap, link_kind
 from kvmctl.errors import HostError, UsageError
 
 if TYPE_CHECKING:
@@ -32,6 +30,7 @@ ROOT = 0x10000  # htb qdisc 1:
 CLASS = 0x10001  # its one class 1:1, also the default class
 INGRESS = 0xFFFF0000  # ingress qdisc ffff:
 _TC_H_ROOT = 0xFFFFFFFF
+ETH_P_ALL = 0x0003  # linux/if_ether.h: a filter for every protocol
 _MTU = 1514  # largest Ethernet frame before GSO; floor for bursts and quantum
 
 
@@ -129,6 +128,21 @@ def unshape(nl: Netlink, ifname: str) -> None:
             _clear_htb(nl._ipr, msg["index"])
             _clear_ingress(nl._ipr, msg["index"])
     _delete_ifb(nl, ifname)
+
+
+def prune(nl: Netlink) -> list[str]:
+    """Delete kvmctl ifbs whose tap no longer exists; a tap that died with its VM
+    takes its qdiscs along, but not the ifb."""
+    with nl._guard("list the interfaces", ""):
+        links = nl._ipr.link("dump")
+    names = {m.get("ifname") for m in links}
+    pruned = []
+    for m in links:
+        tap = ifb_tap(m.get("ifalias"))
+        if link_kind(m) == "ifb" and tap is not None and tap not in names:
+            _delete_ifb(nl, tap)
+            pruned.append(m.get("ifname"))
+    return sorted(pruned)
 
 
 def read(nl: Netlink, ifname: str) -> Shaping:

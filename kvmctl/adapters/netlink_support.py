@@ -56,7 +56,8 @@ def netlink_failure(
     reason = _HOST_ERRNOS.get(code) or os.strerror(code)
     if detail and detail != os.strerror(code):
         reason = f"{reason}: {detail}"
-    sentence = f"cannot {action} '{ifname}'{where}: {reason} (errno {code})"
+    target = f" '{ifname}'" if ifname else ""
+    sentence = f"cannot {action}{target}{where}: {reason} (errno {code})"
     if code in _HOST_ERRNOS:
         return HostError(sentence)
     return ApplyError(sentence)
@@ -94,6 +95,13 @@ def ifb_name(ifname: str) -> str:
 def ifb_alias(ifname: str) -> str:
     """Marks an ifb as kvmctl's and says which tap it serves."""
     return IFB_ALIAS_PREFIX + ifname
+
+
+def ifb_tap(alias: str | None) -> str | None:
+    """The tap a kvmctl ifb serves, from its alias; None for any other interface."""
+    if not alias or not alias.startswith(IFB_ALIAS_PREFIX):
+        return None
+    return alias[len(IFB_ALIAS_PREFIX) :] or None
 
 
 # --- host address ------------------------------------------------------------------

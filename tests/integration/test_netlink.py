@@ -392,6 +392,26 @@ def test_shaping_long_tap_name_and_readback(make_netns: Callable[[str], str]) ->
     assert links(ns) == before
 
 
+def test_prune_removes_ifbs_of_vanished_taps(make_netns: Callable[[str], str]) -> None:
+    ns = make_netns("p")
+    before = links(ns)
+    with ipr(ns) as ip:
+        for tap in ("vnet1", "vnet2"):
+            ip.link("add", ifname=tap, kind="veth", peer={"ifname": f"peer-{tap}"})
+    with Netlink(ns) as nl:
+        nl.shape("vnet1", None, Limit(LIMIT))
+        nl.shape("vnet2", None, Limit(LIMIT))
+        with ipr(ns) as ip:
+            ip.link("del", index=ip.link_lookup(ifname="vnet1")[0])  # the VM went away
+        assert nl.prune_shaping() == ["ifb-vnet1"]
+        assert nl.prune_shaping() == []
+        assert nl.shaping("vnet2").outbound == LIMIT  # a live tap keeps its limit
+        nl.unshape("vnet2")
+    with ipr(ns) as ip:
+        ip.link("del", index=ip.link_lookup(ifname="vnet2")[0])
+    assert links(ns) == before
+
+
 def test_foreign_ifb_is_refused_and_left_alone(make_netns: Callable[[str], str]) -> None:
     ns = make_netns("i")
     with ipr(ns) as ip:

@@ -17,6 +17,7 @@ from kvmctl.adapters.netlink_support import (
     guest_mac,
     ifb_alias,
     ifb_name,
+    ifb_tap,
     link_kind,
     netlink_failure,
     parse_cidr,
@@ -66,6 +67,11 @@ def test_netlink_error_keeps_the_kernels_detail() -> None:
     )
 
 
+def test_netlink_error_without_an_interface() -> None:
+    err = netlink_failure(errno.EPERM, "list the interfaces", "")
+    assert str(err).startswith("cannot list the interfaces: not permitted")
+
+
 def test_ifb_names_fit_and_are_stable() -> None:
     assert ifb_name("vnet12") == "ifb-vnet12"
     assert ifb_name("x" * 11) == "ifb-" + "x" * 11
@@ -73,6 +79,10 @@ def test_ifb_names_fit_and_are_stable() -> None:
     assert len(long_a) == IFNAMSIZ and long_a.startswith("ifb-")
     assert long_a == ifb_name("tap-fifteen-chr") != long_b
     assert ifb_alias("vnet12") == "kvmctl:ifb:vnet12"
+    assert ifb_tap(ifb_alias("tap-fifteen-chr")) == "tap-fifteen-chr"
+    assert ifb_tap("kvmctl:lab:vehicle") is None
+    assert ifb_tap("kvmctl:ifb:") is None
+    assert ifb_tap(None) is None
 
 
 def test_parse_cidr() -> None:
