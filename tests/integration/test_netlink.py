@@ -392,6 +392,27 @@ def test_shaping_long_tap_name_and_readback(make_netns: Callable[[str], str]) ->
     assert links(ns) == before
 
 
+def test_a_libvirt_style_tap_is_a_port(make_netns: Callable[[str], str]) -> None:
+    ns = make_netns("t")
+    with Netlink(ns) as nl:
+        nl.create_bridge("kvbr-t", bridge_alias("t", "media"))
+        with ipr(ns) as ip:
+            ip.link("add", ifname="vnet0", kind="tuntap", mode="tap")
+            index = ip.link_lookup(ifname="vnet0")[0]
+            ip.link("set", index=index, address="fe:54:00:12:6b:b3")
+            ip.link("set", index=index, master=ip.link_lookup(ifname="kvbr-t")[0], state="up")
+        nl.set_port_isolated("vnet0", True)
+        nl.shape("vnet0", Limit(LIMIT), Limit(LIMIT))
+        (port,) = nl.ports("kvbr-t")
+        assert (port.ifname, port.kind, port.mac, port.isolated) == (
+            "vnet0",
+            "tun",
+            "fe:54:00:12:6b:b3",
+            True,
+        )
+        assert nl.shaping("vnet0").outbound == LIMIT
+
+
 def test_prune_removes_ifbs_of_vanished_taps(make_netns: Callable[[str], str]) -> None:
     ns = make_netns("p")
     before = links(ns)
