@@ -203,13 +203,17 @@ class XMLModel:
 
     @classmethod
     def from_xml(cls, text: str) -> Self:
-        # No entity expansion and no network: domain XML may come from a remote host.
-        parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
-        try:
-            root = etree.fromstring(text.encode("utf-8"), parser)
-        except etree.XMLSyntaxError as exc:
-            raise ValueError(f"not well-formed XML: {exc}") from None
-        return cls.from_element(root)
+        return cls.from_element(parse_xml(text))
+
+
+def parse_xml(text: str) -> Any:
+    """The root element of `text`, as every model reads it."""
+    # No entity expansion and no network: domain XML may come from a remote host.
+    parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
+    try:
+        return etree.fromstring(text.encode("utf-8"), parser)
+    except etree.XMLSyntaxError as exc:
+        raise ValueError(f"not well-formed XML: {exc}") from None
 
 
 # -- engine ------------------------------------------------------------------

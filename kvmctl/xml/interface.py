@@ -35,11 +35,13 @@ class Bandwidth(XMLModel, tag="bandwidth"):
 
 
 class Interface(XMLModel, tag="interface"):
-    """``target_dev`` names the host tap device; libvirt discards names that
+    """``bridge`` and ``network`` are what kvmctl creates; ``user`` and
+    ``ethernet`` are read so other tools' domains parse too.
+    ``target_dev`` names the host tap device; libvirt discards names that
     start with its own prefixes (vnet, vif, macvtap) from the persistent XML.
     A user ``alias`` must start with ``ua-``."""
 
-    type: Literal["bridge", "network"] = value("@type")
+    type: Literal["bridge", "network", "user", "ethernet"] = value("@type")
     mac: str | None = value("mac/@address", default=None)
     source_bridge: str | None = value("source/@bridge", default=None)
     source_network: str | None = value("source/@network", default=None)
@@ -61,5 +63,8 @@ class Interface(XMLModel, tag="interface"):
             if self.source_bridge is None or self.source_network is not None:
                 raise ValueError("interface: type 'bridge' needs source_bridge (and no network)")
             validate_ifname(self.source_bridge)
-        elif self.source_network is None or self.source_bridge is not None:
-            raise ValueError("interface: type 'network' needs source_network (and no bridge)")
+        elif self.type == "network":
+            if self.source_network is None or self.source_bridge is not None:
+                raise ValueError("interface: type 'network' needs source_network (and no bridge)")
+        elif self.source_bridge is not None or self.source_network is not None:
+            raise ValueError(f"interface: type {self.type!r} takes no bridge or network source")

@@ -37,6 +37,9 @@ class MemoryBacking(XMLModel, tag="memoryBacking"):
 
 
 class MemTune(XMLModel, tag="memtune"):
+    """The QEMU driver refuses ``min_guarantee``; hosts with a low memlock
+    limit refuse ``hard_limit`` at start (it also caps locked memory)."""
+
     hard_limit_kib: int | None = value("hard_limit", INT, unit="KiB", default=None)
     soft_limit_kib: int | None = value("soft_limit", INT, unit="KiB", default=None)
     min_guarantee_kib: int | None = value("min_guarantee", INT, unit="KiB", default=None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from kvmctl.xml.base import XMLModel, child, unclaimed, value
+from kvmctl.xml.base import XMLModel, child, parse_xml, unclaimed, value
 
 KVMCTL_NS = "https://kvmctl.dev/xmlns/kvmctl/1"
 KVMCTL_PREFIX = "kvmctl"
@@ -44,3 +44,15 @@ class Metadata(XMLModel, tag="metadata"):
 
     kvmctl: KvmctlMetadata | None = child(KvmctlMetadata, default=None)
     foreign: tuple[str, ...] = unclaimed()
+
+
+def read_kvmctl_metadata(domain_xml: str) -> KvmctlMetadata | None:
+    """kvmctl's record from any domain's XML, or None if kvmctl does not own it.
+
+    Unlike ``Domain.from_xml`` this ignores everything else in the domain, so
+    it is safe on domains other tools made with devices this model refuses.
+    """
+    root = parse_xml(domain_xml)
+    metadata = next(root.iterchildren("metadata"), None)
+    found = None if metadata is None else next(metadata.iterchildren(KvmctlMetadata.TAG), None)
+    return None if found is None else KvmctlMetadata.from_element(found)

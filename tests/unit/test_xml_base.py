@@ -162,3 +162,38 @@ def test_metadata_of_other_tools_alone_is_not_ours() -> None:
     metadata = Domain.from_xml(xml).metadata
     assert metadata is not None and metadata.kvmctl is None
     assert len(metadata.foreign) == 1
+
+
+FOREIGN_DOMAIN = """<domain type='kvm' id='3'><name>someone-else</name>
+<memory unit='KiB'>1024</memory><vcpu>1</vcpu><metadata>{meta}</metadata>
+<devices><interface type='vdpa'><source dev='/dev/vhost-vdpa-0'/></interface>
+<hostdev mode='subsystem' type='pci'/></devices></domain>"""
+
+
+def test_ownership_is_readable_from_domains_the_model_refuses() -> None:
+    from kvmctl.xml import read_kvmctl_metadata
+
+    ours = KvmctlMetadata(set_name="demo", vm_name="hud").to_xml()
+    with pytest.raises(ValueError):
+        Domain.from_xml(FOREIGN_DOMAIN.format(meta=ours))
+    assert read_kvmctl_metadata(FOREIGN_DOMAIN.format(meta=ours)) == KvmctlMetadata(
+        set_name="demo", vm_name="hud"
+    )
+    assert read_kvmctl_metadata(FOREIGN_DOMAIN.format(meta="")) is None
+    assert read_kvmctl_metadata("<domain><name>x</name></domain>") is None
+
+
+def test_live_xml_extras_are_ignored() -> None:
+    # What a running domain adds (ids, aliases, addresses, seclabels) is not modelled.
+    live = Domain.from_xml(
+        "<domain type='qemu' id='7'><name>a</name><memory unit='KiB'>1024</memory>"
+        "<vcpu placement='static'>1</vcpu><resource><partition>/machine</partition></resource>"
+        "<devices><interface type='user'><mac address='52:54:00:12:34:56'/>"
+        "<model type='virtio'/><alias name='net0'/>"
+        "<address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/></interface>"
+        "<serial type='file'><source path='/tmp/s.log' append='on'/>"
+        "<target type='isa-serial' port='0'><model name='isa-serial'/></target></serial>"
+        "</devices><seclabel type='dynamic' model='dac' relabel='yes'/></domain>"
+    )
+    assert live.devices.interfaces[0].alias == "net0"
+    assert live.devices.serials[0].source_path == "/tmp/s.log"
