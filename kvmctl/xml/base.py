@@ -7,7 +7,8 @@ reading can never drift from writing.
 
 Paths: ``"@type"`` is an attribute of the model's own element, ``"driver/@io"``
 an attribute of a child (created on demand, reused by sibling fields),
-``"name"`` the text of a child, ``"."`` the element's own text.
+``"name"`` the text of a child, ``"."`` the element's own text. A segment may
+be namespaced in Clark notation, ``"{uri}name"``.
 """
 
 from __future__ import annotations

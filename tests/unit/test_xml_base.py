@@ -197,3 +197,13 @@ def test_live_xml_extras_are_ignored() -> None:
     )
     assert live.devices.interfaces[0].alias == "net0"
     assert live.devices.serials[0].source_path == "/tmp/s.log"
+
+
+def test_package_docstring_example_runs() -> None:
+    import textwrap
+
+    import kvmctl.xml
+
+    assert kvmctl.xml.__doc__ is not None
+    example = kvmctl.xml.__doc__.split("::", 1)[1].split("Bad values", 1)[0]
+    exec(textwrap.dedent(example), vars(kvmctl.xml).copy())  # noqa: S102
