@@ -104,20 +104,21 @@ def shape(nl: Netlink, ifname: str, inbound: RateLimit | None, outbound: RateLim
     outbound_cls = htb_class(outbound) if outbound is not None else None
     tap = nl._index(ifname)
     ipr = nl._ipr
+    # The ifb first: a foreign one of that name refuses the whole change up front.
+    ifb = _ensure_ifb(nl, ifname) if outbound_cls is not None else None
     with nl._guard("limit the bandwidth of", ifname):
+        if ifb is not None and outbound_cls is not None:
+            # Shaper before redirect, so no packet passes the ifb unshaped.
+            _set_htb(ipr, ifb, outbound_cls)
+            _ensure_redirect(ipr, tap, ifb)
+        else:
+            _clear_ingress(ipr, tap)
         if inbound_cls is not None:
             _set_htb(ipr, tap, inbound_cls)
         else:
             _clear_htb(ipr, tap)
-        if outbound_cls is None:
-            _clear_ingress(ipr, tap)
-    if outbound_cls is None:
+    if ifb is None:
         _delete_ifb(nl, ifname)
-        return
-    ifb = _ensure_ifb(nl, ifname)
-    with nl._guard("limit the bandwidth of", ifname):
-        _set_htb(ipr, ifb, outbound_cls)
-        _ensure_redirect(ipr, tap, ifb)
 
 
 def unshape(nl: Netlink, ifname: str) -> None:

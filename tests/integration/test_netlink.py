@@ -441,7 +441,8 @@ def test_foreign_ifb_is_refused_and_left_alone(make_netns: Callable[[str], str])
     before = links(ns)
     with Netlink(ns) as nl:
         with pytest.raises(HostError, match="'ifb-vnet7'.*left untouched"):
-            nl.shape("vnet7", None, Limit(LIMIT))
+            nl.shape("vnet7", Limit(LIMIT), Limit(LIMIT))
+        assert nl.shaping("vnet7").inbound is None  # refused as a whole, nothing half-done
         nl.unshape("vnet7")  # not ours: not deleted either
     assert links(ns) == before
 
