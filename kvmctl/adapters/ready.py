@@ -1,0 +1,159 @@
+"""Readiness of a freshly started domain, from events rather than polling.
+
+Attach a watcher while the domain is still paused, then resume it: nothing the
+guest does can be missed. `agent` readiness is libvirt's agent-lifecycle
+event (the guest agent opened its channel) confirmed by a guest-ping;
+`serial:<marker>` reads the console through a non-blocking libvirt stream
+driven by the event loop. A domain that stops or crashes meanwhile fails the
+wait at once instead of running into the timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import libvirt
+import libvirt_qemu
+
+_STOPPED = {
+    libvirt.VIR_DOMAIN_EVENT_STOPPED,
+    libvirt.VIR_DOMAIN_EVENT_CRASHED,
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
+}
+
+
+class NotReady(Exception):
+    pass
+
+
+class ReadyWatch:
+    def __init__(self, conn: libvirt.virConnect, name: str, probe: str):
+        self.conn = conn
+        self.name = name
+        self.marker = probe[len("serial:") :] if probe.startswith("serial:") else None
+        self._ready = threading.Event()
+        self._agent_seen = threading.Event()
+        self._failure: str | None = None
+        self.ready_at: float | None = None
+        self._callbacks: list[int] = []
+        self._stream: libvirt.virStream | None = None
+        self._buffer = b""
+        self._dom = conn.lookupByName(name)
+
+    def __enter__(self) -> ReadyWatch:
+        self._callbacks.append(
+            self.conn.domainEventRegisterAny(
+                self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            )
+        )
+        if self.marker is None:
+            self._callbacks.append(
+                self.conn.domainEventRegisterAny(
+                    self._dom, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, self._on_agent, None
+                )
+            )
+        else:
+            self._open_console()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for cb in self._callbacks:
+            try:
+                self.conn.domainEventDeregisterAny(cb)
+            except libvirt.libvirtError:
+                pass
+        self._close_console()
+
+    # --- event callbacks (event-loop thread: no blocking calls here) --------------
+
+    def _on_lifecycle(
+        self, _conn: object, _dom: object, event: int, detail: int, _o: object
+    ) -> None:
+        if event in _STOPPED:
+            self._failure = (
+                f"domain '{self.name}' stopped before it became ready (event {event}/{detail})"
+            )
+            self._ready.set()
+
+    def _on_agent(self, _conn: object, _dom: object, state: int, _reason: int, _o: object) -> None:
+        if state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED:
+            self._agent_seen.set()
+
+    def _on_console(self, stream: libvirt.virStream, _events: int, _o: object) -> None:
+        try:
+            data = stream.recv(4096)
+        except libvirt.libvirtError:
+            self._close_console()
+            return
+        if isinstance(data, int) or not data:  # -2: would block; b"": closed
+            return
+        self._buffer = (self._buffer + data)[-8192:]
+        if self.marker is not None and self.marker.encode() in self._buffer:
+            self.ready_at = time.monotonic()
+            self._ready.set()
+
+    def _open_console(self) -> None:
+        stream = self.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        self._dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        stream.eventAddCallback(
+            libvirt.VIR_STREAM_EVENT_READABLE
+            | libvirt.VIR_STREAM_EVENT_ERROR
+            | libvirt.VIR_STREAM_EVENT_HANGUP,
+            self._on_console,
+            None,
+        )
+        self._stream = stream
+
+    def _close_console(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        try:
+            stream.eventRemoveCallback()
+            stream.abort()
+        except libvirt.libvirtError:
+            pass
+
+    # --- waiting (caller's thread) ---------------------------------------------------
+
+    def wait(self, timeout: float) -> float:
+        """Block until ready; return the monotonic time it happened."""
+        deadline = time.monotonic() + timeout
+        if self.marker is not None:
+            if not self._ready.wait(max(0.0, deadline - time.monotonic())):
+                raise NotReady(
+                    f"domain '{self.name}' did not print '{self.marker}' within {timeout:g} s"
+                )
+        else:
+            self._wait_agent(deadline, timeout)
+        if self._failure:
+            raise NotReady(self._failure)
+        assert self.ready_at is not None
+        return self.ready_at
+
+    def _wait_agent(self, deadline: float, timeout: float) -> None:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if self._ping():  # the event may be lost on a reconnect: ask once more
+                    self.ready_at = time.monotonic()
+                    return
+                raise NotReady(
+                    f"the guest agent of domain '{self.name}' did not answer within {timeout:g} s"
+                )
+            # The event says the channel opened; a ping says the agent serves it.
+            self._agent_seen.wait(min(remaining, 1.0))
+            if self._failure:
+                raise NotReady(self._failure)
+            if self._agent_seen.is_set() and self._ping():
+                self.ready_at = time.monotonic()
+                return
+
+    def _ping(self) -> bool:
+        try:
+            libvirt_qemu.qemuAgentCommand(self._dom, json.dumps({"execute": "guest-ping"}), 2, 0)
+        except libvirt.libvirtError:
+            return False
+        return True

@@ -1,0 +1,292 @@
+"""Domains, storage and live tuning through libvirt-python.
+
+A thin mapping layer: every call takes names and XML text from the planner's
+objects, and libvirt errors come out as kvmctl errors with a sentence that
+names the domain, volume or pool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import libvirt
+import libvirt_qemu
+
+from kvmctl.adapters.events import ensure_event_loop
+from kvmctl.errors import ApplyError, HostError, UsageError
+from kvmctl.xml.metadata import KVMCTL_NS, KVMCTL_PREFIX, KvmctlMetadata
+
+_MODIFY = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+_UNDEFINE = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+)
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; kvmctl reports its own."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    active: bool
+    state: int
+    meta: KvmctlMetadata | None
+
+
+@contextmanager
+def _mapped(what: str, kind: type[Exception] = ApplyError) -> Iterator[None]:
+    try:
+        yield
+    except libvirt.libvirtError as err:
+        raise kind(f"{what}: {err.get_error_message()}") from None
+
+
+def open_connection(uri: str) -> libvirt.virConnect:
+    """Open `uri` with the event loop running. Malformed URI: exit 2; daemon
+    unreachable: exit 3."""
+    ensure_event_loop()
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        code = err.get_error_code()
+        if code in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_CONNECT) and "://" not in uri:
+            raise UsageError(f"'{uri}' is not a valid libvirt URI") from None
+        raise HostError(
+            f"cannot reach libvirt at {uri}: {err.get_error_message()} "
+            "(is libvirtd running? `make setup` starts it)"
+        ) from None
+    # A dead peer (daemon restarted, host gone) is noticed within ~15 s.
+    conn.setKeepAlive(5, 3)
+    return conn
+
+
+class Virt:
+    def __init__(self, conn: libvirt.virConnect):
+        self.conn = conn
+
+    # --- domains ---------------------------------------------------------------
+
+    def domains(self) -> list[DomainInfo]:
+        out = []
+        for dom in self.conn.listAllDomains():
+            try:
+                state = dom.state()[0]
+                out.append(DomainInfo(dom.name(), dom.isActive() == 1, state, self._meta(dom)))
+            except libvirt.libvirtError:
+                continue  # undefined while we listed
+        return out
+
+    def _meta(self, dom: libvirt.virDomain) -> KvmctlMetadata | None:
+        try:
+            text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, KVMCTL_NS)
+        except libvirt.libvirtError:
+            return None
+        try:
+            return KvmctlMetadata.from_xml(text)
+        except ValueError:
+            return None
+
+    def lookup(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise ApplyError(f"cannot look up domain '{name}': {err.get_error_message()}") from None
+
+    def xml(self, name: str, inactive: bool = False) -> str:
+        dom = self._get(name)
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        with _mapped(f"cannot read the XML of domain '{name}'"):
+            return str(dom.XMLDesc(flags))
+
+    def _get(self, name: str) -> libvirt.virDomain:
+        dom = self.lookup(name)
+        if dom is None:
+            raise ApplyError(f"domain '{name}' does not exist")
+        return dom
+
+    def define(self, xml: str) -> None:
+        with _mapped("cannot define domain"):
+            self.conn.defineXML(xml)
+
+    def start_paused(self, name: str) -> None:
+        with _mapped(f"cannot start domain '{name}'"):
+            self._get(name).createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+
+    def resume(self, name: str) -> None:
+        with _mapped(f"cannot resume domain '{name}'"):
+            self._get(name).resume()
+
+    def stop(self, name: str) -> None:
+        """Power off at once: the set's VMs keep no state worth a clean shutdown
+        outside /data, which is on a journaled disk."""
+        dom = self.lookup(name)
+        if dom is None or not dom.isActive():
+            return
+        with _mapped(f"cannot stop domain '{name}'"):
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+
+    def undefine(self, name: str) -> None:
+        dom = self.lookup(name)
+        if dom is None:
+            return
+        with _mapped(f"cannot undefine domain '{name}'"):
+            dom.undefineFlags(_UNDEFINE)
+
+    def qemu_pid_alive(self, name: str) -> bool:
+        dom = self.lookup(name)
+        return bool(dom and dom.isActive())
+
+    # --- live tuning -------------------------------------------------------------
+
+    def set_cpu_tune(
+        self, name: str, shares: int | None, period: int | None, quota: int | None
+    ) -> None:
+        params: dict[str, int] = {}
+        if shares is not None:
+            params["cpu_shares"] = shares
+        # An absent cap is written as -1 (unlimited) so removing limit: works live.
+        params["vcpu_quota"] = quota if quota is not None else -1
+        if period is not None:
+            params["vcpu_period"] = period
+        with _mapped(f"cannot change CPU shares/quota of domain '{name}'"):
+            self._get(name).setSchedulerParametersFlags(params, _MODIFY)
+
+    def pin_vcpu(self, name: str, vcpu: int, cpus: frozenset[int], ncpus: int) -> None:
+        cpumap = tuple(i in cpus for i in range(ncpus))
+        with _mapped(f"cannot pin vCPU {vcpu} of domain '{name}'"):
+            self._get(name).pinVcpuFlags(vcpu, cpumap, _MODIFY)
+
+    def pin_emulator(self, name: str, cpus: frozenset[int], ncpus: int) -> None:
+        cpumap = tuple(i in cpus for i in range(ncpus))
+        with _mapped(f"cannot pin the emulator threads of domain '{name}'"):
+            self._get(name).pinEmulator(cpumap, _MODIFY)
+
+    def pin_iothread(self, name: str, iothread: int, cpus: frozenset[int], ncpus: int) -> None:
+        cpumap = tuple(i in cpus for i in range(ncpus))
+        with _mapped(f"cannot pin I/O thread {iothread} of domain '{name}'"):
+            self._get(name).pinIOThread(iothread, cpumap, _MODIFY)
+
+    def set_iotune(self, name: str, disk: str, iops: int | None, bps: int | None) -> None:
+        params = {"total_iops_sec": iops or 0, "total_bytes_sec": bps or 0}
+        with _mapped(f"cannot change the disk limits of domain '{name}'"):
+            self._get(name).setBlockIoTune(disk, params, _MODIFY)
+
+    def set_metadata(self, name: str, meta: KvmctlMetadata) -> None:
+        with _mapped(f"cannot update the metadata of domain '{name}'"):
+            self._get(name).setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                meta.to_xml(),
+                KVMCTL_PREFIX,
+                KVMCTL_NS,
+                _MODIFY,
+            )
+
+    # --- guest agent -------------------------------------------------------------
+
+    def agent(
+        self, name: str, command: str, arguments: dict[str, object] | None = None, timeout: int = 5
+    ) -> object:
+        payload: dict[str, object] = {"execute": command}
+        if arguments:
+            payload["arguments"] = arguments
+        with _mapped(f"guest agent of domain '{name}' did not answer {command}"):
+            reply = libvirt_qemu.qemuAgentCommand(self._get(name), json.dumps(payload), timeout, 0)
+        return json.loads(reply).get("return")
+
+    # --- storage -------------------------------------------------------------------
+
+    def ensure_pool(self, xml: str, name: str) -> bool:
+        """Define, build, start and autostart a dir pool if missing. True if created."""
+        try:
+            pool = self.conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError:
+            pool = None
+        created = False
+        with _mapped(f"cannot set up storage pool '{name}'", HostError):
+            if pool is None:
+                pool = self.conn.storagePoolDefineXML(xml, 0)
+                pool.build(0)
+                created = True
+            if not pool.isActive():
+                pool.create(0)
+            pool.setAutostart(1)
+        return created
+
+    def remove_pool(self, name: str) -> None:
+        try:
+            pool = self.conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError:
+            return
+        with _mapped(f"cannot remove storage pool '{name}'"):
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+
+    def volume_exists(self, pool: str, name: str) -> bool:
+        return self._volume(pool, name) is not None
+
+    def _volume(self, pool: str, name: str) -> libvirt.virStorageVol | None:
+        try:
+            p = self.conn.storagePoolLookupByName(pool)
+        except libvirt.libvirtError:
+            return None  # no pool, no volume
+        # A file made outside libvirt (or by a killed run) shows after a refresh.
+        for refresh in (False, True):
+            if refresh:
+                with _mapped(f"cannot refresh storage pool '{pool}'"):
+                    p.refresh(0)
+            try:
+                return p.storageVolLookupByName(name)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise ApplyError(
+                        f"cannot look up volume '{name}' in pool '{pool}': "
+                        f"{err.get_error_message()}"
+                    ) from None
+        return None
+
+    def volumes(self, pool: str) -> list[str]:
+        try:
+            p = self.conn.storagePoolLookupByName(pool)
+            p.refresh(0)
+            return sorted(p.listVolumes())
+        except libvirt.libvirtError:
+            return []
+
+    def create_volume(self, pool: str, xml: str) -> None:
+        with _mapped(f"cannot create a volume in pool '{pool}'"):
+            self.conn.storagePoolLookupByName(pool).createXML(xml, 0)
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        vol = self._volume(pool, name)
+        if vol is None:
+            return
+        with _mapped(f"cannot delete volume '{name}' of pool '{pool}'"):
+            vol.delete(0)
+
+    def screenshot(self, name: str) -> bytes:
+        """The domain's first screen as the image libvirt sends (PPM or PNG)."""
+        dom = self._get(name)
+        stream = self.conn.newStream(0)
+        with _mapped(f"cannot take a screenshot of domain '{name}'"):
+            dom.screenshot(stream, 0, 0)
+            chunks: list[bytes] = []
+            stream.recvAll(lambda _s, data, buf: buf.append(data) or 0, chunks)
+            stream.finish()
+        return b"".join(chunks)

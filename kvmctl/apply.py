@@ -1,0 +1,301 @@
+"""Run a plan through the adapters: bridges, storage, domains, readiness.
+
+Idempotent (the plan's diff decides what to do), ordered by depends_on levels,
+parallel inside a level, and journaled: when anything fails, everything this
+run created or changed is undone and what existed before is left as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from kvmctl.adapters.ready import NotReady, ReadyWatch
+from kvmctl.adapters.virt import Virt
+from kvmctl.errors import ApplyError, KvmctlError
+from kvmctl.host import rt, threads
+from kvmctl.journal import Journal
+from kvmctl.planner.cpuset import parse_cpuset
+from kvmctl.planner.diff import Action
+from kvmctl.planner.domain import build_domain, build_volume
+from kvmctl.planner.plan import Plan, VmPlan
+from kvmctl.xml.domain import Domain
+from kvmctl.xml.storage import StoragePool
+
+Progress = Callable[[str, str], None]  # (vm, what is happening)
+
+
+@dataclass
+class VmOutcome:
+    vm: str
+    action: str
+    started_at: float | None = None  # wall clock, when resumed
+    ready_at: float | None = None
+    ready_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ApplyResult:
+    set_name: str
+    outcomes: dict[str, VmOutcome]
+    bridges: list[tuple[str, str]]  # (action, bridge)
+    notes: list[str]
+    seconds: float
+
+    @property
+    def changed(self) -> bool:
+        return any(o.action != "unchanged" for o in self.outcomes.values()) or any(
+            a != "unchanged" for a, _ in self.bridges
+        )
+
+
+class Applier:
+    def __init__(
+        self,
+        virt: Virt,
+        plan: Plan,
+        *,
+        netlink: object | None = None,
+        rt_by_thread: bool,
+        pool_path: str,
+        host_cpus: int,
+        progress: Progress | None = None,
+    ):
+        self.virt = virt
+        self.plan = plan
+        self.netlink = netlink
+        self.rt_by_thread = rt_by_thread
+        self.pool_path = pool_path
+        self.host_cpus = host_cpus
+        self.progress = progress or (lambda _vm, _what: None)
+        self.journal = Journal()
+        self.notes: list[str] = []
+
+    def run(self) -> ApplyResult:
+        t0 = time.monotonic()
+        outcomes: dict[str, VmOutcome] = {}
+        actions = {a.vm: a for a in self.plan.actions}
+        try:
+            bridges = self._bridges("create")
+            if any(a.kind in ("create", "restart") for a in actions.values()):
+                self._pool()
+            for level in self.plan.levels:
+                todo = [actions[vm] for vm in level if vm in actions]
+                outcomes.update(self._level(todo))
+            for action in actions.values():
+                if action.kind == "delete":
+                    self._delete(action)
+                    outcomes[action.vm] = VmOutcome(action.vm, "delete")
+            bridges += self._bridges("delete")
+        except BaseException as err:
+            failures = self.journal.rollback()
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            cause = str(err) if isinstance(err, KvmctlError) else f"{type(err).__name__}: {err}"
+            extra = ("; " + "; ".join(failures)) if failures else ""
+            raise ApplyError(
+                f"apply of '{self.plan.set_name}' failed and was rolled back: {cause}{extra}"
+            ) from None
+        self.journal.forget()
+        return ApplyResult(self.plan.set_name, outcomes, bridges, self.notes, time.monotonic() - t0)
+
+    # --- infrastructure ------------------------------------------------------------
+
+    def _bridges(self, kind: str) -> list[tuple[str, str]]:
+        done = []
+        by_name = {b.bridge: b for b in self.plan.bridges}
+        for action in self.plan.bridge_actions:
+            if action.kind != kind:
+                if kind == "create":
+                    done.append((action.kind, action.bridge))
+                continue
+            if self.netlink is None:
+                raise ApplyError(
+                    f"bridge '{action.bridge}' is needed but no netlink adapter is available"
+                )
+            if kind == "create":
+                bp = by_name[action.bridge]
+                self.progress("-", f"creating bridge {bp.bridge}")
+                self.netlink.create_bridge(bp.bridge, bp.alias, mtu=bp.mtu)  # type: ignore[attr-defined]
+                self.journal.record(
+                    f"create bridge {bp.bridge}",
+                    lambda bp=bp: self.netlink.delete_bridge(bp.bridge, bp.alias),  # type: ignore[attr-defined,union-attr]
+                )
+                if bp.host_address is not None:
+                    self.netlink.set_host_address(bp.bridge, str(bp.host_address))  # type: ignore[attr-defined]
+            else:
+                alias = f"kvmctl:{self.plan.set_name}:{action.network}"
+                self.netlink.delete_bridge(action.bridge, alias)  # type: ignore[attr-defined]
+            done.append((kind, action.bridge))
+        return done
+
+    def _pool(self) -> None:
+        any_plan = next(iter(self.plan.vms.values()))
+        name = any_plan.volume.pool
+        xml = StoragePool(name=name, target_path=self.pool_path).to_xml()
+        if self.virt.ensure_pool(xml, name):
+            self.journal.record(f"create storage pool {name}", lambda: self.virt.remove_pool(name))
+
+    # --- VMs -----------------------------------------------------------------------
+
+    def _level(self, todo: list[Action]) -> dict[str, VmOutcome]:
+        if not todo:
+            return {}
+        with ThreadPoolExecutor(max_workers=len(todo)) as pool:
+            futures = {a.vm: pool.submit(self._one, a) for a in todo}
+        errors = []
+        out = {}
+        for vm, fut in futures.items():
+            err = fut.exception()
+            if err is not None:
+                errors.append(err)
+            else:
+                out[vm] = fut.result()
+        if errors:
+            raise errors[0]
+        return out
+
+    def _one(self, action: Action) -> VmOutcome:
+        plan = self.plan.vms.get(action.vm)
+        outcome = VmOutcome(action.vm, action.kind)
+        if action.kind == "unchanged" or plan is None:
+            return outcome
+        if action.kind == "update-live":
+            self._update_live(plan)
+            return outcome
+        if action.kind == "restart":
+            old = self.virt.xml(plan.domain, inactive=True)
+            self.progress(plan.name, "stopping for restart")
+            self.virt.stop(plan.domain)
+            self.journal.record(f"restart {plan.domain}", lambda: self._restore(plan.domain, old))
+        elif action.kind == "start":
+            self.virt.stop(plan.domain)  # a domain left paused by an interrupted run
+            self.journal.record(f"start {plan.domain}", lambda: self.virt.stop(plan.domain))
+        if action.kind in ("create", "restart"):
+            self._storage(plan)
+            self._define(plan, created=action.kind == "create")
+        self._boot(plan, outcome)
+        return outcome
+
+    def _storage(self, plan: VmPlan) -> None:
+        vol = plan.volume
+        if self.virt.volume_exists(vol.pool, vol.name):
+            return  # kept from before (or from an interrupted run): /data survives
+        self.progress(plan.name, "creating data volume")
+        self.virt.create_volume(vol.pool, build_volume(plan).to_xml())
+        self.journal.record(
+            f"create volume {vol.name}", lambda: self.virt.delete_volume(vol.pool, vol.name)
+        )
+
+    def _define(self, plan: VmPlan, created: bool) -> None:
+        self.virt.define(build_domain(plan, self.rt_by_thread).to_xml())
+        if created:
+            self.journal.record(f"define {plan.domain}", lambda: self.virt.undefine(plan.domain))
+
+    def _boot(self, plan: VmPlan, outcome: VmOutcome) -> None:
+        self.progress(plan.name, "starting")
+        self.virt.start_paused(plan.domain)
+        # Budgets can only shrink once no real-time thread is left in the
+        # cgroups, so they are given back after the domain is stopped.
+        rt_steps: list[rt.RtStep] = []
+        self.journal.record(
+            f"start {plan.domain}",
+            lambda: (self.virt.stop(plan.domain), rt.undo(rt_steps)),
+        )
+        with ReadyWatch(self.virt.conn, plan.domain, plan.vm.ready.probe) as watch:
+            if plan.realtime is not None and self.rt_by_thread:
+                outcome.notes += self._realtime(plan, rt_steps)
+            t_resume = time.monotonic()
+            outcome.started_at = time.time()
+            self.virt.resume(plan.domain)
+            self.progress(plan.name, f"waiting for readiness ({plan.vm.ready.probe})")
+            try:
+                ready = watch.wait(plan.vm.ready.timeout)
+            except NotReady as err:
+                raise ApplyError(str(err)) from None
+        outcome.ready_seconds = ready - t_resume
+        outcome.ready_at = outcome.started_at + outcome.ready_seconds
+        self.progress(plan.name, f"ready after {outcome.ready_seconds:.1f} s")
+
+    def _realtime(self, plan: VmPlan, steps: list[rt.RtStep]) -> list[str]:
+        budget = plan.realtime
+        assert budget is not None
+        pid = threads.qemu_pid(plan.domain)
+        if pid is None:
+            raise ApplyError(
+                f"cannot find the QEMU process of '{plan.domain}' to make it real-time"
+            )
+        rt.make_realtime(
+            threads.inspect(pid),
+            budget.policy,
+            budget.priority,
+            budget.domain_runtime_us,
+            budget.vcpu_runtime_us,
+            steps,
+        )
+        notes = [f"cgroup {s.path}: cpu.rt_runtime_us {s.old} -> {s.new}" for s in steps]
+        policy = f"SCHED_{budget.policy.upper()} priority {budget.priority}"
+        notes.append(f"vCPU threads of {plan.domain}: {policy}")
+        return notes
+
+    def _update_live(self, plan: VmPlan) -> None:
+        old = Domain.from_xml(self.virt.xml(plan.domain, inactive=True))
+        self.progress(plan.name, "updating live")
+        self.journal.record(f"live update of {plan.domain}", lambda: self._retune(plan.domain, old))
+        self._retune(plan.domain, build_domain(plan, self.rt_by_thread))
+
+    def _retune(self, name: str, dom: Domain) -> None:
+        """Make the running domain's tunables those of `dom` (live and config)."""
+        tune = dom.cputune
+        if tune is not None:
+            self.virt.set_cpu_tune(name, tune.shares, tune.period, tune.quota)
+            for pin in tune.vcpupins:
+                self.virt.pin_vcpu(name, pin.vcpu, parse_cpuset(pin.cpuset), self.host_cpus)
+            if tune.emulatorpin:
+                self.virt.pin_emulator(name, parse_cpuset(tune.emulatorpin), self.host_cpus)
+            for io in tune.iothreadpins:
+                self.virt.pin_iothread(name, io.iothread, parse_cpuset(io.cpuset), self.host_cpus)
+        for disk in dom.devices.disks:
+            io_limits = disk.iotune
+            self.virt.set_iotune(
+                name,
+                disk.target_dev,
+                io_limits.total_iops_sec if io_limits else None,
+                io_limits.total_bytes_sec if io_limits else None,
+            )
+        if dom.metadata is not None and dom.metadata.kvmctl is not None:
+            self.virt.set_metadata(name, dom.metadata.kvmctl)
+
+    def _restore(self, name: str, old_xml: str) -> None:
+        self.virt.stop(name)
+        self.virt.define(old_xml)
+        self.virt.start_paused(name)
+        self.virt.resume(name)
+
+    def _delete(self, action: Action) -> None:
+        self.progress(action.vm, "deleting")
+        destroy_domain(self.virt, action.domain)
+
+
+def destroy_domain(virt: Virt, name: str) -> list[str]:
+    """Stop and undefine one of kvmctl's domains and delete the volumes it used.
+    Returns the deleted volume names."""
+    removed: list[str] = []
+    dom = virt.lookup(name)
+    volumes: list[tuple[str, str]] = []
+    if dom is not None:
+        parsed = Domain.from_xml(virt.xml(name, inactive=True))
+        volumes = [
+            (d.source_pool, d.source_volume)
+            for d in parsed.devices.disks
+            if d.source_pool and d.source_volume
+        ]
+    virt.stop(name)
+    virt.undefine(name)
+    for pool, vol in volumes:
+        virt.delete_volume(pool, vol)
+        removed.append(vol)
+    return removed

@@ -1,0 +1,38 @@
+"""Read what runs now (domains with their kvmctl metadata, bridges) into the
+planner's LiveState."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kvmctl.adapters.virt import DomainInfo, Virt
+from kvmctl.planner.cpuset import parse_cpuset
+from kvmctl.planner.live import LiveDomain, LiveState
+
+RUNNING_STATES = {1}  # VIR_DOMAIN_RUNNING; a paused domain is half-started
+
+
+def live_domain(info: DomainInfo) -> LiveDomain:
+    meta = info.meta
+    if meta is None:
+        return LiveDomain(name=info.name, active=info.active)
+    groups = dict(
+        part.split("=", 1) for part in (meta.groups or "").split(";") if "=" in part
+    )
+    return LiveDomain(
+        name=info.name,
+        active=info.active and info.state in RUNNING_STATES,
+        set_name=meta.set_name,
+        vm=meta.vm_name,
+        restart_hash=meta.restart_hash or "",
+        live_hash=meta.live_hash or "",
+        groups=groups,
+        dedicated_cpus=parse_cpuset(meta.dedicated) if meta.dedicated else frozenset(),
+    )
+
+
+def read_live(virt: Virt, bridges: Callable[[], dict[str, str | None]] | None = None) -> LiveState:
+    return LiveState(
+        domains=tuple(live_domain(d) for d in virt.domains()),
+        bridges=bridges() if bridges is not None else {},
+    )
