@@ -36,19 +36,25 @@ def _plans(example: str, cpus: int, kvm: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("example", "cpus", "kvm"), CASES)
-def test_domain_xml_golden(example: str, cpus: int, kvm: str, regenerate: bool, tmp_path: Path) -> None:
+def test_domain_xml_golden(
+    example: str, cpus: int, kvm: str, regenerate: bool, tmp_path: Path
+) -> None:
     plan = _plans(example, cpus, kvm)
     for name, vm_plan in plan.vms.items():
         domain = build_domain(vm_plan, rt_by_thread=True)
         xml = domain.to_xml()
         stem = example.removesuffix(".yaml")
         assert_golden(GOLDEN / stem / f"{name}.xml", xml, regenerate)
-        assert_golden(GOLDEN / stem / f"{name}.volume.xml", build_volume(vm_plan).to_xml(), regenerate)
+        assert_golden(
+            GOLDEN / stem / f"{name}.volume.xml", build_volume(vm_plan).to_xml(), regenerate
+        )
         assert Domain.from_xml(xml) == domain
         if shutil.which("virt-xml-validate"):
             path = tmp_path / f"{name}.xml"
             path.write_text(xml)
-            run = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
+            run = subprocess.run(
+                ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True
+            )
             assert run.returncode == 0, run.stderr
 
 

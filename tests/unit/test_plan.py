@@ -104,10 +104,13 @@ def test_other_sets_dedicated_cpus_are_respected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("free", "ok"), [(256, True), (255, False), (0, False)],
+    ("free", "ok"),
+    [(256, True), (255, False), (0, False)],
 )
 def test_hugepages_against_free(free: int, ok: bool) -> None:
-    s = spec("name: t\nvms:\n  a: {memory: {size: 256MiB, hugepages: 2MiB}}\n  b: {memory: {size: 256MiB, hugepages: 2MiB}}\n")
+    s = spec(
+        "name: t\nvms:\n  a: {memory: {size: 256MiB, hugepages: 2MiB}}\n  b: {memory: {size: 256MiB, hugepages: 2MiB}}\n"
+    )
     problems = make_plan(s, facts(free_2m=free)).problems
     assert (problems == []) is ok
     if not ok:
@@ -148,7 +151,9 @@ def test_realtime_budget_split_and_bounds() -> None:
     plan = make_plan(two, facts(cpus=4))
     assert plan.vms["a"].realtime.domain_runtime_us == 450_000  # type: ignore[union-attr]
     assert plan.vms["b"].realtime.vcpu_runtime_us == 225_000  # type: ignore[union-attr]
-    greedy = spec("name: t\nhost: {rt_budget: 95%}\nvms:\n  a: {cpu: {placement: dedicated, realtime: {}}}\n")
+    greedy = spec(
+        "name: t\nhost: {rt_budget: 95%}\nvms:\n  a: {cpu: {placement: dedicated, realtime: {}}}\n"
+    )
     f = facts().model_copy(update={"rt_runtime_us_root": 900_000})
     assert any("exceeds the host's 900000 us" in p for p in make_plan(greedy, f).problems)
     no_rt = make_plan(greedy, facts(rt=False))
@@ -156,7 +161,9 @@ def test_realtime_budget_split_and_bounds() -> None:
 
 
 def test_vlan_refused_without_8021q() -> None:
-    s = spec("name: t\nnetworks:\n  n: {bridge: br0, subnet: 10.0.0.0/24, vlan: 20}\nvms:\n  a: {networks: [n]}\n")
+    s = spec(
+        "name: t\nnetworks:\n  n: {bridge: br0, subnet: 10.0.0.0/24, vlan: 20}\nvms:\n  a: {networks: [n]}\n"
+    )
     problems = make_plan(s, facts()).problems
     assert any("no 802.1Q support" in p for p in problems)
     ok = facts().model_copy(update={"vlan_supported": True})
@@ -164,12 +171,16 @@ def test_vlan_refused_without_8021q() -> None:
 
 
 def test_bridges_ownership() -> None:
-    s = spec("name: t\nnetworks:\n  n: {bridge: br0, subnet: 10.0.0.0/24}\nvms:\n  a: {networks: [n]}\n")
+    s = spec(
+        "name: t\nnetworks:\n  n: {bridge: br0, subnet: 10.0.0.0/24}\nvms:\n  a: {networks: [n]}\n"
+    )
     wanted = plan_bridges(s)
     assert parse_alias(wanted[0].alias) == ("t", "n")
     actions, problems = diff_bridges("t", wanted, {"br0": None})
     assert actions == [] and "kvmctl did not create it" in problems[0]
-    actions, problems = diff_bridges("t", wanted, {"br0": "kvmctl:t:n", "old": "kvmctl:t:gone", "x": "kvmctl:u:n"})
+    actions, problems = diff_bridges(
+        "t", wanted, {"br0": "kvmctl:t:n", "old": "kvmctl:t:gone", "x": "kvmctl:u:n"}
+    )
     assert [(a.kind, a.bridge) for a in actions] == [("unchanged", "br0"), ("delete", "old")]
     assert problems == []
 
@@ -195,7 +206,9 @@ def test_builtin_image_paths_and_cmdline() -> None:
 
 
 def test_start_levels_diamond() -> None:
-    s = spec("name: t\nvms:\n  a: {}\n  b: {depends_on: [a]}\n  c: {depends_on: [a]}\n  d: {depends_on: [b, c]}\n")
+    s = spec(
+        "name: t\nvms:\n  a: {}\n  b: {depends_on: [a]}\n  c: {depends_on: [a]}\n  d: {depends_on: [b, c]}\n"
+    )
     assert start_levels(s.vms) == [["a"], ["b", "c"], ["d"]]
 
 

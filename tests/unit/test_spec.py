@@ -87,7 +87,11 @@ BAD = {
     "missing-name": ("vms:\n  a: {}\n", 1, "name: is required"),
     "missing-vms": ("name: t\n", 1, "vms: is required"),
     "empty-vms": ("name: t\nvms: {}\n", 2, "vms: must have at least 1 item"),
-    "unknown-top": ("name: t\nvm:\n  a: {}\nvms:\n  a: {}\n", 2, "unknown field 'vm' (did you mean 'vms'?)"),
+    "unknown-top": (
+        "name: t\nvm:\n  a: {}\nvms:\n  a: {}\n",
+        2,
+        "unknown field 'vm' (did you mean 'vms'?)",
+    ),
     "unknown-nested": (
         "name: t\nvms:\n  a:\n    cpu: {palcement: shared}\n",
         4,
@@ -99,8 +103,16 @@ BAD = {
         "vms.a.cpu.placement: must be 'dedicated' or 'shared'",
     ),
     "vcpus-text": ("name: t\nvms:\n  a: {vcpus: two}\n", 3, "vms.a.vcpus: must be a whole number"),
-    "vcpus-zero": ("name: t\nvms:\n  a: {vcpus: 0}\n", 3, "vms.a.vcpus: must be greater than or equal to 1"),
-    "vcpus-negative": ("name: t\nvms:\n  a: {vcpus: -2}\n", 3, "vms.a.vcpus: must be greater than or equal to 1"),
+    "vcpus-zero": (
+        "name: t\nvms:\n  a: {vcpus: 0}\n",
+        3,
+        "vms.a.vcpus: must be greater than or equal to 1",
+    ),
+    "vcpus-negative": (
+        "name: t\nvms:\n  a: {vcpus: -2}\n",
+        3,
+        "vms.a.vcpus: must be greater than or equal to 1",
+    ),
     "memory-unit": ("name: t\nvms:\n  a: {memory: {size: 1 parsec}}\n", 3, "unknown size unit"),
     "memory-small": ("name: t\nvms:\n  a: {memory: {size: 1MiB}}\n", 3, "at least 64MiB"),
     "hugepage-size": ("name: t\nvms:\n  a: {memory: {hugepages: 4MiB}}\n", 3, "2MiB or 1GiB"),
@@ -127,11 +139,15 @@ BAD = {
         "dedicated CPU is not capped",
     ),
     "duplicate-vm": ("name: t\nvms:\n  a: {}\n  a: {vcpus: 2}\n", 4, "vms.a: duplicate key"),
-    "bad-vm-name-xml": ("name: t\nvms:\n  \"a<b>\": {}\n", 3, "'a<b>' is not a valid name"),
-    "bad-vm-name-shell": ("name: t\nvms:\n  \"a;rm -rf\": {}\n", 3, "is not a valid name"),
-    "bad-set-name": ("name: \"x'y\"\nvms:\n  a: {}\n", 1, "name: 'x'y' is not a valid name"),
-    "role-metachar": ("name: t\nvms:\n  a: {role: \"<script>\"}\n", 3, "vms.a.role"),
-    "depends-unknown": ("name: t\nvms:\n  a: {depends_on: [zz]}\n", 3, "vms.a.depends_on[0]: unknown VM 'zz'"),
+    "bad-vm-name-xml": ('name: t\nvms:\n  "a<b>": {}\n', 3, "'a<b>' is not a valid name"),
+    "bad-vm-name-shell": ('name: t\nvms:\n  "a;rm -rf": {}\n', 3, "is not a valid name"),
+    "bad-set-name": ('name: "x\'y"\nvms:\n  a: {}\n', 1, "name: 'x'y' is not a valid name"),
+    "role-metachar": ('name: t\nvms:\n  a: {role: "<script>"}\n', 3, "vms.a.role"),
+    "depends-unknown": (
+        "name: t\nvms:\n  a: {depends_on: [zz]}\n",
+        3,
+        "vms.a.depends_on[0]: unknown VM 'zz'",
+    ),
     "depends-self": ("name: t\nvms:\n  a: {depends_on: [a]}\n", 3, "cannot depend on itself"),
     "depends-cycle": (
         "name: t\nvms:\n  a: {depends_on: [b]}\n  b: {depends_on: [c]}\n  c: {depends_on: [a]}\n",
@@ -152,7 +168,7 @@ BAD = {
         "not a valid bridge name",
     ),
     "bridge-bad-char": (
-        "name: t\nnetworks:\n  n: {bridge: \"br/0\", subnet: 10.0.0.0/24}\nvms:\n  a: {}\n",
+        'name: t\nnetworks:\n  n: {bridge: "br/0", subnet: 10.0.0.0/24}\nvms:\n  a: {}\n',
         3,
         "not a valid bridge name",
     ),
@@ -227,17 +243,33 @@ BAD = {
         3,
         "exactly one of builtin or path",
     ),
-    "image-unknown-builtin": ("name: t\nvms:\n  a: {image: {builtin: windows}}\n", 3, "'test-guest' or 'test-guest-rt'"),
-    "ready-probe": ("name: t\nvms:\n  a: {ready: {probe: ping}}\n", 3, "'agent' or 'serial:<marker>'"),
+    "image-unknown-builtin": (
+        "name: t\nvms:\n  a: {image: {builtin: windows}}\n",
+        3,
+        "'test-guest' or 'test-guest-rt'",
+    ),
+    "ready-probe": (
+        "name: t\nvms:\n  a: {ready: {probe: ping}}\n",
+        3,
+        "'agent' or 'serial:<marker>'",
+    ),
     "ready-timeout": ("name: t\nvms:\n  a: {ready: {timeout: soon}}\n", 3, "not a duration"),
-    "watchdog-action": ("name: t\nvms:\n  a: {watchdog: {action: explode}}\n", 3, "vms.a.watchdog.action"),
+    "watchdog-action": (
+        "name: t\nvms:\n  a: {watchdog: {action: explode}}\n",
+        3,
+        "vms.a.watchdog.action",
+    ),
     "bandwidth-empty": (
         "name: t\nnetworks:\n  n: {bridge: br0, subnet: 10.0.0.0/24}\n"
         "vms:\n  a: {networks: [{name: n, bandwidth: {}}]}\n",
         5,
         "needs average",
     ),
-    "housekeeping-dup": ("name: t\nhost: {housekeeping_cpus: [0, 0]}\nvms:\n  a: {}\n", 2, "lists a CPU twice"),
+    "housekeeping-dup": (
+        "name: t\nhost: {housekeeping_cpus: [0, 0]}\nvms:\n  a: {}\n",
+        2,
+        "lists a CPU twice",
+    ),
 }
 
 
@@ -245,7 +277,9 @@ BAD = {
 def test_bad_input(case: str) -> None:
     text, line, fragment = BAD[case]
     found = problems(text)
-    assert any(p.startswith((f"c.yaml:{line} ", f"c.yaml:{line}:")) and fragment in p for p in found), found
+    assert any(
+        p.startswith((f"c.yaml:{line} ", f"c.yaml:{line}:")) and fragment in p for p in found
+    ), found
 
 
 def test_all_errors_at_once() -> None:
@@ -274,7 +308,14 @@ def test_cycle_finder() -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("256MiB", 256 * 1024**2), ("1GiB", 1024**3), ("2MiB", 2 * 1024**2), ("1KB", 1000), (512, 512), ("0.5GiB", 512 * 1024**2)],
+    [
+        ("256MiB", 256 * 1024**2),
+        ("1GiB", 1024**3),
+        ("2MiB", 2 * 1024**2),
+        ("1KB", 1000),
+        (512, 512),
+        ("0.5GiB", 512 * 1024**2),
+    ],
 )
 def test_parse_size(text: object, value: int) -> None:
     assert parse_size(text) == value
@@ -292,6 +333,11 @@ def test_other_units() -> None:
     assert parse_percent("80%") == 80.0 and parse_percent(50) == 50.0
     assert parse_rate("8Mbit/s") == 1_000_000 and parse_rate("1MiB/s") == 1024**2
     assert format_size(256 * 1024**2) == "256MiB" and format_size(1536) == "1536B"
-    for bad, fn in (("x", parse_duration), ("1 fortnight", parse_duration), ("80 per", parse_percent), ("1 MB", parse_rate)):
+    for bad, fn in (
+        ("x", parse_duration),
+        ("1 fortnight", parse_duration),
+        ("80 per", parse_percent),
+        ("1 MB", parse_rate),
+    ):
         with pytest.raises(ValueError):
             fn(bad)
