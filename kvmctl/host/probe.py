@@ -404,7 +404,7 @@ def probe(
     # what decide; kvmctl's process stands in when the daemon is not running here.
     libvirtd = daemon_pid("libvirtd", root)
     who = str(libvirtd) if libvirtd is not None else "self"
-    memlock_source = f"libvirtd (pid {libvirtd})" if libvirtd is not None else "kvmctl"
+    memlock_source = f"libvirtd, pid {libvirtd}" if libvirtd is not None else "kvmctl itself"
     limits = _read(_under(root, f"/proc/{who}/limits"))
     status = _read(_under(root, f"/proc/{who}/status"))
     facts = HostFacts(
