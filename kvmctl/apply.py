@@ -242,13 +242,19 @@ class Applier:
         return notes
 
     def _update_live(self, plan: VmPlan) -> None:
-        old = Domain.from_xml(self.virt.xml(plan.domain, inactive=True))
+        old_xml = self.virt.xml(plan.domain, inactive=True)
+        old = Domain.from_xml(old_xml)
         self.progress(plan.name, "updating live")
-        self.journal.record(f"live update of {plan.domain}", lambda: self._retune(plan.domain, old))
-        self._retune(plan.domain, build_domain(plan, self.rt_by_thread))
+        self.journal.record(
+            f"live update of {plan.domain}",
+            lambda: (self.virt.define(old_xml), self._retune(plan.domain, old)),
+        )
+        new = build_domain(plan, self.rt_by_thread)
+        self.virt.define(new.to_xml())
+        self._retune(plan.domain, new)
 
     def _retune(self, name: str, dom: Domain) -> None:
-        """Make the running domain's tunables those of `dom` (live and config)."""
+        """Make the running domain's tunables those of `dom`."""
         tune = dom.cputune
         if tune is not None:
             self.virt.set_cpu_tune(name, tune.shares, tune.period, tune.quota)

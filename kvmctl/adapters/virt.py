@@ -14,12 +14,15 @@ from dataclasses import dataclass
 
 import libvirt
 import libvirt_qemu
+from lxml import etree
 
 from kvmctl.adapters.events import ensure_event_loop
 from kvmctl.errors import ApplyError, HostError, UsageError
-from kvmctl.xml.metadata import KVMCTL_NS, KVMCTL_PREFIX, KvmctlMetadata
+from kvmctl.xml.metadata import KVMCTL_NS, KVMCTL_PREFIX, KvmctlMetadata, read_kvmctl_metadata
 
-_MODIFY = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+# Live tuning touches only the running domain; the persistent definition is
+# replaced as a whole with defineXML, so the two never disagree.
+_MODIFY = libvirt.VIR_DOMAIN_AFFECT_LIVE
 _UNDEFINE = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
@@ -33,6 +36,16 @@ def _quiet(_ctx: object, _err: object) -> None:
 
 
 libvirt.registerErrorHandler(_quiet, None)
+
+
+def _without_namespace(meta: KvmctlMetadata) -> str:
+    """virDomainSetMetadata puts the element into the namespace itself and
+    refuses one that already declares it."""
+    el = meta.to_element()
+    for node in el.iter():
+        node.tag = etree.QName(node).localname
+    etree.cleanup_namespaces(el)
+    return str(etree.tostring(el, encoding="unicode"))
 
 
 @dataclass(frozen=True)
@@ -87,13 +100,11 @@ class Virt:
         return out
 
     def _meta(self, dom: libvirt.virDomain) -> KvmctlMetadata | None:
+        # virDomainGetMetadata hands the element back without its namespace,
+        # so read it from the domain XML, where the namespace is kept.
         try:
-            text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, KVMCTL_NS)
-        except libvirt.libvirtError:
-            return None
-        try:
-            return KvmctlMetadata.from_xml(text)
-        except ValueError:
+            return read_kvmctl_metadata(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        except (libvirt.libvirtError, ValueError):
             return None
 
     def lookup(self, name: str) -> libvirt.virDomain | None:
@@ -191,7 +202,7 @@ class Virt:
         with _mapped(f"cannot update the metadata of domain '{name}'"):
             self._get(name).setMetadata(
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-                meta.to_xml(),
+                _without_namespace(meta),
                 KVMCTL_PREFIX,
                 KVMCTL_NS,
                 _MODIFY,

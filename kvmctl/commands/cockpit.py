@@ -1,3 +1,239 @@
 """The cockpit verbs: plan, apply, status, destroy, xml."""
 
 from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvmctl import cockpit
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
+from kvmctl.commands._output import print_json, print_table
+from kvmctl.errors import UsageError
+from kvmctl.planner.cpuset import format_cpuset
+from kvmctl.planner.domain import build_domain
+from kvmctl.planner.plan import Plan
+
+SpecArg = Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)]
+
+
+def _progress() -> cockpit.Progress:
+    t0 = time.monotonic()
+
+    def say(vm: str, what: str) -> None:
+        sys.stderr.write(f"[{time.monotonic() - t0:6.1f}s] {vm}: {what}\n")
+        sys.stderr.flush()
+
+    return say
+
+
+def _plan_rows(plan: Plan) -> list[list[object]]:
+    kinds = {a.vm: a for a in plan.actions}
+    rows: list[list[object]] = []
+    for name, p in plan.vms.items():
+        action = kinds.get(name)
+        change = action.kind if action else "?"
+        if action and action.reasons:
+            change += f" ({', '.join(action.reasons)})"
+        rt = f"{p.realtime.policy}:{p.realtime.priority}" if p.realtime else ""
+        rows.append(
+            [
+                name,
+                "dedicated" if p.placement.dedicated else "shared",
+                " ".join(f"{i}->{format_cpuset(c)}" for i, c in enumerate(p.placement.vcpu_pins)),
+                format_cpuset(p.placement.emulator),
+                f"{p.vm.memory.size // 1024**2} MiB"
+                + (
+                    f" hugepages {p.vm.memory.hugepages // 1024**2} MiB"
+                    if p.vm.memory.hugepages
+                    else ""
+                ),
+                p.shares or "",
+                f"{p.quota_us * 100 // p.period_us}%" if p.quota_us and p.period_us else "",
+                rt,
+                p.level,
+                change,
+            ]
+        )
+    rows += [
+        [a.vm, "", "", "", "", "", "", "", "", "delete"] for a in plan.actions if a.kind == "delete"
+    ]
+    return rows
+
+
+def _plan_json(plan: Plan) -> dict[str, object]:
+    return {
+        "set": plan.set_name,
+        "spec_hash": plan.spec_hash,
+        "virt_type": plan.virt_type,
+        "levels": plan.levels,
+        "vms": [p.summary() for p in plan.vms.values()],
+        "actions": [
+            {"vm": a.vm, "domain": a.domain, "kind": a.kind, "reasons": list(a.reasons)}
+            for a in plan.actions
+        ],
+        "bridges": [
+            {"bridge": b.bridge, "kind": b.kind, "network": b.network} for b in plan.bridge_actions
+        ],
+        "problems": plan.problems,
+        "warnings": plan.warnings,
+        "notes": plan.notes,
+    }
+
+
+@app.command()
+def plan(
+    file: SpecArg,
+    connect: ConnectOpt = DEFAULT_URI,
+    facts: Annotated[
+        Path | None,
+        typer.Option(
+            "--facts", help="Plan for the host described by this facts JSON (no host access)."
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what each VM gets (vCPU -> pCPU, emulator, memory, shares/cap, order) and the diff."""
+    session = cockpit.open_session(file, connect, facts_file=facts)
+    p = session.plan
+    if json_out:
+        print_json(_plan_json(p))
+    else:
+        print_table(
+            f"plan for '{p.set_name}' ({'KVM' if p.virt_type == 'kvm' else 'TCG emulation'})",
+            [
+                "vm",
+                "cpu",
+                "vcpu->pcpu",
+                "emulator",
+                "memory",
+                "shares",
+                "cap",
+                "realtime",
+                "level",
+                "change",
+            ],
+            _plan_rows(p),
+        )
+        for b in p.bridge_actions:
+            typer.echo(f"bridge {b.bridge} ({b.network}): {b.kind}")
+        for line in p.warnings + p.notes:
+            typer.echo(f"note: {line}")
+        for line in p.problems:
+            typer.echo(f"problem: {line}")
+    if p.problems:
+        raise typer.Exit(3)
+
+
+@app.command()
+def apply(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt = False) -> None:
+    """Create or update the cockpit: preflight, then define and start VMs in depends_on order."""
+    result = cockpit.apply(file, connect, progress=_progress())
+    if json_out:
+        print_json(
+            {
+                "set": result.set_name,
+                "changed": result.changed,
+                "seconds": round(result.seconds, 3),
+                "vms": {
+                    name: {
+                        "action": o.action,
+                        "started_at": o.started_at,
+                        "ready_at": o.ready_at,
+                        "ready_seconds": o.ready_seconds,
+                        "notes": o.notes,
+                    }
+                    for name, o in result.outcomes.items()
+                },
+                "bridges": [{"action": a, "bridge": b} for a, b in result.bridges],
+            }
+        )
+        return
+    if not result.changed:
+        typer.echo(f"cockpit '{result.set_name}' already matches the spec: nothing to do")
+        return
+    for name, o in result.outcomes.items():
+        ready = f", ready in {o.ready_seconds:.1f} s" if o.ready_seconds is not None else ""
+        typer.echo(f"{name}: {o.action}{ready}")
+        for note in o.notes:
+            typer.echo(f"  {note}")
+    typer.echo(f"cockpit '{result.set_name}' applied in {result.seconds:.1f} s")
+
+
+@app.command()
+def status(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt = False) -> None:
+    """State, readiness, uptime, planned vs actual pCPUs, hugepages and shares/cap of every VM."""
+    session, rows = cockpit.status(file, connect)
+    if json_out:
+        print_json({"set": session.spec.name, "vms": [r.as_dict() for r in rows]})
+        return
+    print_table(
+        f"cockpit '{session.spec.name}'",
+        [
+            "vm",
+            "state",
+            "ready",
+            "uptime",
+            "vcpus planned",
+            "vcpus actual",
+            "emulator",
+            "sched",
+            "hugepages",
+            "shares",
+            "quota",
+            "drift",
+        ],
+        [
+            [
+                r.vm,
+                r.state,
+                {True: "yes", False: "no", None: "-"}[r.ready],
+                f"{r.uptime_s:.0f}s" if r.uptime_s is not None else "",
+                " ".join(r.vcpus_planned),
+                " ".join(r.vcpus_actual),
+                f"{r.emulator_actual or '-'} (plan {r.emulator_planned})",
+                " ".join(r.vcpu_sched),
+                f"{(r.hugepages_actual_kib or 0) // 1024}/{r.hugepages_planned_kib // 1024} MiB"
+                if r.hugepages_planned_kib
+                else "-",
+                r.shares if r.shares is not None else "",
+                r.quota_us if r.quota_us is not None else "",
+                "; ".join(r.drift) or "none",
+            ]
+            for r in rows
+        ],
+    )
+
+
+@app.command()
+def destroy(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt = False) -> None:
+    """Stop and remove the set's domains, volumes and bridges (only what kvmctl created for it)."""
+    result = cockpit.destroy(file, connect, progress=_progress())
+    if json_out:
+        print_json(result.__dict__)
+        return
+    typer.echo(
+        f"removed {len(result.domains)} domain(s), {len(result.volumes)} volume(s), "
+        f"{len(result.bridges)} bridge(s)"
+    )
+
+
+@app.command()
+def xml(
+    file: SpecArg,
+    vm: Annotated[str, typer.Argument(help="VM name in the spec.")],
+    connect: ConnectOpt = DEFAULT_URI,
+    facts: Annotated[
+        Path | None, typer.Option("--facts", help="Host facts JSON (no host access).")
+    ] = None,
+) -> None:
+    """Print the libvirt domain XML kvmctl would define for one VM."""
+    session = cockpit.open_session(file, connect, facts_file=facts)
+    vm_plan = session.plan.vms.get(vm)
+    if vm_plan is None:
+        known = ", ".join(session.spec.vms)
+        raise UsageError(f"no VM '{vm}' in {file} (known: {known})")
+    typer.echo(build_domain(vm_plan, session.facts.rt_group_sched).to_xml(), nl=False)

@@ -33,6 +33,8 @@ class PlanOptions:
     """Where things live on the host; the defaults match `make setup`."""
 
     image_root: str = "/var/lib/kvmctl/images"
+    # Each built-in image's own kernel arguments (its manifest says them).
+    cmdline_base: str = "console=tty0 console=ttyS0,115200n8 panic=1 quiet"
     pool: str = "kvmctl"
     pool_path: str = "/var/lib/kvmctl/volumes"
     log_dir: str = "/var/log/kvmctl"
@@ -218,7 +220,7 @@ def _vm_plan(
     if vm.image.builtin is not None:
         root = f"{options.image_root}/{vm.image.builtin}"
         kernel, initrd = f"{root}/vmlinuz", f"{root}/initrd.img"
-        cmdline = guest_cmdline(name, nics)
+        cmdline = guest_cmdline(options.cmdline_base, name, nics)
     else:
         backing = vm.image.path
     plan = VmPlan(
@@ -244,13 +246,12 @@ def _vm_plan(
     return _with_fingerprint(plan)
 
 
-def guest_cmdline(name: str, nics: tuple[NicPlan, ...]) -> str:
-    """The test guest's kernel command line: its name and one static address per
-    NIC, matched by MAC inside the guest (see guest-images/README.md)."""
-    parts = ["console=ttyS0", "quiet", f"kvmctl.name={name}"]
-    if nics:
-        parts.append("kvmctl.ip=" + ";".join(f"{n.mac},{n.address}" for n in nics))
-    return " ".join(parts)
+def guest_cmdline(base: str, name: str, nics: tuple[NicPlan, ...]) -> str:
+    """The test guest's kernel command line: its name and one `kvmctl.ip=` word
+    per NIC, matched by MAC inside the guest (see guest-images/README.md)."""
+    words = [base, f"kvmctl.name={name}"]
+    words += [f"kvmctl.ip={n.mac},{n.address.with_prefixlen}" for n in nics]
+    return " ".join(w for w in words if w)
 
 
 def _with_fingerprint(plan: VmPlan) -> VmPlan:

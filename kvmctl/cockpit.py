@@ -1,0 +1,149 @@
+"""The public Python API for a cockpit: plan, apply, status, destroy.
+
+The CLI is a thin layer over these functions; users' own tooling and CI can
+call them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from kvmctl import images
+from kvmctl.adapters.netlink import Netlink
+from kvmctl.adapters.virt import Virt, open_connection
+from kvmctl.apply import Applier, ApplyResult, Progress, destroy_domain
+from kvmctl.errors import HostError
+from kvmctl.host.facts import HostFacts
+from kvmctl.host.probe import probe_host
+from kvmctl.livestate import read_live
+from kvmctl.planner.live import LiveState
+from kvmctl.planner.plan import Plan, PlanOptions, make_plan
+from kvmctl.spec import Cockpit, load_spec
+from kvmctl.status import VmStatus, cockpit_status
+
+
+@dataclass
+class Session:
+    spec: Cockpit
+    uri: str
+    facts: HostFacts
+    plan: Plan
+    virt: Virt | None  # None when planning offline from a facts file
+    options: PlanOptions
+
+
+def _options(spec: Cockpit) -> PlanOptions:
+    options = PlanOptions(image_root=str(images.image_dir()))
+    flavours = {vm.image.builtin for vm in spec.vms.values() if vm.image.builtin}
+    for flavour in sorted(flavours):
+        # All flavours share one base today; take it from a manifest if present.
+        with suppress(HostError):
+            return replace(options, cmdline_base=images.artifacts(flavour).cmdline_base)
+    return options
+
+
+def open_session(
+    spec: Cockpit | str | Path,
+    uri: str,
+    *,
+    facts_file: Path | None = None,
+) -> Session:
+    """Load the spec, read the host and what runs, and plan. With `facts_file`
+    nothing on this host is touched: the plan is for the host those facts describe."""
+    if not isinstance(spec, Cockpit):
+        spec = load_spec(spec)
+    options = _options(spec)
+    if facts_file is not None:
+        facts = HostFacts.load(facts_file)
+        plan = make_plan(spec, facts, LiveState(), options)
+        return Session(spec, uri, facts, plan, None, options)
+    virt = Virt(open_connection(uri))
+    facts = probe_host(uri)
+    with Netlink() as nl:
+        live = read_live(virt, nl.bridges)
+    plan = make_plan(spec, facts, live, options)
+    return Session(spec, uri, facts, plan, virt, options)
+
+
+def preflight(session: Session) -> None:
+    """Everything the host must offer before anything is created (exit 3)."""
+    reasons = list(session.plan.problems)
+    facts = session.facts
+    for daemon, up in sorted(facts.daemons.items()):
+        if not up:
+            reasons.append(f"{daemon} is not running (`make setup` starts it)")
+    starting = {a.vm for a in session.plan.actions if a.kind in ("create", "restart", "start")}
+    for name in sorted(starting):
+        vm = session.spec.vms[name]
+        if vm.image.builtin:
+            try:
+                images.artifacts(vm.image.builtin)
+            except HostError as err:
+                reasons.append(f"VM '{name}': {err}")
+        elif vm.image.path and not Path(vm.image.path).is_file():
+            reasons.append(f"VM '{name}': image {vm.image.path} does not exist")
+    if reasons:
+        raise HostError(
+            f"this host cannot run cockpit '{session.spec.name}' as planned; nothing was changed",
+            reasons,
+        )
+
+
+def apply(
+    spec: Cockpit | str | Path,
+    uri: str,
+    progress: Progress | None = None,
+) -> ApplyResult:
+    session = open_session(spec, uri)
+    preflight(session)
+    assert session.virt is not None
+    with Netlink() as nl:
+        return Applier(
+            session.virt,
+            session.plan,
+            netlink=nl,
+            rt_by_thread=session.facts.rt_group_sched,
+            pool_path=session.options.pool_path,
+            host_cpus=max(session.facts.cpu_ids, default=0) + 1,
+            progress=progress,
+        ).run()
+
+
+def status(spec: Cockpit | str | Path, uri: str) -> tuple[Session, list[VmStatus]]:
+    session = open_session(spec, uri)
+    assert session.virt is not None
+    return session, cockpit_status(session.virt, session.plan)
+
+
+@dataclass
+class DestroyResult:
+    domains: list[str]
+    volumes: list[str]
+    bridges: list[str]
+
+
+def destroy(
+    spec: Cockpit | str | Path, uri: str, progress: Callable[[str, str], None] | None = None
+) -> DestroyResult:
+    """Stop and undefine the set's domains, delete their volumes and the
+    bridges kvmctl made for the set. Nothing it does not own is touched."""
+    session = open_session(spec, uri)
+    assert session.virt is not None
+    say = progress or (lambda _vm, _what: None)
+    virt = session.virt
+    result = DestroyResult([], [], [])
+    owned = [d for d in virt.domains() if d.meta and d.meta.set_name == session.spec.name]
+    for info in sorted(owned, key=lambda d: d.name):
+        say(info.meta.vm_name if info.meta else info.name, "destroying")
+        result.volumes += destroy_domain(virt, info.name)
+        result.domains.append(info.name)
+    with Netlink() as nl:
+        for bridge, alias in sorted(nl.bridges().items()):
+            if alias and alias.startswith(f"kvmctl:{session.spec.name}:"):
+                say("-", f"removing bridge {bridge}")
+                nl.delete_bridge(bridge, alias)
+                result.bridges.append(bridge)
+    return result

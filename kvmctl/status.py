@@ -1,0 +1,132 @@
+"""What each VM of a set really has, next to what the plan promised.
+
+Everything "actual" is read where it takes effect: thread affinity and
+scheduling from /proc, hugepages from the QEMU process status, shares and
+quota from the cgroup files. A difference is drift and is listed by name.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kvmctl.adapters.virt import Virt
+from kvmctl.host import threads
+from kvmctl.planner.cpuset import format_cpuset
+from kvmctl.planner.plan import Plan, VmPlan
+
+STATE_NAMES = {
+    0: "none",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shut off",
+    6: "crashed",
+    7: "suspended",
+}
+
+
+@dataclass
+class VmStatus:
+    vm: str
+    domain: str
+    state: str
+    ready: bool | None = None
+    uptime_s: float | None = None
+    pid: int | None = None
+    vcpus_planned: list[str] = field(default_factory=list)
+    vcpus_actual: list[str] = field(default_factory=list)
+    emulator_planned: str = ""
+    emulator_actual: str = ""
+    vcpu_sched: list[str] = field(default_factory=list)
+    hugepages_planned_kib: int = 0
+    hugepages_actual_kib: int | None = None
+    shares: int | None = None
+    quota_us: int | None = None
+    drift: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def vm_status(virt: Virt, plan: VmPlan, states: dict[str, int]) -> VmStatus:
+    st = VmStatus(
+        vm=plan.name,
+        domain=plan.domain,
+        state=STATE_NAMES.get(states[plan.domain], "?") if plan.domain in states else "absent",
+        vcpus_planned=[format_cpuset(c) for c in plan.placement.vcpu_pins],
+        emulator_planned=format_cpuset(plan.placement.emulator),
+        hugepages_planned_kib=plan.vm.memory.size // 1024 if plan.vm.memory.hugepages else 0,
+    )
+    if st.state not in ("running", "paused"):
+        return st
+    pid = threads.qemu_pid(plan.domain)
+    if pid is None:
+        st.drift.append("QEMU process not found on this host")
+        return st
+    qemu = threads.inspect(pid)
+    st.pid = pid
+    st.uptime_s = round(time.time() - qemu.started, 1)
+    st.vcpus_actual = [format_cpuset(t.affinity) for t in qemu.vcpus]
+    st.vcpu_sched = [f"{t.policy}:{t.priority}" if t.priority else t.policy for t in qemu.vcpus]
+    emulator = set().union(*(t.affinity for t in qemu.emulator)) if qemu.emulator else set()
+    st.emulator_actual = format_cpuset(emulator)
+    st.hugepages_actual_kib = qemu.hugetlb_kib
+    if qemu.vcpus:
+        vdir = threads.cgroup_dir(qemu.vcpus[0].tid, "cpu", pid)
+        if vdir is not None:
+            st.quota_us = _read_int(vdir / "cpu.cfs_quota_us")
+            st.shares = _read_int(vdir.parent / "cpu.shares")
+    st.ready = _ready(virt, plan)
+    st.drift = drift(plan, st)
+    return st
+
+
+def drift(plan: VmPlan, st: VmStatus) -> list[str]:
+    out = []
+    if st.vcpus_actual != st.vcpus_planned:
+        out.append(f"vCPU affinity {st.vcpus_actual} != planned {st.vcpus_planned}")
+    if st.emulator_actual != st.emulator_planned:
+        out.append(f"emulator threads on {st.emulator_actual} != planned {st.emulator_planned}")
+    if st.hugepages_planned_kib and st.hugepages_actual_kib != st.hugepages_planned_kib:
+        out.append(
+            f"hugepages {st.hugepages_actual_kib} KiB != planned {st.hugepages_planned_kib} KiB"
+        )
+    if plan.shares is not None and st.shares != plan.shares:
+        out.append(f"cpu.shares {st.shares} != planned {plan.shares}")
+    want_quota = plan.quota_us if plan.quota_us is not None else -1
+    if st.quota_us is not None and st.quota_us != want_quota:
+        out.append(f"cfs quota {st.quota_us} us != planned {want_quota} us")
+    if plan.realtime is not None:
+        want = f"{plan.realtime.policy}:{plan.realtime.priority}"
+        if any(s != want for s in st.vcpu_sched):
+            out.append(f"vCPU scheduling {st.vcpu_sched} != planned {want}")
+    return out
+
+
+def _ready(virt: Virt, plan: VmPlan) -> bool:
+    marker = plan.vm.ready.serial_marker
+    if marker is not None:
+        try:
+            return marker in Path(plan.serial_log).read_text(errors="replace")
+        except OSError:
+            return False
+    try:
+        virt.agent(plan.domain, "guest-ping", timeout=1)
+    except Exception:  # noqa: BLE001 - not answering is the answer
+        return False
+    return True
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def cockpit_status(virt: Virt, plan: Plan) -> list[VmStatus]:
+    states = {d.name: d.state for d in virt.domains()}
+    return [vm_status(virt, p, states) for p in plan.vms.values()]
