@@ -7,9 +7,10 @@ run created or changed is undone and what existed before is left as it was.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kvmctl.adapters.ready import NotReady, ReadyWatch
@@ -25,6 +26,10 @@ from kvmctl.xml.domain import Domain
 from kvmctl.xml.storage import StoragePool
 
 Progress = Callable[[str, str], None]  # (vm, what is happening)
+
+
+class _DependencyFailed(Exception):
+    """A VM was not started because a VM it depends on (or a sibling) failed."""
 
 
 @dataclass
@@ -82,9 +87,7 @@ class Applier:
             bridges = self._bridges("create")
             if any(a.kind in ("create", "restart") for a in actions.values()):
                 self._pool()
-            for level in self.plan.levels:
-                todo = [actions[vm] for vm in level if vm in actions]
-                outcomes.update(self._level(todo))
+            outcomes.update(self._vms([a for a in actions.values() if a.kind != "delete"]))
             for action in actions.values():
                 if action.kind == "delete":
                     self._delete(action)
@@ -141,22 +144,38 @@ class Applier:
 
     # --- VMs -----------------------------------------------------------------------
 
-    def _level(self, todo: list[Action]) -> dict[str, VmOutcome]:
+    def _vms(self, todo: list[Action]) -> dict[str, VmOutcome]:
+        """Each VM starts as soon as the VMs it depends on are ready, not when
+        its whole level is: a slow sibling does not hold back a dependant."""
         if not todo:
             return {}
-        with ThreadPoolExecutor(max_workers=len(todo)) as pool:
-            futures = {a.vm: pool.submit(self._one, a) for a in todo}
-        errors = []
-        out = {}
-        for vm, fut in futures.items():
-            err = fut.exception()
-            if err is not None:
-                errors.append(err)
-            else:
-                out[vm] = fut.result()
+        by_vm = {a.vm: a for a in todo}
+        order = [vm for level in self.plan.levels for vm in level if vm in by_vm]
+        failed = threading.Event()
+        futures: dict[str, Future[VmOutcome]] = {}
+        with ThreadPoolExecutor(max_workers=len(order)) as pool:
+            for vm in order:
+                deps = [futures[d] for d in self.plan.vms[vm].vm.depends_on if d in futures]
+                futures[vm] = pool.submit(self._after, deps, by_vm[vm], failed)
+        errors = [e for f in futures.values() if (e := f.exception()) is not None]
         if errors:
-            raise errors[0]
-        return out
+            # Report the failure itself, not the VMs skipped because of it.
+            raise next((e for e in errors if not isinstance(e, _DependencyFailed)), errors[0])
+        return {vm: f.result() for vm, f in futures.items()}
+
+    def _after(
+        self, deps: list[Future[VmOutcome]], action: Action, failed: threading.Event
+    ) -> VmOutcome:
+        for dep in deps:
+            if dep.exception() is not None:
+                raise _DependencyFailed(action.vm)
+        if failed.is_set():
+            raise _DependencyFailed(action.vm)
+        try:
+            return self._one(action)
+        except BaseException:
+            failed.set()  # VMs not yet started need not start: all will be undone
+            raise
 
     def _one(self, action: Action) -> VmOutcome:
         plan = self.plan.vms.get(action.vm)
