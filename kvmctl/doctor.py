@@ -90,12 +90,7 @@ def _libvirt(facts: HostFacts) -> Check:
     if info is None:
         return Check("libvirt", "fail", "not probed")
     if not info.reachable:
-        return Check(
-            "libvirt",
-            "fail",
-            f"cannot reach libvirt at {info.uri}: {info.error or 'no answer'} "
-            "(start it with `virtlogd -d && libvirtd -d`)",
-        )
+        return Check("libvirt", "fail", info.error or f"cannot reach libvirt at {info.uri}")
     return Check(
         "libvirt",
         "ok",

@@ -72,8 +72,8 @@ def _map_open_error(uri: str, err: libvirt.libvirtError) -> Exception:
         return UsageError(f"'{uri}' is not a valid libvirt URI ({detail}); use e.g. qemu:///system")
     where = f"on {urlsplit(uri).hostname}" if is_remote_uri(uri) else "on this host"
     return HostError(
-        f"cannot reach libvirt at {uri}: is libvirtd running {where}? ({START_HINT})",
-        [message],
+        f"cannot reach libvirt at {uri} ({message.rstrip('.')}): is libvirtd running {where}? "
+        f"({START_HINT})"
     )
 
 

@@ -91,6 +91,8 @@ def facts(
 
     with _progress("probing the host..."):
         found = probe_host(connect, reprobe=reprobe)
+    if found.libvirt is not None and not found.libvirt.reachable:
+        raise HostError(found.libvirt.error or f"cannot reach libvirt at {connect}")
     if output is not None:
         _write_facts(output, found.to_json())
     else:

@@ -325,7 +325,7 @@ def _libvirt_facts(
             uri=shown,
             reachable=False,
             library_version=library_version(),
-            error=err.reasons[0] if err.reasons else str(err),
+            error=str(err),
         )
         if not device.exists():
             verdict = KvmVerdict("absent", f"{device} does not exist", "qemu")
