@@ -392,8 +392,8 @@ def probe(
 
     if is_remote_uri(uri):
         raise UsageError(
-            f"kvmctl doctor examines the machine it runs on, and {uri} is another one: "
-            "run it there (e.g. over ssh) and copy the facts with --facts-out"
+            f"host facts come from the machine kvmctl runs on, and {uri} is another one: "
+            "run `kvmctl doctor` or `kvmctl facts -o host.json` there"
         )
     info, verdict, boot_id = _libvirt_facts(uri, kvm_timeout, reprobe, root)
     meminfo = parse_meminfo(_read(_under(root, "/proc/meminfo")))

@@ -132,4 +132,4 @@ def test_libvirt_default_uri_is_honoured_and_c_wins() -> None:
 def test_remote_uri_for_doctor_is_refused_with_the_remedy() -> None:
     result = kvmctl("doctor", "-c", "qemu+ssh://soc-b/system")
     assert result.returncode == 2
-    assert "run it there" in one_line_without_traceback(result.stderr)
+    assert "kvmctl facts -o host.json` there" in one_line_without_traceback(result.stderr)
