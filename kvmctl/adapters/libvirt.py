@@ -213,17 +213,25 @@ class Libvirt:
             _destroy_quietly(dom)
 
 
-def connect(uri: str | None, readonly: bool = False) -> Libvirt:
-    """Open a libvirt connection. `None` or "" lets libvirt pick its default URI.
+def open_virconnect(uri: str | None, readonly: bool = False) -> libvirt.virConnect:
+    """`libvirt.open` with kvmctl's error mapping, for callers that keep the raw connection.
 
     Raises UsageError for a URI libvirt cannot parse or has no driver for,
     HostError when the daemon behind it cannot be reached.
     """
     shown = uri or "the default libvirt URI"
     try:
-        conn = libvirt.openReadOnly(uri or None) if readonly else libvirt.open(uri or None)
+        return libvirt.openReadOnly(uri or None) if readonly else libvirt.open(uri or None)
     except libvirt.libvirtError as err:
         raise _map_open_error(shown, err) from None
+
+
+def connect(uri: str | None, readonly: bool = False) -> Libvirt:
+    """Open a libvirt connection. `None` or "" lets libvirt pick its default URI.
+
+    Errors as for `open_virconnect`.
+    """
+    conn = open_virconnect(uri, readonly)
     try:
         actual = str(conn.getURI())
     except libvirt.libvirtError:
