@@ -46,18 +46,15 @@ host: venv
 # Guest images (kernel + busybox initramfs) built offline from Debian packages; needs
 # the host packages (`make host`) but not the venv.
 images:
-	@if [ -e guest-images/build.sh ]; then \
-	    guest-images/build.sh; \
-	else \
-	    echo "[setup] warning: guest-images/build.sh is not in this checkout yet; no guest images built" >&2; \
-	fi
+	@echo "[setup] guest-images/build.sh"
+	@guest-images/build.sh
 
 ## demo: set up, then run the example cockpit
 demo: setup
 	$(BIN)/kvmctl doctor
-# The example cockpit, once `apply` and `status` exist:
-#	$(BIN)/kvmctl apply $(SPEC)
-#	$(BIN)/kvmctl status $(SPEC)
+	$(BIN)/kvmctl apply $(SPEC)
+	$(BIN)/kvmctl status $(SPEC)
+	@echo "The cockpit keeps running. Remove it with: $(BIN)/kvmctl destroy $(SPEC)"
 
 ## test: set up, lint, then unit and integration tests (each must run at least one test)
 test: setup
