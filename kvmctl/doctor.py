@@ -123,7 +123,7 @@ def _daemons(facts: HostFacts) -> Check:
 def _kvm(facts: HostFacts, verdict: KvmVerdict | None) -> Check:
     source = ""
     if verdict is not None and verdict.cached:
-        source = " [probe result cached for this boot; --reprobe boots again]"
+        source = " (probe result cached for this boot; --reprobe boots again)"
     if facts.kvm == "usable":
         return Check(
             "kvm",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
 from kvmctl.commands._output import print_json, print_table
@@ -70,7 +71,9 @@ def doctor(
     if json_out:
         print_json(report.to_dict())
     else:
-        rows = [(c.name, c.status, c.detail) for c in report.checks]
+        # Rich reads [..] as markup on a terminal; details quote libvirt's own messages.
+        tty = sys.stdout.isatty()
+        rows = [(c.name, c.status, escape(c.detail) if tty else c.detail) for c in report.checks]
         print_table(
             f"kvmctl doctor ({report.facts.hostname or 'this host'})",
             ["check", "status", "detail"],
