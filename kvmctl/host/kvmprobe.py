@@ -51,8 +51,14 @@ def kvm_device() -> Path:
 
 
 def run_dir() -> Path:
-    """Where kvmctl keeps per-boot state: $KVMCTL_RUN_DIR, else /run/kvmctl."""
-    return Path(os.environ.get("KVMCTL_RUN_DIR") or DEFAULT_RUN_DIR)
+    """Where kvmctl keeps per-boot state: $KVMCTL_RUN_DIR, else /run/kvmctl for root and
+    $XDG_RUNTIME_DIR/kvmctl for anyone else."""
+    configured = os.environ.get("KVMCTL_RUN_DIR")
+    if configured:
+        return Path(configured)
+    if os.geteuid() == 0:
+        return DEFAULT_RUN_DIR
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / "kvmctl"
 
 
 # --- the probe image ----------------------------------------------------------
@@ -242,7 +248,7 @@ class KvmVerdict:
     kvm_seconds: float | None = None  # to the marker, or to giving up
     tcg_seconds: float | None = None
     tcg_ok: bool | None = None  # None: not tried
-    blocking: bool = False  # the probe could not decide (no image): a cockpit cannot be planned
+    blocking: bool = False  # no virt type proven to work (or no image to tell): doctor fails
 
 
 def _failure(outcome: BootOutcome, timeout: float) -> str:
@@ -264,16 +270,23 @@ def decide_kvm(
 ) -> KvmVerdict:
     """The KVM status from the facts at hand and, when they do not settle it, probe boots."""
     tcg = "qemu" in domain_types
+    no_tcg = "" if tcg else ", and libvirt offers no TCG (domain type 'qemu') either"
     if not device.exists():
         return KvmVerdict(
-            "absent", f"{device} does not exist (no KVM module loaded, or no VT-x/AMD-V)", "qemu"
+            "absent",
+            f"{device} does not exist (no KVM module loaded, or no VT-x/AMD-V){no_tcg}",
+            "qemu",
+            blocking=not tcg,
         )
     if "kvm" not in domain_types:
         return KvmVerdict(
-            "absent", f"{device} exists but libvirt does not offer domain type 'kvm'", "qemu"
+            "absent",
+            f"{device} exists but libvirt does not offer domain type 'kvm'{no_tcg}",
+            "qemu",
+            blocking=not tcg,
         )
     if access_problem:
-        return KvmVerdict("present-but-unusable", access_problem, "qemu")
+        return KvmVerdict("present-but-unusable", access_problem + no_tcg, "qemu", blocking=not tcg)
     if image is None or boot is None:
         return KvmVerdict(
             "present-but-unusable",
@@ -300,6 +313,7 @@ def decide_kvm(
             "qemu",
             probed=True,
             kvm_seconds=kvm.seconds,
+            blocking=True,
         )
     emu = boot("qemu")
     if emu.reached:

@@ -362,7 +362,12 @@ def _libvirt_facts(
             image,
             booter,
             timeout,
-            access_problem=qemu_access_problem(device) if device.exists() else None,
+            # qemu:///session runs QEMU as the caller, not as qemu.conf's user
+            access_problem=(
+                qemu_access_problem(device)
+                if device.exists() and "/session" not in lv.uri
+                else None
+            ),
             image_problem=image_problem,
         )
         if verdict.probed and not verdict.blocking:

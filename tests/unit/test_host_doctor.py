@@ -191,3 +191,9 @@ def test_report_json_shape() -> None:
     assert all(set(c) == {"name", "status", "detail"} for c in data["checks"])
     assert data["ok"] is True
     assert data["kvm_probe"]["source"] == "booted"
+
+
+def test_no_kvm_and_no_tcg_fails() -> None:
+    verdict = KvmVerdict("absent", "/dev/kvm does not exist, and no TCG", "qemu", blocking=True)
+    check = by_name(host(kvm="absent", kvm_reason=verdict.reason), verdict)["kvm"]
+    assert check.status == "fail"

@@ -105,8 +105,11 @@ def test_failing_under_both_blames_the_image(device: Path) -> None:
 def test_no_tcg_to_fall_back_on(tmp_path: Path, device: Path) -> None:
     boots = FakeBoots(kvm=Outcome(False, 8))
     v = kp.decide_kvm(device, {"kvm"}, IMAGE, boots)
-    assert v.status == "present-but-unusable" and "no TCG" in v.reason
+    assert v.status == "present-but-unusable" and "no TCG" in v.reason and v.blocking
     assert boots.calls == ["kvm"]
+    absent = kp.decide_kvm(tmp_path / "nope", set(), IMAGE, boots)
+    assert absent.status == "absent" and absent.blocking and "no TCG" in absent.reason
+    assert not kp.decide_kvm(tmp_path / "nope", {"qemu"}, IMAGE, boots).blocking
 
 
 def test_no_image_decides_as_far_as_it_can(device: Path) -> None:
@@ -246,8 +249,10 @@ def test_probe_domain_xml(virt_type: VirtType, tmp_path: Path) -> None:
 def test_device_and_run_dir_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KVMCTL_KVM_DEVICE", raising=False)
     monkeypatch.delenv("KVMCTL_RUN_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
     assert kp.kvm_device() == Path("/dev/kvm")
-    assert kp.run_dir() == Path("/run/kvmctl")
+    expected = "/run/kvmctl" if os.geteuid() == 0 else "/run/user/1000/kvmctl"
+    assert kp.run_dir() == Path(expected)
     monkeypatch.setenv("KVMCTL_KVM_DEVICE", "/nonexistent")
     monkeypatch.setenv("KVMCTL_RUN_DIR", "/tmp/x")
     assert kp.kvm_device() == Path("/nonexistent")
