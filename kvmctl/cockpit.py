@@ -21,6 +21,7 @@ from kvmctl.host.probe import probe_host
 from kvmctl.livestate import read_live
 from kvmctl.planner.live import LiveState
 from kvmctl.planner.plan import Plan, PlanOptions, make_plan
+from kvmctl.setlock import set_lock
 from kvmctl.spec import Cockpit, load_spec
 from kvmctl.status import VmStatus, cockpit_status
 
@@ -97,6 +98,12 @@ def apply(
     uri: str,
     progress: Progress | None = None,
 ) -> ApplyResult:
+    spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
+    with set_lock(spec.name):
+        return _apply_locked(spec, uri, progress)
+
+
+def _apply_locked(spec: Cockpit, uri: str, progress: Progress | None) -> ApplyResult:
     session = open_session(spec, uri)
     preflight(session)
     assert session.virt is not None
@@ -130,6 +137,14 @@ def destroy(
 ) -> DestroyResult:
     """Stop and undefine the set's domains, delete their volumes and the
     bridges kvmctl made for the set. Nothing it does not own is touched."""
+    spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
+    with set_lock(spec.name):
+        return _destroy_locked(spec, uri, progress)
+
+
+def _destroy_locked(
+    spec: Cockpit, uri: str, progress: Callable[[str, str], None] | None
+) -> DestroyResult:
     session = open_session(spec, uri)
     assert session.virt is not None
     say = progress or (lambda _vm, _what: None)

@@ -8,6 +8,7 @@ names the domain, volume or pool.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ def open_connection(uri: str) -> libvirt.virConnect:
 class Virt:
     def __init__(self, conn: libvirt.virConnect):
         self.conn = conn
+        # libvirt refuses to refresh a pool while a volume is being created in
+        # it ("asynchronous jobs running"): storage calls go one at a time.
+        self._storage = threading.RLock()
 
     # --- domains ---------------------------------------------------------------
 
@@ -158,10 +162,6 @@ class Virt:
             return
         with _mapped(f"cannot undefine domain '{name}'"):
             dom.undefineFlags(_UNDEFINE)
-
-    def qemu_pid_alive(self, name: str) -> bool:
-        dom = self.lookup(name)
-        return bool(dom and dom.isActive())
 
     # --- live tuning -------------------------------------------------------------
 
@@ -250,7 +250,8 @@ class Virt:
             pool.undefine()
 
     def volume_exists(self, pool: str, name: str) -> bool:
-        return self._volume(pool, name) is not None
+        with self._storage:
+            return self._volume(pool, name) is not None
 
     def _volume(self, pool: str, name: str) -> libvirt.virStorageVol | None:
         try:
@@ -272,24 +273,17 @@ class Virt:
                     ) from None
         return None
 
-    def volumes(self, pool: str) -> list[str]:
-        try:
-            p = self.conn.storagePoolLookupByName(pool)
-            p.refresh(0)
-            return sorted(p.listVolumes())
-        except libvirt.libvirtError:
-            return []
-
     def create_volume(self, pool: str, xml: str) -> None:
-        with _mapped(f"cannot create a volume in pool '{pool}'"):
+        with self._storage, _mapped(f"cannot create a volume in pool '{pool}'"):
             self.conn.storagePoolLookupByName(pool).createXML(xml, 0)
 
     def delete_volume(self, pool: str, name: str) -> None:
-        vol = self._volume(pool, name)
-        if vol is None:
-            return
-        with _mapped(f"cannot delete volume '{name}' of pool '{pool}'"):
-            vol.delete(0)
+        with self._storage:
+            vol = self._volume(pool, name)
+            if vol is None:
+                return
+            with _mapped(f"cannot delete volume '{name}' of pool '{pool}'"):
+                vol.delete(0)
 
     def screenshot(self, name: str) -> bytes:
         """The domain's first screen as the image libvirt sends (PPM or PNG)."""
