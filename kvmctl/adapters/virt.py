@@ -18,7 +18,8 @@ import libvirt_qemu
 from lxml import etree
 
 from kvmctl.adapters.events import ensure_event_loop
-from kvmctl.errors import ApplyError, HostError, UsageError
+from kvmctl.adapters.libvirt import open_virconnect
+from kvmctl.errors import ApplyError, HostError
 from kvmctl.xml.metadata import KVMCTL_NS, KVMCTL_PREFIX, KvmctlMetadata, read_kvmctl_metadata
 
 # Live tuning touches only the running domain; the persistent definition is
@@ -30,13 +31,6 @@ _UNDEFINE = (
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
 )
-
-
-def _quiet(_ctx: object, _err: object) -> None:
-    """libvirt prints every error to stderr by default; kvmctl reports its own."""
-
-
-libvirt.registerErrorHandler(_quiet, None)
 
 
 def _without_namespace(meta: KvmctlMetadata) -> str:
@@ -66,20 +60,11 @@ def _mapped(what: str, kind: type[Exception] = ApplyError) -> Iterator[None]:
 
 
 def open_connection(uri: str) -> libvirt.virConnect:
-    """Open `uri` with the event loop running. Malformed URI: exit 2; daemon
-    unreachable: exit 3."""
+    """Open `uri` with the event loop running (domain events and console
+    streams need it), mapped errors, and keepalive so a dead daemon or host is
+    noticed within ~15 s instead of hanging a call."""
     ensure_event_loop()
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as err:
-        code = err.get_error_code()
-        if code in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_CONNECT) and "://" not in uri:
-            raise UsageError(f"'{uri}' is not a valid libvirt URI") from None
-        raise HostError(
-            f"cannot reach libvirt at {uri}: {err.get_error_message()} "
-            "(is libvirtd running? `make setup` starts it)"
-        ) from None
-    # A dead peer (daemon restarted, host gone) is noticed within ~15 s.
+    conn = open_virconnect(uri)
     conn.setKeepAlive(5, 3)
     return conn
 
