@@ -78,6 +78,8 @@ class Applier:
         self.progress = progress or (lambda _vm, _what: None)
         self.journal = Journal()
         self.notes: list[str] = []
+        # One netlink socket, used from the VM threads one at a time.
+        self._net_lock = threading.Lock()
 
     def run(self) -> ApplyResult:
         t0 = time.monotonic()
@@ -222,8 +224,9 @@ class Applier:
         rt_steps: list[rt.RtStep] = []
         self.journal.record(
             f"start {plan.domain}",
-            lambda: (self.virt.stop(plan.domain), rt.undo(rt_steps)),
+            lambda: (self.virt.stop(plan.domain), rt.undo(rt_steps), self._prune_shaping()),
         )
+        self._shape(plan)
         with ReadyWatch(self.virt.conn, plan.domain, plan.vm.ready.probe) as watch:
             if plan.realtime is not None and self.rt_by_thread:
                 outcome.notes += self._realtime(plan, rt_steps)
@@ -238,6 +241,21 @@ class Applier:
         outcome.ready_seconds = ready - t_resume
         outcome.ready_at = outcome.started_at + outcome.ready_seconds
         self.progress(plan.name, f"ready after {outcome.ready_seconds:.1f} s")
+
+    def _shape(self, plan: VmPlan) -> None:
+        """NIC bandwidth, shaped on the tap with tc: libvirt's own <bandwidth>
+        needs the sfq qdisc, which not every kernel has."""
+        for nic in plan.nics:
+            if nic.bandwidth is None:
+                continue
+            inbound, outbound = nic.bandwidth.limits()
+            with self._net_lock:
+                self.netlink.shape(nic.tap, inbound, outbound)  # type: ignore[attr-defined]
+
+    def _prune_shaping(self) -> None:
+        if self.netlink is not None:
+            with self._net_lock:
+                self.netlink.prune_shaping()  # type: ignore[attr-defined]
 
     def _realtime(self, plan: VmPlan, steps: list[rt.RtStep]) -> list[str]:
         budget = plan.realtime

@@ -156,6 +156,7 @@ def _destroy_locked(
         result.volumes += destroy_domain(virt, info.name)
         result.domains.append(info.name)
     with Netlink() as nl:
+        nl.prune_shaping()  # ifb devices of the taps that went with the domains
         for bridge, alias in sorted(nl.bridges().items()):
             if alias and alias.startswith(f"kvmctl:{session.spec.name}:"):
                 say("-", f"removing bridge {bridge}")

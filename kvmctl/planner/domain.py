@@ -9,7 +9,6 @@ the cgroups a budget, and the XML carries no <vcpusched>.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 from kvmctl.planner.cpuset import format_cpuset
@@ -27,12 +26,6 @@ from kvmctl.xml.metadata import KvmctlMetadata, Metadata
 from kvmctl.xml.storage import BackingStore, StorageVolume
 
 IOTHREAD = 1
-
-
-def tap_name(domain: str, mac: str) -> str:
-    """A stable host tap name (<= 15 chars), so shaping and isolation can find
-    the VM's port without asking libvirt, and it survives restarts."""
-    return "kvt" + hashlib.sha256(f"{domain}/{mac}".encode()).hexdigest()[:10]
 
 
 def domain_uuid(set_name: str, vm: str) -> str:
@@ -176,7 +169,7 @@ def _devices(plan: VmPlan) -> Devices:
             type="bridge",
             mac=nic.mac,
             source_bridge=nic.bridge,
-            target_dev=tap_name(plan.domain, nic.mac),
+            target_dev=nic.tap,
             model="virtio",
             port_isolated=True if nic.port_isolated else None,
         )

@@ -10,7 +10,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
-from kvmctl.spec.models import Cockpit
+from kvmctl.spec.models import Bandwidth, Cockpit
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,13 @@ class NicPlan:
     mac: str
     address: ipaddress.IPv4Interface  # address/prefix handed to the guest
     port_isolated: bool
+    tap: str  # the host side of the NIC, named by kvmctl so it can be found and shaped
+    bandwidth: Bandwidth | None = None
+
+
+def tap_name(domain: str, mac: str) -> str:
+    """A stable host tap name (<= 15 chars) that survives restarts."""
+    return "kvt" + hashlib.sha256(f"{domain}/{mac}".encode()).hexdigest()[:10]
 
 
 def stable_mac(set_name: str, vm: str, network: str) -> str:
@@ -44,13 +51,16 @@ def plan_nics(spec: Cockpit) -> dict[str, list[NicPlan]]:
             net = spec.networks[att.name]
             address = att.address or _pick(spec.name, vm_name, net.subnet, taken[att.name])
             taken[att.name].add(address)
+            mac = att.mac or stable_mac(spec.name, vm_name, att.name)
             nics.append(
                 NicPlan(
                     network=att.name,
                     bridge=net.bridge,
-                    mac=att.mac or stable_mac(spec.name, vm_name, att.name),
+                    mac=mac,
                     address=ipaddress.IPv4Interface(f"{address}/{net.subnet.prefixlen}"),
                     port_isolated=att.port_isolated,
+                    tap=tap_name(f"{spec.name}-{vm_name}", mac),
+                    bandwidth=att.bandwidth,
                 )
             )
         result[vm_name] = nics

@@ -263,7 +263,17 @@ def _with_fingerprint(plan: VmPlan) -> VmPlan:
         "memory": vm.memory.model_dump(mode="json"),
         "image": [vm.image.model_dump(mode="json"), plan.kernel, plan.initrd, plan.cmdline],
         "disk": vm.disk.size,
-        "networks": [[n.bridge, n.mac, str(n.address), n.port_isolated] for n in plan.nics],
+        "networks": [
+            [
+                n.bridge,
+                n.mac,
+                str(n.address),
+                n.port_isolated,
+                n.tap,
+                n.bandwidth.model_dump(mode="json") if n.bandwidth else None,
+            ]
+            for n in plan.nics
+        ],
         "display": None if vm.display is None else vm.display.model_dump(mode="json"),
         "watchdog": None if vm.watchdog is None else vm.watchdog.model_dump(mode="json"),
         "virt-type": plan.virt_type,

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Boot time of the built-in test guests under the real libvirtd.
+
+For each flavour, boots a fresh guest N times (a new 64 MiB data disk each
+time, so every boot is a first boot that formats /data; display and agent
+channel on, like a cockpit VM) and measures, from virDomainCreate:
+
+  ready  the KVMCTL-READY line on the serial console (log file, polled 100x/s)
+  agent  the first answered guest-ping
+  guest  the guest kernel's own uptime when /init printed READY
+
+Each flavour also runs once more per round with `pci=noacpi` (PCI interrupts
+routed from the BIOS table instead of ACPI AML, which is slow under TCG),
+interleaved with the default runs so both see the same machine load; the
+ratio is printed side by side. Targets under TCG: median ready <= 5 s for
+test-guest, <= 8 s for test-guest-rt.
+
+Usage: .venv/bin/python bench/boot.py [--runs 5] [--flavour F ...] [--no-record]
+Figures are appended to bench/RESULTS.md, section "boot".
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+
+import libvirt
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "RESULTS.md"
+TARGETS = {"test-guest": 5.0, "test-guest-rt": 8.0}
+UP_RE = re.compile(r"kvmctl-init: up ([0-9.]+)s")
+
+
+def load_helpers() -> ModuleType:
+    """The integration conftest's guest helpers (no pytest needed to use them)."""
+    sys.path.insert(0, str(REPO))
+    path = REPO / "tests" / "integration" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("kvt_guest_helpers", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@dataclass
+class Series:
+    ready: list[float] = field(default_factory=list)
+    agent: list[float] = field(default_factory=list)
+    guest: list[float] = field(default_factory=list)
+
+
+def boot_once(h: ModuleType, factory: object, flavour: str, extra: dict[str, str]) -> tuple[
+    float, float, float
+]:
+    spec = h.GuestSpec(
+        name=f"kvt-bench-{h.token()}", flavour=flavour, cmdline_extra=extra, display=True
+    )
+    guest = factory.create(spec, start=False)  # type: ignore[attr-defined]
+    try:
+        needle = f"KVMCTL-READY {spec.name}".encode()
+        t0 = time.monotonic()
+        guest.dom.create()
+        deadline = t0 + h.BOOT_TIMEOUT
+        while needle not in guest.serial_bytes():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{spec.name}: not ready after {h.BOOT_TIMEOUT}s")
+            time.sleep(0.01)
+        ready = time.monotonic() - t0
+        guest.wait_agent()
+        agent = time.monotonic() - t0
+        m = UP_RE.search(guest.serial_text())
+        return ready, agent, float(m.group(1)) if m else float("nan")
+    finally:
+        factory.remove(guest)  # type: ignore[attr-defined]
+        factory.guests.remove(guest)  # type: ignore[attr-defined]
+
+
+def fmt(values: list[float]) -> str:
+    return f"{statistics.median(values):5.2f} {max(values):5.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="test-guest boot times under libvirt")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--flavour", action="append", choices=sorted(TARGETS))
+    parser.add_argument("--no-record", action="store_true", help="do not touch RESULTS.md")
+    args = parser.parse_args()
+    flavours = args.flavour or sorted(TARGETS)
+
+    h = load_helpers()
+    images = h.ensure_images(flavours)
+    conn = libvirt.open(h.URI)
+    workdir = h.make_workdir()
+    pool = h.create_pool(conn, workdir)
+    factory = h.GuestFactory(conn, pool, workdir)
+    variants = {"default": {}, "pci=noacpi": {"pci": "noacpi"}}
+    results: dict[tuple[str, str], Series] = {
+        (f, v): Series() for f in flavours for v in variants
+    }
+    try:
+        for run in range(args.runs):
+            for flavour in flavours:
+                for variant, extra in variants.items():
+                    ready, agent, guest = boot_once(h, factory, flavour, extra)
+                    s = results[(flavour, variant)]
+                    s.ready.append(ready)
+                    s.agent.append(agent)
+                    s.guest.append(guest)
+                    print(
+                        f"run {run + 1}/{args.runs} {flavour:14s} {variant:11s} "
+                        f"ready {ready:5.2f}s agent {agent:5.2f}s guest uptime {guest:5.2f}s",
+                        flush=True,
+                    )
+    finally:
+        factory.cleanup()
+        h.remove_pool(pool)
+        shutil.rmtree(workdir, ignore_errors=True)
+        conn.close()
+
+    header = (
+        "| flavour | variant | ready median / max (s) | agent median / max (s) "
+        "| guest uptime median (s) | target (ready median) |\n"
+        "|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for (flavour, variant), s in results.items():
+        ok = "met" if statistics.median(s.ready) <= TARGETS[flavour] else "MISSED"
+        target = f"<= {TARGETS[flavour]:.0f} s {ok}" if variant == "default" else ""
+        rows.append(
+            f"| {flavour} | {variant} | {fmt(s.ready)} | {fmt(s.agent)} "
+            f"| {statistics.median(s.guest):.2f} | {target} |"
+        )
+    ratios = []
+    for flavour in flavours:
+        base = statistics.median(results[(flavour, "default")].ready)
+        alt = statistics.median(results[(flavour, "pci=noacpi")].ready)
+        ratios.append(f"{flavour}: pci=noacpi / default ready = {alt / base:.2f}")
+    if len(flavours) == 2:
+        a = statistics.median(results[("test-guest-rt", "default")].ready)
+        b = statistics.median(results[("test-guest", "default")].ready)
+        ratios.append(f"test-guest-rt / test-guest ready = {a / b:.2f}")
+    table = header + "\n".join(rows)
+    print()
+    print(table)
+    for r in ratios:
+        print(r)
+
+    if not args.no_record:
+        kernels = ", ".join(f"{f} {images[f].kernel_release}" for f in flavours)
+        load = os.getloadavg()[0]
+        block = (
+            f"### {datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC, {args.runs} runs, "
+            f"domain type {h.DOMAIN_TYPE}, {os.cpu_count()} CPUs, load {load:.1f} at end, "
+            f"{platform.node()}\n\n"
+            f"Kernels: {kernels}. Fresh 64 MiB data disk per boot (formatted), VGA display, "
+            f"256 MiB, 1 vCPU.\n\n{table}\n\n" + "\n".join(f"- {r}" for r in ratios) + "\n"
+        )
+        record(block)
+        print(f"\nrecorded in {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+def record(block: str) -> None:
+    """Append a block to the "boot" section of RESULTS.md, creating either if needed."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == "## boot"), None)
+    if start is None:
+        intro = (
+            "## boot\n\nBoot time of the built-in test guests (`bench/boot.py`), from "
+            "virDomainCreate to KVMCTL-READY on the serial console and to the first "
+            "agent answer.\n\n"
+        )
+        text = text.rstrip("\n") + "\n\n" + intro + block
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        head = "".join(lines[:end]).rstrip("\n") + "\n\n"
+        tail = "".join(lines[end:])
+        text = head + block + ("\n" + tail if tail else "")
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
