@@ -139,11 +139,6 @@ def test_cockpit_verbs_with_the_daemon_down_exit_3(verb: str) -> None:
     assert f"cannot reach libvirt at {MISSING}" in one_line(result.stderr)
 
 
-@pytest.mark.xfail(
-    reason="kvmctl/adapters/virt.py open_connection maps an unknown or unparsable URI to "
-    "exit 3; kvmctl.adapters.libvirt.open_virconnect maps it to exit 2",
-    strict=False,
-)
 @pytest.mark.parametrize("uri", ["bogus://", "qemu:///sys tem"])
 @pytest.mark.parametrize("verb", ["plan", "status"])
 def test_cockpit_verbs_with_a_malformed_uri_exit_2(verb: str, uri: str) -> None:
