@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -22,11 +23,12 @@ def print_json(data: Any) -> None:
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A Rich table on a TTY; tab-separated lines with a header when piped."""
     if sys.stdout.isatty():
-        table = Table(title=title)
+        # Cells are data, never markup: "[0-1]" must print as written.
+        table = Table(title=escape(title))
         for col in columns:
-            table.add_column(col)
+            table.add_column(escape(col))
         for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
+            table.add_row(*("" if v is None else escape(str(v)) for v in row))
         console().print(table)
         return
     sys.stdout.write(f"# {title}\n")
