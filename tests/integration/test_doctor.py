@@ -284,7 +284,10 @@ def test_boot_that_never_prints_the_marker_times_out_and_is_destroyed(
     xml = kvmprobe.probe_domain_xml(f"kvmctl-probe-never-{os.getpid()}-x", "qemu", image, log)
     result = adapter.boot_until_marker(xml, log, "A-MARKER-NO-GUEST-PRINTS", timeout=3)
     assert not result.reached and not result.start_error
-    assert 3 <= result.seconds < 10
+    # The guest may power itself off first (the probe image does), else the wait
+    # runs into the timeout; either way it ends, bounded.
+    assert result.stopped_early or 3 <= result.seconds
+    assert result.seconds < 10
     assert probe_domains(adapter.conn, os.getpid()) == []
 
 
