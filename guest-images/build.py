@@ -18,11 +18,13 @@ project's virtualenv exists.
 from __future__ import annotations
 
 import argparse
+import bz2
 import fcntl
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import re
 import shutil
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,6 +75,8 @@ class Flavour:
     modules: list[str]
     # Loaded at boot; the rest are only shipped (softdog is loaded on request).
     boot_skip: frozenset[str] = frozenset({"softdog"})
+    # Boot the uncompressed vmlinux through its PVH entry when the kernel allows.
+    pvh: bool = True
 
 
 FLAVOURS: dict[str, Flavour] = {
@@ -375,6 +380,67 @@ def resolve_modules(tree: Path, flavour: Flavour, busybox: Path) -> ModuleSet:
     return result
 
 
+# --------------------------------------------------------------------------- kernel
+
+
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+
+
+def has_pvh_entry(elf: bytes) -> bool:
+    """True when an ELF64 vmlinux carries the PVH entry note QEMU boots it by."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:
+        return False
+    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for i in range(phnum):
+        p_type, _flags, offset, _va, _pa, filesz = struct.unpack_from(
+            "<IIQQQQ", elf, phoff + i * phentsize
+        )
+        if p_type != 4:  # PT_NOTE
+            continue
+        pos, end = offset, offset + filesz
+        while pos + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", elf, pos)
+            name = elf[pos + 12:pos + 12 + namesz]
+            if name == b"Xen\0" and ntype == XEN_ELFNOTE_PHYS32_ENTRY:
+                return True
+            pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False
+
+
+def pvh_vmlinux(bzimage: Path) -> bytes | None:
+    """The uncompressed vmlinux inside a bzImage, if it can be booted via PVH.
+
+    Debian's RT kernel is xz-compressed; under TCG its decompressor runs for
+    seconds before the kernel starts. QEMU boots the ELF directly through the
+    PVH entry point instead, skipping the decompressor and the real-mode setup.
+    Only what the standard library can decompress is handled (not lz4/zstd,
+    whose decompressors are fast anyway).
+    """
+    data = bzimage.read_bytes()
+    if data[0x202:0x206] != b"HdrS":
+        return None
+    setup_sects = data[0x1F1] or 4
+    start = (setup_sects + 1) * 512
+    offset, length = struct.unpack_from("<II", data, 0x248)
+    payload = data[start + offset:start + offset + length]
+    out: bytes
+    try:
+        if payload.startswith(b"\xfd7zXZ\x00"):
+            out = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+        elif payload.startswith(b"\x1f\x8b"):
+            out = zlib.decompressobj(wbits=31).decompress(payload)
+        elif payload.startswith(b"BZh"):
+            out = bz2.BZ2Decompressor().decompress(payload)
+        elif payload.startswith(b"\x5d\x00\x00"):
+            out = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(payload)
+        else:
+            return None
+    except (lzma.LZMAError, zlib.error, OSError, EOFError):
+        return None
+    return out if has_pvh_entry(out) else None
+
+
 # --------------------------------------------------------------------------- cpio
 
 
@@ -499,6 +565,7 @@ def build_key(flavour: Flavour, kernel: Package, userland: dict[str, Package],
         "flavour": flavour.name,
         "modules": flavour.modules,
         "cmdline": CMDLINE_BASE,
+        "pvh": flavour.pvh,
         "kernel": [kernel.name, kernel.version],
         "userland": sorted((p.name, p.version) for p in userland.values()),
         "host": sorted(host.items()),
@@ -633,9 +700,16 @@ def write_flavour(out_dir: Path, flavour: Flavour, kernel: Package, userland: di
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
     try:
         shutil.copyfile(vmlinuz, tmp / "vmlinuz")
+        names = ["vmlinuz", "initrd.img"]
+        boot_kernel = "vmlinuz"
+        elf = pvh_vmlinux(vmlinuz) if flavour.pvh else None
+        if elf is not None:
+            (tmp / "vmlinux").write_bytes(elf)
+            names.append("vmlinux")
+            boot_kernel = "vmlinux"
         img.write_gzip(tmp / "initrd.img")
         artifacts = {}
-        for name in ("vmlinuz", "initrd.img"):
+        for name in names:
             p = tmp / name
             os.chmod(p, 0o644)
             artifacts[name] = {"sha256": file_sha256(p), "size": p.stat().st_size}
@@ -644,6 +718,7 @@ def write_flavour(out_dir: Path, flavour: Flavour, kernel: Package, userland: di
             "flavour": flavour.name,
             "kernel_release": mods.kver,
             "cmdline_base": CMDLINE_BASE,
+            "boot_kernel": boot_kernel,
             "artifacts": artifacts,
             "packages": {
                 kernel.name: kernel.version,
@@ -661,8 +736,10 @@ def write_flavour(out_dir: Path, flavour: Flavour, kernel: Package, userland: di
         # Readers check the manifest against the files, so the files go first
         # and the manifest last: a half-finished update reads as corrupt, never
         # as a valid old manifest over new files.
-        for name in ("vmlinuz", "initrd.img"):
+        for name in names:
             os.replace(tmp / name, out_dir / name)
+        if "vmlinux" not in names:
+            (out_dir / "vmlinux").unlink(missing_ok=True)
         manifest["build_seconds"] = round(time.monotonic() - started, 2)
         mpath = tmp / "manifest.json"
         mpath.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -686,7 +763,7 @@ def up_to_date(out_dir: Path, key: str) -> bool:
             return False
         if file_sha256(p) != meta.get("sha256"):
             return False
-    return set(manifest.get("artifacts", {})) == {"vmlinuz", "initrd.img"}
+    return {"vmlinuz", "initrd.img"} <= set(manifest.get("artifacts", {}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@ artifacts live, whether they are intact, and the kernel command line they obey.
 
 The artifacts are built by `guest-images/build.sh` (`make images`) into
 `$KVMCTL_IMAGE_DIR/<flavour>/` (default `/var/lib/kvmctl/images`): `vmlinuz`,
-`initrd.img` and `manifest.json`, which records the sha256 of both.
+`initrd.img`, for some flavours `vmlinux` (the same kernel uncompressed, booted
+through its PVH entry), and `manifest.json`, which records the sha256 of each
+and names the kernel to boot (`boot_kernel`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from kvmctl.errors import HostError, UsageError
 
 DEFAULT_IMAGE_DIR = Path("/var/lib/kvmctl/images")
 FLAVOURS = ("test-guest", "test-guest-rt")
-ARTIFACTS = ("vmlinuz", "initrd.img")
+ARTIFACTS = ("vmlinuz", "initrd.img")  # always there; "vmlinux" optional
 MANIFEST = "manifest.json"
 
 # x86 COMMAND_LINE_SIZE; the kernel silently truncates beyond it.
@@ -44,7 +46,7 @@ class GuestImage:
     """A verified test-guest flavour, ready for a direct kernel boot."""
 
     flavour: str
-    kernel: Path
+    kernel: Path  # what to boot: vmlinuz (bzImage) or vmlinux (ELF, PVH entry)
     initrd: Path
     manifest: Mapping[str, Any] = field(compare=False)
     cmdline_base: str
@@ -119,7 +121,10 @@ def artifacts(flavour: str) -> GuestImage:
     if manifest.get("flavour", flavour) != flavour:
         raise _broken(flavour, "corrupt", f"{mpath} describes '{manifest.get('flavour')}'")
 
-    for name in ARTIFACTS:
+    boot_kernel = manifest.get("boot_kernel", "vmlinuz")
+    if boot_kernel not in ("vmlinuz", "vmlinux"):
+        raise _broken(flavour, "corrupt", f"{mpath} names an odd boot_kernel {boot_kernel!r}")
+    for name in dict.fromkeys((*ARTIFACTS, boot_kernel)):
         path = root / name
         meta = manifest["artifacts"].get(name)
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
@@ -139,7 +144,7 @@ def artifacts(flavour: str) -> GuestImage:
 
     return GuestImage(
         flavour=flavour,
-        kernel=root / "vmlinuz",
+        kernel=root / boot_kernel,
         initrd=root / "initrd.img",
         manifest=manifest,
         cmdline_base=str(manifest.get("cmdline_base", "")),

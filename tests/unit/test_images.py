@@ -105,6 +105,25 @@ def test_corrupt_manifest(image_root: Path, text: str) -> None:
         images.artifacts("test-guest")
 
 
+def test_boot_kernel_vmlinux(image_root: Path) -> None:
+    d = make_image(image_root)
+    manifest = json.loads((d / "manifest.json").read_text())
+    (d / "vmlinux").write_bytes(b"\x7fELF...")
+    manifest["artifacts"]["vmlinux"] = {
+        "sha256": hashlib.sha256(b"\x7fELF...").hexdigest(), "size": 7
+    }
+    manifest["boot_kernel"] = "vmlinux"
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert images.artifacts("test-guest").kernel == d / "vmlinux"
+    (d / "vmlinux").unlink()
+    with pytest.raises(HostError, match="is missing"):
+        images.artifacts("test-guest")
+    manifest["boot_kernel"] = "/etc/passwd"
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(HostError, match="is corrupt"):
+        images.artifacts("test-guest")
+
+
 def test_manifest_without_sha(image_root: Path) -> None:
     make_image(image_root, artifacts={"vmlinuz": {"size": 12}, "initrd.img": {"size": 12}})
     with pytest.raises(HostError, match="is corrupt"):
