@@ -101,6 +101,7 @@ def main() -> int:
     flavours = args.flavour or sorted(TARGETS)
 
     h = load_helpers()
+    h.start_event_loop()
     images = h.ensure_images(flavours)
     conn = libvirt.open(h.URI)
     workdir = h.make_workdir()

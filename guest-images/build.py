@@ -131,8 +131,34 @@ class Package:
         return f"{self.name}_{self.version.replace(':', '%3a')}_amd64.deb"
 
 
-def apt_candidates(names: list[str]) -> dict[str, tuple[str, str]]:
-    """Candidate version and Depends of each package, from the local apt lists."""
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def _apt_lists_stamp() -> list[tuple[str, int, int]]:
+    try:
+        return sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in APT_LISTS.iterdir()
+            if p.name.endswith("Packages") or p.name.endswith("Release")
+        )
+    except OSError:
+        return []
+
+
+def apt_candidates(names: list[str], memo: Path | None = None) -> dict[str, tuple[str, str]]:
+    """Candidate version and Depends of each package, from the local apt lists.
+
+    apt-cache takes most of a second here (no pkgcache.bin), so the answer is
+    remembered in `memo` until the apt lists change (apt-get update).
+    """
+    stamp = [sorted(names), _apt_lists_stamp()]
+    if memo is not None:
+        try:
+            saved = json.loads(memo.read_text())
+            if saved.get("stamp") == json.loads(json.dumps(stamp)) and saved.get("found"):
+                return {k: (v[0], v[1]) for k, v in saved["found"].items()}
+        except (OSError, ValueError, AttributeError):
+            pass
     env = dict(os.environ, LC_ALL="C")
     try:
         out = subprocess.run(
@@ -150,6 +176,8 @@ def apt_candidates(names: list[str]) -> dict[str, tuple[str, str]]:
                 fields[key] = value.strip()
         if "Package" in fields and "Version" in fields:
             found.setdefault(fields["Package"], (fields["Version"], fields.get("Depends", "")))
+    if memo is not None and found:
+        memo.write_text(json.dumps({"stamp": stamp, "found": found}))
     return found
 
 
@@ -228,7 +256,7 @@ class Cache:
 def resolve_packages(cache: Cache) -> tuple[dict[str, Package], dict[str, Package], dict[str, str]]:
     """(kernel package per flavour, downloaded userland, host package versions)."""
     metas = sorted({f.kernel_meta for f in FLAVOURS.values()})
-    cand = apt_candidates(metas + DOWNLOADED_USERLAND)
+    cand = apt_candidates(metas + DOWNLOADED_USERLAND, cache.root / "apt-candidates.json")
     kernels: dict[str, Package] = {}
     for flavour in FLAVOURS.values():
         meta = cand.get(flavour.kernel_meta)
