@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kvmctl.adapters.ready import NotReady, ReadyWatch
+from kvmctl.adapters.snapshots import SnapshotOps
 from kvmctl.adapters.virt import Virt
 from kvmctl.errors import ApplyError, KvmctlError
 from kvmctl.host import rt, threads
@@ -329,6 +330,8 @@ def destroy_domain(virt: Virt, name: str) -> list[str]:
     removed: list[str] = []
     dom = virt.lookup(name)
     volumes: list[tuple[str, str]] = []
+    overlays: list[str] = []
+    snapshots = SnapshotOps(virt)
     if dom is not None:
         parsed = Domain.from_xml(virt.xml(name, inactive=True))
         volumes = [
@@ -336,9 +339,16 @@ def destroy_domain(virt: Virt, name: str) -> list[str]:
             for d in parsed.devices.disks
             if d.source_pool and d.source_volume
         ]
+        # After a disk-only snapshot the disk is an overlay file with the data
+        # volume below it; undefine drops the snapshot metadata, so read both first.
+        chained, overlays = snapshots.owned_images(name)
+        volumes += [v for v in chained if v not in volumes]
     virt.stop(name)
     virt.undefine(name)
     for pool, vol in volumes:
         virt.delete_volume(pool, vol)
         removed.append(vol)
+    for path in overlays:
+        if snapshots.delete_file(path):
+            removed.append(path.rsplit("/", 1)[-1])
     return removed
