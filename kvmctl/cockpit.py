@@ -37,13 +37,18 @@ class Session:
 
 
 def _options(spec: Cockpit) -> PlanOptions:
+    """Plan options from the built images' manifests, where they are built
+    (preflight reports the missing ones)."""
     options = PlanOptions(image_root=str(images.image_dir()))
-    flavours = {vm.image.builtin for vm in spec.vms.values() if vm.image.builtin}
-    for flavour in sorted(flavours):
-        # All flavours share one base today; take it from a manifest if present.
+    kernels = dict(options.boot_kernels)
+    flavours = sorted({vm.image.builtin for vm in spec.vms.values() if vm.image.builtin})
+    for flavour in flavours:
         with suppress(HostError):
-            return replace(options, cmdline_base=images.artifacts(flavour).cmdline_base)
-    return options
+            img = images.artifacts(flavour)
+            kernels[flavour] = img.kernel.name
+            # All flavours share one base today.
+            options = replace(options, cmdline_base=img.cmdline_base)
+    return replace(options, boot_kernels=kernels)
 
 
 def open_session(

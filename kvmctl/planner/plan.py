@@ -33,8 +33,12 @@ class PlanOptions:
     """Where things live on the host; the defaults match `make setup`."""
 
     image_root: str = "/var/lib/kvmctl/images"
-    # Each built-in image's own kernel arguments (its manifest says them).
+    # What each built-in image's manifest says: its own kernel arguments and
+    # which kernel file to boot (the RT kernel boots uncompressed, via PVH).
     cmdline_base: str = "console=tty0 console=ttyS0,115200n8 panic=1 quiet"
+    boot_kernels: dict[str, str] = field(
+        default_factory=lambda: {"test-guest": "vmlinuz", "test-guest-rt": "vmlinux"}
+    )
     pool: str = "kvmctl"
     pool_path: str = "/var/lib/kvmctl/volumes"
     log_dir: str = "/var/log/kvmctl"
@@ -219,7 +223,8 @@ def _vm_plan(
     backing = None
     if vm.image.builtin is not None:
         root = f"{options.image_root}/{vm.image.builtin}"
-        kernel, initrd = f"{root}/vmlinuz", f"{root}/initrd.img"
+        boot = options.boot_kernels.get(vm.image.builtin, "vmlinuz")
+        kernel, initrd = f"{root}/{boot}", f"{root}/initrd.img"
         cmdline = guest_cmdline(options.cmdline_base, name, nics)
     else:
         backing = vm.image.path

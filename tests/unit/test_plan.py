@@ -198,7 +198,7 @@ def test_multi_host_plans_only_this_hosts_vms() -> None:
 def test_builtin_image_paths_and_cmdline() -> None:
     plan = make_plan(load_spec(EXAMPLE), facts(), options=PlanOptions(image_root="/img"))
     cluster = plan.vms["cluster"]
-    assert cluster.kernel == "/img/test-guest-rt/vmlinuz"
+    assert cluster.kernel == "/img/test-guest-rt/vmlinux"  # the RT kernel boots via PVH
     assert cluster.initrd == "/img/test-guest-rt/initrd.img"
     nic = cluster.nics[0]
     assert f"kvmctl.ip={nic.mac},{nic.address}" in (cluster.cmdline or "")
