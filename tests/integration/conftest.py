@@ -223,6 +223,7 @@ class TestGuest:
         self.spec = spec
         self.serial_log = serial_log
         self.volume = volume
+        self.volume_path = volume.path() if volume is not None else ""
 
     @property
     def name(self) -> str:
@@ -416,24 +417,34 @@ class GuestFactory:
         return guest
 
     def remove(self, guest: TestGuest) -> None:
+        """Destroy, undefine and delete the disk, through a fresh connection if
+        the old one died (libvirtd restarted): leftovers must not outlive a test."""
+        self.conn = live_connection(self.conn)
         try:
-            if guest.dom.isActive():
-                guest.dom.destroy()
+            dom = self.conn.lookupByName(guest.name)
         except libvirt.libvirtError:
-            pass
-        try:
-            guest.dom.undefineFlags(
-                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-            )
-        except libvirt.libvirtError:
-            pass
-        if guest.volume is not None:
+            dom = None
+        if dom is not None:
             try:
-                guest.volume.delete(0)
+                if dom.isActive():
+                    dom.destroy()
             except libvirt.libvirtError:
                 pass
+            try:
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                )
+            except libvirt.libvirtError:
+                pass
+        if guest.volume is not None:
+            path = guest.volume_path
+            try:
+                self.conn.storageVolLookupByPath(path).delete(0)
+            except libvirt.libvirtError:
+                # The pool may be gone with a libvirtd restart; the file is ours.
+                Path(path).unlink(missing_ok=True)
 
     def cleanup(self) -> None:
         while self.guests:
@@ -467,7 +478,30 @@ def create_pool(conn: libvirt.virConnect, workdir: Path) -> libvirt.virStoragePo
     return conn.storagePoolCreateXML(pool_xml(f"kvt-pool-{token()}", path), 0)
 
 
+def live_connection(conn: libvirt.virConnect, uri: str = URI,
+                    patience: float = 30) -> libvirt.virConnect:
+    """`conn` if it still works, else a new one to the same URI, waiting out a
+    libvirtd restart (its socket is missing for a few seconds)."""
+    try:
+        if conn.isAlive():
+            return conn
+    except libvirt.libvirtError:
+        pass
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return libvirt.open(uri)
+        except libvirt.libvirtError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def remove_pool(pool: libvirt.virStoragePool) -> None:
+    try:
+        pool = live_connection(pool.connect()).storagePoolLookupByName(pool.name())
+    except libvirt.libvirtError:
+        return
     try:
         for vol in pool.listAllVolumes(0):
             try:
@@ -523,7 +557,10 @@ def libvirt_conn() -> Iterator[libvirt.virConnect]:
     start_event_loop()
     conn = libvirt.open(URI)
     yield conn
-    conn.close()
+    try:
+        conn.close()
+    except libvirt.libvirtError:
+        pass  # already gone with a libvirtd restart
 
 
 @pytest.fixture(scope="session")
