@@ -7,15 +7,6 @@ import os
 import pytest
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--regenerate",
-        action="store_true",
-        default=False,
-        help="rewrite golden files under tests/data/ from the current output",
-    )
-
-
 @pytest.fixture
 def regenerate(request: pytest.FixtureRequest) -> bool:
     """True when golden files should be rewritten instead of compared.
