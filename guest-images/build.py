@@ -93,7 +93,11 @@ HOST_USERLAND = {
     "qemu-guest-agent": ["/usr/sbin/qemu-ga"],
     "e2fsprogs": ["/usr/sbin/mke2fs"],
 }
-HOST_FILES = ["/etc/mke2fs.conf"]
+HOST_FILES = [
+    "/etc/mke2fs.conf",
+    # glibc dlopens it (not in ldd's list) when a thread is cancelled or exits.
+    "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+]
 
 
 class BuildError(Exception):
@@ -544,8 +548,10 @@ class Initramfs:
 
     def write_gzip(self, dest: Path) -> None:
         with open(dest, "wb") as raw:
-            # mtime=0 in the gzip header keeps the output reproducible.
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
+            # No name and mtime=0 in the gzip header: the output is reproducible.
+            with gzip.GzipFile(
+                filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0
+            ) as gz:
                 buf = io.BufferedWriter(gz, buffer_size=1 << 20)  # type: ignore[arg-type]
                 for rec in self._records():
                     buf.write(rec)
@@ -681,7 +687,8 @@ def assemble(flavour: Flavour, kernel_tree: Path, trees: dict[str, Path],
     img.symlink("usr/sbin/mkfs.ext4", "mke2fs")
     for f in HOST_FILES:
         if Path(f).exists():
-            img.file(f, Path(f).read_bytes())
+            mode = 0o755 if ".so" in f else 0o644
+            img.file(f, Path(f).resolve().read_bytes(), mode)
 
     add_rootfs(img)  # after the applets, so the project's own scripts win
 

@@ -211,3 +211,152 @@ def test_full_cmdline_and_length_limit(image_root: Path) -> None:
     assert img.cmdline("vm", [], {"kvmctl.probe": "1"}) == f"{BASE} kvmctl.name=vm kvmctl.probe=1"
     with pytest.raises(UsageError, match="the kernel keeps only 2047"):
         img.cmdline("vm", [], {f"k{i}": "v" * 40 for i in range(60)})
+
+
+# --------------------------------------------------------------------------- build.py
+# The image builder is a stdlib script outside the package; its pure parts are
+# tested here on synthetic inputs (no packages, no network).
+
+import gzip  # noqa: E402
+import importlib.util  # noqa: E402
+import stat  # noqa: E402
+import struct  # noqa: E402
+import sys  # noqa: E402
+from types import ModuleType  # noqa: E402
+
+BUILD_PY = Path(__file__).resolve().parents[2] / "guest-images" / "build.py"
+
+
+@pytest.fixture(scope="module")
+def build() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("kvmctl_guest_image_build", BUILD_PY)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def parse_newc(data: bytes) -> dict[str, tuple[int, bytes, int, int]]:
+    """name -> (mode, data, rdevmajor, rdevminor), checking alignment as the kernel does."""
+    out = {}
+    pos = 0
+    while True:
+        assert data[pos:pos + 6] == b"070701", f"bad magic at {pos}"
+        fields = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, filesize, rmaj, rmin, namesize = (
+            fields[1], fields[6], fields[9], fields[10], fields[11]
+        )
+        name_start = pos + 110
+        name = data[name_start:name_start + namesize - 1].decode()
+        body = name_start + namesize
+        body += -body % 4
+        content = data[body:body + filesize]
+        pos = body + filesize
+        pos += -pos % 4
+        if name == "TRAILER!!!":
+            return out
+        out[name] = (mode, content, rmaj, rmin)
+
+
+def test_initramfs_newc_and_merged_usr(build: ModuleType, tmp_path: Path) -> None:
+    img = build.Initramfs(mtime=0)
+    img.raw_symlink("bin", "usr/bin")
+    img.file("/bin/tool", b"#!/bin/sh\n", 0o755)
+    img.file("etc/odd-size", b"12345")
+    img.symlink("sbin/mkfs.ext4", "mke2fs")
+    img.chardev("dev/console", 5, 1)
+    img.dir("tmp", 0o1777)
+    first = tmp_path / "a.img"
+    img.write_gzip(first)
+    entries = parse_newc(gzip.decompress(first.read_bytes()))
+
+    assert entries["bin"][1] == b"usr/bin" and stat.S_ISLNK(entries["bin"][0])
+    assert entries["usr/bin/tool"] == (stat.S_IFREG | 0o755, b"#!/bin/sh\n", 0, 0)
+    assert entries["etc/odd-size"][1] == b"12345"
+    assert entries["usr/sbin/mkfs.ext4"][1] == b"mke2fs"
+    assert entries["dev/console"] == (stat.S_IFCHR | 0o600, b"", 5, 1)
+    assert entries["tmp"][0] == stat.S_IFDIR | 0o1777
+    assert stat.S_ISDIR(entries["usr/sbin"][0])  # parents are created
+    # Reproducible: same input, same bytes.
+    second = tmp_path / "b.img"
+    img.write_gzip(second)
+    assert first.read_bytes() == second.read_bytes()
+
+
+def fake_elf_with_notes(notes: list[tuple[bytes, int]]) -> bytes:
+    """An ELF64 with one PT_NOTE segment holding (name, type) notes."""
+    blob = b""
+    for name, ntype in notes:
+        desc = b"\0" * 8
+        padded = name + b"\0" * (-len(name) % 4)
+        blob += struct.pack("<III", len(name), len(desc), ntype) + padded + desc
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", header, 0x20, 64)  # e_phoff
+    struct.pack_into("<HH", header, 0x36, 56, 1)  # e_phentsize, e_phnum
+    phdr = struct.pack("<IIQQQQQQ", 4, 0, 64 + 56, 0, 0, len(blob), len(blob), 4)
+    return bytes(header) + phdr + blob
+
+
+def test_pvh_note_detection(build: ModuleType) -> None:
+    assert build.has_pvh_entry(fake_elf_with_notes([(b"GNU\0", 3), (b"Xen\0", 18)]))
+    assert not build.has_pvh_entry(fake_elf_with_notes([(b"Xen\0", 17)]))
+    assert not build.has_pvh_entry(b"MZ not an elf")
+
+
+def fake_ko(info: list[tuple[str, str]]) -> bytes:
+    """A minimal ELF64 relocatable with a .modinfo section."""
+    modinfo = b"".join(f"{k}={v}".encode() + b"\0" for k, v in info)
+    shstr = b"\0.modinfo\0.shstrtab\0"
+    off_mi = 64
+    off_ss = off_mi + len(modinfo)
+    shoff = off_ss + len(shstr)
+    shoff += -shoff % 8
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", header, 0x28, shoff)
+    struct.pack_into("<HHH", header, 0x3A, 64, 3, 2)
+    body = bytes(header) + modinfo + shstr
+    body += b"\0" * (shoff - len(body))
+    sections = b"\0" * 64
+    sections += struct.pack("<IIQQQQIIQQ", 1, 1, 0, 0, off_mi, len(modinfo), 0, 0, 1, 0)
+    sections += struct.pack("<IIQQQQIIQQ", 10, 3, 0, 0, off_ss, len(shstr), 0, 0, 1, 0)
+    return body + sections
+
+
+def test_module_order_from_modules_dep(build: ModuleType, tmp_path: Path) -> None:
+    kver = "6.1.0-test"
+    moddir = tmp_path / "lib" / "modules" / kver
+    files = {
+        "kernel/virtio/virtio_ring.ko": [],
+        "kernel/virtio/virtio.ko": ["kernel/virtio/virtio_ring.ko"],
+        "kernel/virtio/virtio_pci.ko": ["kernel/virtio/virtio.ko", "kernel/virtio/virtio_ring.ko"],
+        "kernel/char/virtio-rng.ko": ["kernel/virtio/virtio.ko", "kernel/virtio/virtio_ring.ko"],
+        "kernel/fs/jbd2.ko": [],
+        "kernel/fs/ext4.ko": ["kernel/fs/jbd2.ko"],
+        "kernel/crypto/crc32c_generic.ko": [],
+    }
+    dep_lines = []
+    for rel, deps in files.items():
+        info = [("depends", ",".join(Path(d).stem for d in deps))]
+        if rel.endswith("ext4.ko"):
+            info.append(("softdep", "pre: crc32c"))
+        (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (moddir / rel).write_bytes(fake_ko(info))
+        dep_lines.append(f"{rel}: {' '.join(deps)}".rstrip())
+    (moddir / "modules.dep").write_text("\n".join(dep_lines) + "\n")
+    (moddir / "modules.builtin").write_text("kernel/drivers/tty/serial/8250.ko\n")
+    (moddir / "modules.alias").write_text("alias crc32c crc32c_generic\n")
+
+    flavour = build.Flavour("t", "meta", ["virtio_pci", "virtio_rng", "ext4", "8250"])
+    mods = build.resolve_modules(tmp_path, flavour, Path("/nonexistent/busybox"))
+    names = [Path(m).stem for m in mods.order]
+    assert names == [
+        "virtio_ring", "virtio", "virtio_pci", "virtio-rng", "crc32c_generic", "jbd2", "ext4",
+    ]
+    assert mods.builtin == ["8250"]
+    assert "kernel/crypto/crc32c_generic.ko" in mods.optional
+
+    with pytest.raises(build.BuildError, match="no module nosuch"):
+        build.resolve_modules(tmp_path, build.Flavour("t", "meta", ["nosuch"]), Path("/x"))
