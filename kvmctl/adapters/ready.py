@@ -122,10 +122,12 @@ class ReadyWatch:
         """Block until ready; return the monotonic time it happened."""
         deadline = time.monotonic() + timeout
         if self.marker is not None:
-            if not self._ready.wait(max(0.0, deadline - time.monotonic())):
-                raise NotReady(
-                    f"domain '{self.name}' did not print '{self.marker}' within {timeout:g} s"
-                )
+            while not self._ready.wait(min(max(0.0, deadline - time.monotonic()), 0.5)):
+                self._check_connection()
+                if time.monotonic() >= deadline:
+                    raise NotReady(
+                        f"domain '{self.name}' did not print '{self.marker}' within {timeout:g} s"
+                    )
         else:
             self._wait_agent(deadline, timeout)
         if self._failure:
@@ -145,11 +147,21 @@ class ReadyWatch:
                 )
             # The event says the channel opened; a ping says the agent serves it.
             self._agent_seen.wait(min(remaining, 1.0))
+            self._check_connection()
             if self._failure:
                 raise NotReady(self._failure)
             if self._agent_seen.is_set() and self._ping():
                 self.ready_at = time.monotonic()
                 return
+
+    def _check_connection(self) -> None:
+        """A daemon restart closes the connection, and with it the events and
+        the console this watch relies on: fail now rather than at the timeout."""
+        if self.conn.isAlive() != 1:
+            raise NotReady(
+                f"the connection to libvirt closed (daemon restarted?) while waiting for "
+                f"domain '{self.name}' to become ready"
+            )
 
     def _ping(self) -> bool:
         try:

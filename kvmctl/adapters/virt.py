@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,12 +70,43 @@ def open_connection(uri: str) -> libvirt.virConnect:
     return conn
 
 
+# How long a dead connection is retried: long enough for a daemon restart.
+RECONNECT_SECONDS = 30.0
+
+
 class Virt:
+    """Domain and storage calls on one connection. When the daemon restarts
+    (the connection dies), the next call opens a new one, so an apply that
+    fails because of it can still roll back."""
+
     def __init__(self, conn: libvirt.virConnect):
-        self.conn = conn
+        self._conn = conn
+        try:
+            self.uri: str | None = conn.getURI()
+        except libvirt.libvirtError:
+            self.uri = None  # dead already: calls fail as they would have
+        self._reconnect = threading.Lock()
+        self._gave_up = False  # after one failed reconnect, fail at once
         # libvirt refuses to refresh a pool while a volume is being created in
         # it ("asynchronous jobs running"): storage calls go one at a time.
         self._storage = threading.RLock()
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        with self._reconnect:
+            if self.uri is None or self._conn.isAlive() == 1:
+                return self._conn
+            deadline = time.monotonic() + (0 if self._gave_up else RECONNECT_SECONDS)
+            while True:
+                try:
+                    self._conn = open_connection(self.uri)
+                    self._gave_up = False
+                    return self._conn
+                except HostError:
+                    if time.monotonic() >= deadline:
+                        self._gave_up = True
+                        raise
+                    time.sleep(0.5)
 
     # --- domains ---------------------------------------------------------------
 
@@ -241,8 +273,10 @@ class Virt:
     def _volume(self, pool: str, name: str) -> libvirt.virStorageVol | None:
         try:
             p = self.conn.storagePoolLookupByName(pool)
-        except libvirt.libvirtError:
-            return None  # no pool, no volume
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return None  # no pool, no volume
+            raise ApplyError(f"cannot look up pool '{pool}': {err.get_error_message()}") from None
         # A file made outside libvirt (or by a killed run) shows after a refresh.
         for refresh in (False, True):
             if refresh:
