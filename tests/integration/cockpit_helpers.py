@@ -74,3 +74,87 @@ def write_spec(tmp: Path, text: str, name: str = "cockpit.yaml") -> Path:
     path = tmp / name
     path.write_text(text)
     return path
+
+
+def refresh_pool(pool: libvirt.virStoragePool, timeout: float = 10) -> None:
+    """Refresh a pool, waiting while another client creates a volume in it
+    ("asynchronous jobs running"); after `timeout`, go on with what libvirt knows."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pool.refresh(0)
+            return
+        except libvirt.libvirtError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+
+
+def set_snapshot(prefix: str) -> dict[str, list[str]]:
+    """Like `host_snapshot(prefix)`, but safe beside tests running alongside:
+    only links named with `prefix` count, and a pool busy with someone else's
+    volume is waited for instead of failing the refresh."""
+    conn = libvirt.open(URI)
+    try:
+        domains = sorted(d.name() for d in conn.listAllDomains() if d.name().startswith(prefix))
+        volumes: list[str] = []
+        for pool in conn.listAllStoragePools():
+            try:
+                if not pool.isActive():
+                    continue
+                refresh_pool(pool)
+                names = pool.listVolumes()
+            except libvirt.libvirtError:
+                continue  # a transient pool of another test, gone meanwhile
+            volumes += [f"{pool.name()}/{v}" for v in names if v.startswith(prefix)]
+    finally:
+        conn.close()
+    links = sorted(link for link in os.listdir("/sys/class/net") if link.startswith(prefix))
+    return {"domains": domains, "volumes": sorted(volumes), "links": links}
+
+
+def sweep(prefix: str) -> list[str]:
+    """Last-resort cleanup: stop and undefine every domain named with `prefix`,
+    delete its volumes in pool `kvmctl` and the links named with `prefix`.
+    Returns what it removed (empty when `kvmctl destroy` left nothing behind)."""
+    from pyroute2 import IPRoute
+
+    removed: list[str] = []
+    conn = libvirt.open(URI)
+    try:
+        for dom in conn.listAllDomains():
+            if not dom.name().startswith(prefix):
+                continue
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                )
+                removed.append(f"domain {dom.name()}")
+            except libvirt.libvirtError:
+                pass
+        try:
+            pool = conn.storagePoolLookupByName("kvmctl")
+            if pool.isActive():
+                refresh_pool(pool)
+                for vol in pool.listAllVolumes(0):
+                    if vol.name().startswith(prefix):
+                        vol.delete(0)
+                        removed.append(f"volume {vol.name()}")
+        except libvirt.libvirtError:
+            pass
+    finally:
+        conn.close()
+    with IPRoute() as ipr:
+        for link in sorted(os.listdir("/sys/class/net")):
+            if link.startswith(prefix):
+                found = ipr.link_lookup(ifname=link)
+                if found:
+                    ipr.link("del", index=found[0])
+                    removed.append(f"link {link}")
+    return removed
