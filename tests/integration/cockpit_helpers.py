@@ -40,19 +40,8 @@ def kvmctl_json(*args: str) -> Any:
 
 
 def host_snapshot(prefix: str) -> dict[str, list[str]]:
-    """Domains, kvmctl volumes and network links whose names start with `prefix`."""
-    conn = libvirt.open(URI)
-    try:
-        domains = sorted(d.name() for d in conn.listAllDomains() if d.name().startswith(prefix))
-        volumes: list[str] = []
-        for pool in conn.listAllStoragePools():
-            if pool.isActive():
-                pool.refresh(0)
-                volumes += [f"{pool.name()}/{v}" for v in pool.listVolumes() if v.startswith(prefix)]
-    finally:
-        conn.close()
-    links = sorted(os.listdir("/sys/class/net"))
-    return {"domains": domains, "volumes": sorted(volumes), "links": links}
+    """Domains and volumes whose names start with `prefix`, and every network link."""
+    return {**_libvirt_objects(prefix), "links": sorted(os.listdir("/sys/class/net"))}
 
 
 def qemu(domain: str) -> threads.QemuProcess:
@@ -94,7 +83,13 @@ def refresh_pool(pool: libvirt.virStoragePool, timeout: float = 10) -> None:
 
 def set_snapshot(prefix: str) -> dict[str, list[str]]:
     """Like `host_snapshot(prefix)`, but safe beside tests running alongside:
-    only links named with `prefix` count, and a pool busy with someone else's
+    only links named with `prefix` count."""
+    links = sorted(link for link in os.listdir("/sys/class/net") if link.startswith(prefix))
+    return {**_libvirt_objects(prefix), "links": links}
+
+
+def _libvirt_objects(prefix: str) -> dict[str, list[str]]:
+    """Domains and volumes named with `prefix`; a pool busy with someone else's
     volume is waited for instead of failing the refresh."""
     conn = libvirt.open(URI)
     try:
@@ -111,8 +106,7 @@ def set_snapshot(prefix: str) -> dict[str, list[str]]:
             volumes += [f"{pool.name()}/{v}" for v in names if v.startswith(prefix)]
     finally:
         conn.close()
-    links = sorted(link for link in os.listdir("/sys/class/net") if link.startswith(prefix))
-    return {"domains": domains, "volumes": sorted(volumes), "links": links}
+    return {"domains": domains, "volumes": sorted(volumes)}
 
 
 def sweep(prefix: str) -> list[str]:
