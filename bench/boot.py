@@ -129,11 +129,7 @@ def main() -> int:
                     raise
                 print(f"libvirt connection lost ({exc}); retrying", flush=True)
                 factory.conn = h.live_connection(factory.conn)
-                try:
-                    factory.pool = factory.conn.storagePoolLookupByName(factory.pool.name())
-                except libvirt.libvirtError:
-                    shutil.rmtree(workdir / "pool", ignore_errors=True)
-                    factory.pool = h.create_pool(factory.conn, workdir)
+                factory.pool = h.create_pool(factory.conn, workdir, factory.pool.name())
         raise RuntimeError("libvirt connection lost three times")
 
     try:

@@ -471,11 +471,21 @@ def make_workdir() -> Path:
     return path
 
 
-def create_pool(conn: libvirt.virConnect, workdir: Path) -> libvirt.virStoragePool:
+def create_pool(conn: libvirt.virConnect, workdir: Path,
+                name: str | None = None) -> libvirt.virStoragePool:
+    """A transient dir pool under `workdir`, or the running one of that name.
+
+    Transient: it disappears with destroy() and leaves no definition behind
+    (also when libvirtd restarts, hence "or recreate it").
+    """
+    name = name or f"kvt-pool-{token()}"
+    try:
+        return conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError:
+        pass
     path = workdir / "pool"
-    path.mkdir(mode=0o755)
-    # Transient: it disappears with destroy() and leaves no definition behind.
-    return conn.storagePoolCreateXML(pool_xml(f"kvt-pool-{token()}", path), 0)
+    path.mkdir(mode=0o755, exist_ok=True)
+    return conn.storagePoolCreateXML(pool_xml(name, path), 0)
 
 
 def live_connection(conn: libvirt.virConnect, uri: str = URI,
@@ -552,15 +562,24 @@ def watch_domain_event(conn: libvirt.virConnect, dom: libvirt.virDomain,
 
 
 @pytest.fixture(scope="session")
-def libvirt_conn() -> Iterator[libvirt.virConnect]:
-    """One connection for the session, opened after the event loop runs."""
+def libvirt_session() -> Iterator[dict[str, libvirt.virConnect]]:
+    """Holds the session's connection, opened after the event loop runs."""
     start_event_loop()
-    conn = libvirt.open(URI)
-    yield conn
+    holder = {"conn": libvirt.open(URI)}
+    yield holder
     try:
-        conn.close()
+        holder["conn"].close()
     except libvirt.libvirtError:
         pass  # already gone with a libvirtd restart
+
+
+@pytest.fixture
+def libvirt_conn(libvirt_session: dict[str, libvirt.virConnect]) -> libvirt.virConnect:
+    """A working connection: the session's, or a new one if libvirtd was
+    restarted since (host setup tests do that), so one restart does not fail
+    every later test."""
+    libvirt_session["conn"] = live_connection(libvirt_session["conn"])
+    return libvirt_session["conn"]
 
 
 @pytest.fixture(scope="session")
@@ -576,10 +595,21 @@ def kvt_workdir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def test_pool(libvirt_conn: libvirt.virConnect, kvt_workdir: Path) -> Iterator[libvirt.virStoragePool]:
-    pool = create_pool(libvirt_conn, kvt_workdir)
-    yield pool
-    remove_pool(pool)
+def test_pool_name(libvirt_session: dict[str, libvirt.virConnect]) -> Iterator[str]:
+    name = f"kvt-pool-{token()}"
+    yield name
+    try:
+        conn = live_connection(libvirt_session["conn"])
+        remove_pool(conn.storagePoolLookupByName(name))
+    except libvirt.libvirtError:
+        pass
+
+
+@pytest.fixture
+def test_pool(libvirt_conn: libvirt.virConnect, kvt_workdir: Path,
+              test_pool_name: str) -> libvirt.virStoragePool:
+    """The session's transient volume pool (recreated if libvirtd lost it)."""
+    return create_pool(libvirt_conn, kvt_workdir, test_pool_name)
 
 
 @pytest.fixture
