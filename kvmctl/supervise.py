@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -275,10 +276,11 @@ class Supervisor:
                 "updated_at": now,
                 "vms": {w.name: w.as_dict(now) for w in self.vms.values()},
             }
-        path = state_path(self.set_name, self.directory)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
+            # Under the lock: writers on several threads must not share the temp file.
+            path = state_path(self.set_name, self.directory)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            tmp.replace(path)
 
     def _set_phase(self, w: VmWatch, phase: str, *, ready: bool | None = None) -> None:
         with self._lock:
@@ -390,7 +392,13 @@ class Supervisor:
         return st is not None and st.active
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
+        def run() -> None:
+            try:
+                target()
+            except Exception as err:  # noqa: BLE001 - a worker must not die silently
+                self.log("worker-error", worker=name, error=f"{type(err).__name__}: {err}")
+
+        t = threading.Thread(target=run, name=name, daemon=True)
         self._workers = [x for x in self._workers if x.is_alive()] + [t]
         t.start()
 
@@ -436,9 +444,14 @@ class Supervisor:
                 continue  # its worker goes on
             if st is None:
                 self._set_phase(w, "absent", ready=False)
+            elif st.active and w.phase == "recovering":
+                # Its readiness watch died with the old connection: watch anew.
+                with self._lock:
+                    w.epoch += 1
+                    epoch = w.epoch
+                self._spawn(f"recover-{w.name}", partial(self._recover, w, epoch, time.time()))
             elif st.active:
-                if w.phase != "recovering":
-                    self._set_phase(w, "running", ready=True)
+                self._set_phase(w, "running", ready=True)
             elif w.phase == "gave-up":
                 continue
             elif initial:
@@ -577,9 +590,15 @@ class Supervisor:
             with ReadyWatch(conn, w.domain, w.probe) as watch:
                 watch.wait(w.ready_timeout)
         except NotReady as err:
-            if self._current(w, epoch):
-                self.log("not-ready", w.name, error=str(err))
-                self.events.put(_Note(w.name, epoch, "not-ready"))
+            if not self._current(w, epoch):
+                return
+            if not _alive(conn) or conn is not self.watch.conn:
+                # libvirtd went away meanwhile: the reconcile after reconnecting
+                # watches again; the guest is not to blame.
+                self.log("recover-interrupted", w.name, error=str(err))
+                return
+            self.log("not-ready", w.name, error=str(err))
+            self.events.put(_Note(w.name, epoch, "not-ready"))
             return
         except Exception as err:  # noqa: BLE001 - libvirt gone: reconcile decides
             if self._current(w, epoch):
@@ -588,3 +607,10 @@ class Supervisor:
         if self._current(w, epoch):
             self.log("recovered", w.name, ready_s=round(time.time() - since, 2))
             self._set_phase(w, "running", ready=True)
+
+
+def _alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive() == 1)
+    except Exception:  # noqa: BLE001 - a closed connection raises
+        return False

@@ -1,0 +1,241 @@
+"""Helpers for the operate-verb tests (supervise, audit, top, screens): run a
+command in a guest through its agent, run `kvmctl supervise` as a child
+process and read its JSON lines, and remove a set's leftovers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import libvirt_qemu
+
+from tests.integration.cockpit_helpers import REPO, URI
+
+
+def agent(domain: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    conn = libvirt.open(URI)
+    try:
+        msg: dict[str, Any] = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        reply = libvirt_qemu.qemuAgentCommand(conn.lookupByName(domain), json.dumps(msg), 10, 0)
+        return json.loads(reply)["return"]
+    finally:
+        conn.close()
+
+
+def guest_run(domain: str, path: str, *args: str, timeout: float = 30, wait: bool = True) -> str:
+    """Run a program in the guest; its stdout (or "" when not waiting)."""
+    pid = agent(domain, "guest-exec", {"path": path, "arg": list(args), "capture-output": True})[
+        "pid"
+    ]
+    if not wait:
+        return ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = agent(domain, "guest-exec-status", {"pid": pid})
+        if st.get("exited"):
+            return base64.b64decode(st.get("out-data", "")).decode(errors="replace")
+        time.sleep(0.1)
+    raise AssertionError(f"{domain}: {path} {args} did not finish within {timeout} s")
+
+
+def tool(domain: str, *args: str, wait: bool = True) -> dict[str, str]:
+    """kvmctl-tool in the guest; its key=value words."""
+    out = guest_run(domain, "/usr/bin/kvmctl-tool", *args, wait=wait)
+    return dict(w.split("=", 1) for w in out.split() if "=" in w)
+
+
+def guest_uptime(domain: str) -> float:
+    return float(guest_run(domain, "/bin/cat", "/proc/uptime").split()[0])
+
+
+def counter(domain: str) -> int:
+    return int(tool(domain, "counter", "read")["memory"])
+
+
+def qemu_pid(domain: str) -> int | None:
+    try:
+        return int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kill_qemu(domain: str) -> int:
+    pid = qemu_pid(domain)
+    assert pid is not None, f"no QEMU pid file for {domain}"
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)
+
+
+def domain_state(domain: str) -> str:
+    conn = libvirt.open(URI)
+    try:
+        dom = conn.lookupByName(domain)
+        return {1: "running", 3: "paused", 5: "shut off"}.get(dom.state()[0], "other")
+    except libvirt.libvirtError:
+        return "absent"
+    finally:
+        conn.close()
+
+
+class SupervisorProcess:
+    """`kvmctl supervise SPEC` as a child process; its JSON lines in `events`."""
+
+    def __init__(self, spec: Path, state_dir: Path, *extra: str):
+        self.state_dir = state_dir
+        self.stderr_path = state_dir / "supervise.stderr"
+        self._stderr = self.stderr_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kvmctl.cli", "supervise", str(spec), *extra],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "LIBVIRT_DEFAULT_URI": URI, "KVMCTL_SUPERVISE_DIR": str(state_dir)},
+        )
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with (self.state_dir / "supervise.log").open("a") as copy:
+            for line in self.proc.stdout:
+                copy.write(line)
+                copy.flush()
+                self._add(line)
+
+    def _add(self, line: str) -> None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = {"event": "unparsed", "line": line}
+        with self._lock:
+            self.events.append(event)
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self.events)
+
+    def since(self, mark: int = 0) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.events[mark:])
+
+    def wait(self, timeout: float, since: int = 0, **match: Any) -> dict[str, Any]:
+        """The first event after `since` whose fields equal `match`."""
+
+        def found() -> dict[str, Any] | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"supervisor exited {self.proc.returncode}: {self.stderr_path.read_text()}"
+                )
+            for e in self.since(since):
+                if all(e.get(k) == v for k, v in match.items()):
+                    return e
+            return None
+
+        try:
+            return wait_until(found, timeout, f"supervisor event {match}")  # type: ignore[no-any-return]
+        except AssertionError:
+            tail = "\n".join(json.dumps(e) for e in self.since(since)[-25:])
+            raise AssertionError(
+                f"no supervisor event {match} within {timeout} s; last:\n{tail}"
+            ) from None
+
+    def count(self, since: int = 0, **match: Any) -> int:
+        return sum(1 for e in self.since(since) if all(e.get(k) == v for k, v in match.items()))
+
+    def terminate(self, timeout: float = 20) -> int:
+        """SIGTERM by pid; SIGKILL (by pid) if it does not exit in time."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._reader.join(5)
+        self._stderr.close()
+        return self.proc.returncode
+
+
+def libvirtd_pid() -> int | None:
+    try:
+        pid = int(Path("/run/libvirtd.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def ensure_libvirtd() -> None:
+    """Start libvirtd again if it is not running (after a test stopped it)."""
+    if libvirtd_pid() is None:
+        subprocess.run(["libvirtd", "-d"], check=True, timeout=30)
+        wait_until(_libvirt_answers, 30, "libvirtd to answer")
+
+
+def _libvirt_answers() -> bool:
+    try:
+        libvirt.open(URI).close()
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def sweep_set(prefix: str) -> list[str]:
+    """Last resort: stop and undefine the set's domains and delete their volumes."""
+    removed: list[str] = []
+    conn = libvirt.open(URI)
+    try:
+        for dom in conn.listAllDomains():
+            if not dom.name().startswith(prefix):
+                continue
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                )
+                removed.append(dom.name())
+            except libvirt.libvirtError:
+                pass
+        try:
+            pool = conn.storagePoolLookupByName("kvmctl")
+            for vol in pool.listAllVolumes(0):
+                if vol.name().startswith(prefix):
+                    vol.delete(0)
+                    removed.append(vol.name())
+        except libvirt.libvirtError:
+            pass
+    finally:
+        conn.close()
+    return removed
