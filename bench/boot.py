@@ -88,13 +88,6 @@ def boot_once(h: ModuleType, factory: object, flavour: str, extra: dict[str, str
         factory.guests.remove(guest)  # type: ignore[attr-defined]
 
 
-def _alive(conn: libvirt.virConnect) -> bool:
-    try:
-        return bool(conn.isAlive())
-    except libvirt.libvirtError:
-        return False
-
-
 def fmt(values: list[float]) -> str:
     return f"{statistics.median(values):5.2f} {max(values):5.2f}"
 
@@ -121,16 +114,16 @@ def main() -> int:
     def boot(flavour: str, extra: dict[str, str]) -> tuple[float, float, float]:
         # On shared hosts libvirtd may be restarted under us (host setup runs):
         # reconnect, recreate the transient pool, and boot that one again.
-        for _attempt in range(3):
+        for attempt in range(3):
             try:
                 return boot_once(h, factory, flavour, extra)
             except (libvirt.libvirtError, h.GuestError) as exc:
-                if _alive(factory.conn):
+                if attempt == 2:
                     raise
-                print(f"libvirt connection lost ({exc}); retrying", flush=True)
+                print(f"boot failed ({exc}); retrying on a fresh connection", flush=True)
                 factory.conn = h.live_connection(factory.conn)
                 factory.pool = h.create_pool(factory.conn, workdir, factory.pool.name())
-        raise RuntimeError("libvirt connection lost three times")
+        raise AssertionError("unreachable")
 
     try:
         for run in range(args.runs):
