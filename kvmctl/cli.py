@@ -23,7 +23,9 @@ def _say(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="kvmctl", standalone_mode=False)
+        # Without standalone mode, click hands a verb's `raise typer.Exit(n)`
+        # back as the return value instead of raising it.
+        status = command.main(args=argv, prog_name="kvmctl", standalone_mode=False)
     except SpecError as err:
         for problem in err.problems:
             sys.stderr.write(problem + "\n")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted.")
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def run() -> None:
