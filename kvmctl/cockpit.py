@@ -15,6 +15,7 @@ from kvmctl import images
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.apply import Applier, ApplyResult, Progress, destroy_domain
+from kvmctl.audit import compare, drift, observe, repair_actions
 from kvmctl.errors import HostError
 from kvmctl.host.facts import HostFacts
 from kvmctl.host.probe import probe_host
@@ -112,6 +113,7 @@ def _apply_locked(spec: Cockpit, uri: str, progress: Progress | None) -> ApplyRe
     session = open_session(spec, uri)
     preflight(session)
     assert session.virt is not None
+    session.plan = _repair_drift(session.plan, session.virt)
     with Netlink() as nl:
         return Applier(
             session.virt,
@@ -122,6 +124,20 @@ def _apply_locked(spec: Cockpit, uri: str, progress: Progress | None) -> ApplyRe
             host_cpus=max(session.facts.cpu_ids, default=0) + 1,
             progress=progress,
         ).run()
+
+
+def _repair_drift(plan: Plan, virt: Virt) -> Plan:
+    """Pins, shares and caps changed behind kvmctl's back (virsh vcpupin,
+    schedinfo) leave its metadata as it was, so the diff calls such a VM
+    unchanged: look at what is in force, and repair drift live, the same way
+    as a live change of the spec."""
+    running = {d.name for d in virt.domains() if d.active and d.state == 1}
+    drifted = {
+        a.vm: drift(compare(plan.vms[a.vm], observe(plan.vms[a.vm], "running")))
+        for a in plan.actions
+        if a.kind == "unchanged" and a.domain in running and a.vm in plan.vms
+    }
+    return replace(plan, actions=repair_actions(plan.actions, drifted))
 
 
 def status(spec: Cockpit | str | Path, uri: str) -> tuple[Session, list[VmStatus]]:
