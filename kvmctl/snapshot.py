@@ -629,6 +629,7 @@ class _GroupCreate:
                     self._wall(t.pause_end),
                     self._wall(t.resume_end),
                     snap_ms,
+                    self._wall(t.pause_start),
                 )
             )
         return Manifest(
@@ -824,12 +825,13 @@ def _after_start(session: Session, vp: VmPlan) -> list[str]:
 def _resume_ready(ops: SnapshotOps, vp: VmPlan, outcome: RevertOutcome) -> None:
     """Resume, then wait for the agent (the serial marker was printed before
     the snapshot, so it never comes again) and thaw what the snapshot froze."""
+    ops.resume(vp.domain)
+    # Taken when the resume call returns: the guest's clock runs from here.
     t = time.monotonic()
     outcome.resumed_at = time.time()
-    ops.resume(vp.domain)
-    ready = ops.wait_agent(vp.domain, vp.vm.ready.timeout)
+    ops.wait_agent(vp.domain, vp.vm.ready.timeout)
     outcome.thawed = _thaw_retrying(ops, vp.domain)
-    outcome.ready_seconds = round(ready - t, 3)
+    outcome.ready_seconds = round(time.monotonic() - t, 3)
     outcome.ready_at = outcome.resumed_at + outcome.ready_seconds
 
 

@@ -317,9 +317,10 @@ class Member:
     vm: str
     domain: str
     snapshot: str
-    paused_at: float | None = None  # wall clock
-    resumed_at: float | None = None
+    paused_at: float | None = None  # wall clock, when its pause call returned
+    resumed_at: float | None = None  # wall clock, when its resume call returned
     snapshot_ms: float | None = None
+    pause_requested_at: float | None = None  # wall clock, when its pause call began
 
 
 @dataclass(frozen=True)
@@ -381,7 +382,14 @@ class Manifest:
             raise ValueError(f"not a kvmctl snapshot manifest: {err}") from None
 
 
-_MEMBER_FIELDS = {"domain", "snapshot", "paused_at", "resumed_at", "snapshot_ms"}
+_MEMBER_FIELDS = {
+    "domain",
+    "snapshot",
+    "paused_at",
+    "resumed_at",
+    "snapshot_ms",
+    "pause_requested_at",
+}
 
 
 def manifest_relpath(set_name: str, name: str) -> PurePosixPath:

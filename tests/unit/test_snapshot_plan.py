@@ -179,7 +179,7 @@ def _manifest(**kw: object) -> Manifest:
         "pause_window_ms": 40.5,
         "pause_spread_ms": 2.0,
         "members": (
-            Member("a", "set-a", "g1", 1000.2, 1000.3, 12.0),
+            Member("a", "set-a", "g1", 1000.2, 1000.3, 12.0, 1000.19),
             Member("b", "set-b", "g1", 1000.25, 1000.3, 13.0),
         ),
         "levels": (("a",), ("b",)),
@@ -264,6 +264,7 @@ def test_manifest_json_round_trip() -> None:
         "paused_at": 1000.2,
         "resumed_at": 1000.3,
         "snapshot_ms": 12.0,
+        "pause_requested_at": 1000.19,
     }
     assert data["levels"] == [["a"], ["b"]]
     assert Manifest.from_json(m.to_json()) == m
