@@ -9,11 +9,13 @@ channel on, like a cockpit VM) and measures, from virDomainCreate:
   agent  the first answered guest-ping
   guest  the guest kernel's own uptime when /init printed READY
 
-Each flavour also runs once more per round with `pci=noacpi` (PCI interrupts
-routed from the BIOS table instead of ACPI AML, which is slow under TCG),
-interleaved with the default runs so both see the same machine load; the
-ratio is printed side by side. Targets under TCG: median ready <= 5 s for
-test-guest, <= 8 s for test-guest-rt.
+Variants run interleaved with the default in every round, so all see the
+same machine load, and their ratios are printed side by side:
+  pci=noacpi  PCI interrupts routed from the BIOS table instead of ACPI AML,
+              which is slow under TCG (costs PCI hotplug, so not the default)
+  vmlinuz     the compressed bzImage instead of the PVH vmlinux, for flavours
+              whose manifest boots vmlinux (what the PVH boot saves)
+Targets under TCG: median ready <= 5 s for test-guest, <= 8 s for test-guest-rt.
 
 Usage: .venv/bin/python bench/boot.py [--runs 5] [--flavour F ...] [--no-record]
 Figures are appended to bench/RESULTS.md, section "boot".
@@ -62,11 +64,12 @@ class Series:
     guest: list[float] = field(default_factory=list)
 
 
-def boot_once(h: ModuleType, factory: object, flavour: str, extra: dict[str, str]) -> tuple[
-    float, float, float
-]:
+def boot_once(
+    h: ModuleType, factory: object, flavour: str, extra: dict[str, str], kernel: Path | None
+) -> tuple[float, float, float]:
     spec = h.GuestSpec(
-        name=f"kvt-bench-{h.token()}", flavour=flavour, cmdline_extra=extra, display=True
+        name=f"kvt-bench-{h.token()}", flavour=flavour, cmdline_extra=extra, display=True,
+        kernel=kernel,
     )
     guest = factory.create(spec, start=False)  # type: ignore[attr-defined]
     try:
@@ -107,16 +110,24 @@ def main() -> int:
     workdir = h.make_workdir()
     pool = h.create_pool(conn, workdir)
     factory = h.GuestFactory(conn, pool, workdir)
-    variants = {"default": {}, "pci=noacpi": {"pci": "noacpi"}}
+    # variant -> (extra cmdline words, kernel to boot instead of the default)
+    variants: dict[str, dict[str, tuple[dict[str, str], Path | None]]] = {}
+    for f in flavours:
+        variants[f] = {"default": ({}, None), "pci=noacpi": ({"pci": "noacpi"}, None)}
+        if images[f].kernel.name == "vmlinux":
+            variants[f]["vmlinuz"] = ({}, images[f].kernel.with_name("vmlinuz"))
     results: dict[tuple[str, str], Series] = {
-        (f, v): Series() for f in flavours for v in variants
+        (f, v): Series() for f in flavours for v in variants[f]
     }
-    def boot(flavour: str, extra: dict[str, str]) -> tuple[float, float, float]:
+    others = conn.numOfDomains()
+    def boot(flavour: str, extra: dict[str, str], kernel: Path | None) -> tuple[
+        float, float, float
+    ]:
         # On shared hosts libvirtd may be restarted under us (host setup runs):
         # reconnect, recreate the transient pool, and boot that one again.
         for attempt in range(3):
             try:
-                return boot_once(h, factory, flavour, extra)
+                return boot_once(h, factory, flavour, extra, kernel)
             except (libvirt.libvirtError, h.GuestError) as exc:
                 if attempt == 2:
                     raise
@@ -128,8 +139,8 @@ def main() -> int:
     try:
         for run in range(args.runs):
             for flavour in flavours:
-                for variant, extra in variants.items():
-                    ready, agent, guest = boot(flavour, extra)
+                for variant, (extra, kernel) in variants[flavour].items():
+                    ready, agent, guest = boot(flavour, extra, kernel)
                     s = results[(flavour, variant)]
                     s.ready.append(ready)
                     s.agent.append(agent)
@@ -162,8 +173,10 @@ def main() -> int:
     ratios = []
     for flavour in flavours:
         base = statistics.median(results[(flavour, "default")].ready)
-        alt = statistics.median(results[(flavour, "pci=noacpi")].ready)
-        ratios.append(f"{flavour}: pci=noacpi / default ready = {alt / base:.2f}")
+        for variant in variants[flavour]:
+            if variant != "default":
+                alt = statistics.median(results[(flavour, variant)].ready)
+                ratios.append(f"{flavour}: {variant} / default ready = {alt / base:.2f}")
     if len(flavours) == 2:
         a = statistics.median(results[("test-guest-rt", "default")].ready)
         b = statistics.median(results[("test-guest", "default")].ready)
@@ -175,12 +188,14 @@ def main() -> int:
         print(r)
 
     if not args.no_record:
-        kernels = ", ".join(f"{f} {images[f].kernel_release}" for f in flavours)
+        kernels = ", ".join(
+            f"{f} {images[f].kernel_release} ({images[f].kernel.name})" for f in flavours
+        )
         load = os.getloadavg()[0]
         block = (
             f"### {datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC, {args.runs} runs, "
-            f"domain type {h.DOMAIN_TYPE}, {os.cpu_count()} CPUs, load {load:.1f} at end, "
-            f"{platform.node()}\n\n"
+            f"domain type {h.DOMAIN_TYPE}, {os.cpu_count()} CPUs, {others} other domains "
+            f"running at start, load {load:.1f} at end, {platform.node()}\n\n"
             f"Kernels: {kernels}. Fresh 64 MiB data disk per boot (formatted), VGA display, "
             f"256 MiB, 1 vCPU.\n\n{table}\n\n" + "\n".join(f"- {r}" for r in ratios) + "\n"
         )

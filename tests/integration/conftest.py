@@ -96,6 +96,7 @@ class GuestSpec:
     watchdog: str | None = None  # libvirt action: reset, poweroff, pause, none, ...
     display: bool = False  # VGA + VNC on 127.0.0.1, for screenshots
     machine: str | None = None  # e.g. "q35"; libvirt's default (i440fx "pc") when None
+    kernel: Path | None = None  # boot this instead of the image's boot_kernel
     domain_type: str = DOMAIN_TYPE
 
 
@@ -122,7 +123,7 @@ def domain_xml(
         _sub(os_el, "type", "hvm", arch="x86_64", machine=spec.machine)
     else:
         _sub(os_el, "type", "hvm", arch="x86_64")
-    _sub(os_el, "kernel", str(image.kernel))
+    _sub(os_el, "kernel", str(spec.kernel or image.kernel))
     _sub(os_el, "initrd", str(image.initrd))
     _sub(os_el, "cmdline", cmdline)
     features = _sub(dom, "features")
