@@ -181,3 +181,30 @@ def test_probe_mode_powers_off(guest_factory: GuestFactory) -> None:
         time.sleep(0.05)
     assert not g.dom.isActive()
     assert images.READY_MARKER not in g.serial_text()
+
+
+def test_orderly_shutdown_by_acpi_and_agent(guest_factory: GuestFactory) -> None:
+    g = guest_factory("halt", data_disk_mib=16)
+
+    def stopped_within(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while g.dom.isActive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    # ACPI power button: busybox acpid in the guest runs poweroff.
+    mark = g.mark()
+    g.dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+    assert stopped_within(30)
+    assert f"KVMCTL-SHUTDOWN {g.name}" in g.serial_text()[mark:]
+
+    # Through the agent: qemu-ga runs /sbin/shutdown, which busybox lacks.
+    mark = g.mark()
+    g.start()
+    g.wait_ready(since=mark)
+    g.wait_agent()
+    g.dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT)
+    assert stopped_within(30)
+    assert f"KVMCTL-SHUTDOWN {g.name}" in g.serial_text()[mark:]
