@@ -3,7 +3,17 @@ the logic is in the public API modules (spec, host, planner, apply, ...)."""
 
 from __future__ import annotations
 
-from kvmctl.commands import audit, cockpit, doctor, net, snapshot, supervise, validate  # noqa: F401  (register verbs)
+from kvmctl.commands import (  # noqa: F401  (register verbs)
+    audit,
+    cockpit,
+    doctor,
+    net,
+    screens,
+    snapshot,
+    supervise,
+    top,
+    validate,
+)
 from kvmctl.commands._app import app
 
 __all__ = ["app"]

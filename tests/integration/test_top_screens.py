@@ -1,0 +1,190 @@
+"""`kvmctl top` and `kvmctl screens` on two real guests with displays.
+
+top: per-vCPU CPU % shows the busy guest and the idle one apart, the busy
+one held under its 50 % cap; the pCPU each vCPU last ran on lies in its
+pinning; hugepages and memory match the spec. screens: each tile shows that
+guest's own screen (it draws its name), a stopped VM gets a placeholder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageChops, ImageStat
+
+from tests.integration.cockpit_helpers import REPO, URI, kvmctl, qemu, write_spec
+from tests.integration.ops_helpers import domain_state, guest_run, sweep_set
+
+pytestmark = pytest.mark.integration
+
+SET = f"kvt-ts-{secrets.token_hex(2)}"
+SPEC = f"""
+name: {SET}
+vms:
+  cluster:
+    role: instrument-cluster
+    memory: {{size: 128MiB, hugepages: 2MiB}}
+    disk: {{size: 32MiB}}
+    display: {{width: 1280, height: 480}}
+    ready: {{probe: "serial:KVMCTL-READY cluster", timeout: 90s}}
+  ivi:
+    role: infotainment
+    cpu: {{shares: 512, limit: 50%}}
+    memory: {{size: 128MiB}}
+    disk: {{size: 32MiB}}
+    display: {{width: 1024, height: 600}}
+    ready: {{probe: "serial:KVMCTL-READY ivi", timeout: 90s}}
+"""
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = write_spec(tmp_path_factory.mktemp("ts"), SPEC)
+    try:
+        result = kvmctl("apply", str(path), timeout=240)
+        assert result.returncode == 0, result.stderr
+        yield path
+    finally:
+        kvmctl("destroy", str(path), timeout=120)
+        assert sweep_set(SET) == []
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "kvmctl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "LIBVIRT_DEFAULT_URI": URI, **(env or {})},
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_top_per_vm_and_vcpu(spec: Path, tmp_path: Path) -> None:
+    # The IVI spins for a while; the cluster idles.
+    guest_run(f"{SET}-ivi", "/usr/bin/kvmctl-tool", "cpuloop", "12", wait=False)
+    time.sleep(2)
+    result = run(
+        "top", str(spec), "--once", "--json", "-n", "4", env={"KVMCTL_SUPERVISE_DIR": str(tmp_path)}
+    )
+    assert result.returncode == 0, result.stderr
+    rows: dict[str, Any] = {r["vm"]: r for r in json.loads(result.stdout)["vms"]}
+    assert set(rows) == {"cluster", "ivi"}
+    ivi, cluster = rows["ivi"], rows["cluster"]
+    assert ivi["state"] == cluster["state"] == "running"
+    # The busy guest is busy, but held under its cap (50 % of a CPU, plus slack
+    # for the emulator threads, which the cap does not cover).
+    assert 20 <= ivi["vcpus"][0]["cpu_pct"] <= 60, ivi
+    assert cluster["vcpus"][0]["cpu_pct"] < ivi["vcpus"][0]["cpu_pct"] / 2, (cluster, ivi)
+    for row in (ivi, cluster):
+        proc = qemu(row["domain"])
+        (vcpu,) = row["vcpus"]
+        planned = proc.vcpus[0].affinity
+        assert vcpu["affinity"] == ",".join(str(c) for c in sorted(planned))
+        assert vcpu["pcpu"] in planned  # it ran where it is pinned
+        assert vcpu["wait_pct"] is not None and vcpu["wait_pct"] >= 0
+        assert row["pid"] == proc.pid and row["memory_mib"] == 128
+        assert row["restarts"] is None  # no supervisor for this set
+    assert cluster["hugepages_mib"] == 128 and ivi["hugepages_mib"] == 0
+
+    table = run("top", str(spec), "--once", "-n", "0.5")
+    assert table.returncode == 0
+    assert f"{SET}/cluster" in table.stdout and "vcpu0" in table.stdout
+
+
+def test_top_shows_supervisor_restarts(spec: Path, tmp_path: Path) -> None:
+    (tmp_path / f"{SET}.json").write_text(
+        json.dumps(
+            {"set": SET, "pid": 1, "active": False, "vms": {"ivi": {"restarts": 2, "resets": 1}}}
+        )
+    )
+    result = run(
+        "top",
+        str(spec),
+        "--once",
+        "--json",
+        "-n",
+        "0.5",
+        env={"KVMCTL_SUPERVISE_DIR": str(tmp_path)},
+    )
+    rows = {r["vm"]: r for r in json.loads(result.stdout)["vms"]}
+    assert rows["ivi"]["restarts"] == 3 and rows["cluster"]["restarts"] is None
+
+
+def tiles(png: Path, report: dict[str, Any]) -> dict[str, Image.Image]:
+    img = Image.open(io.BytesIO(png.read_bytes())).convert("RGB")
+    out = {}
+    for t in report["tiles"]:
+        x, y, w, h = t["box"]
+        out[t["vm"]] = img.crop((x, y, x + w, y + h))
+    return out
+
+
+def lit(img: Image.Image) -> float:
+    """Share of pixels that are not (nearly) black."""
+    grey = img.convert("L").point(lambda v: 255 if v > 40 else 0)
+    return ImageStat.Stat(grey).mean[0] / 255
+
+
+def test_screens_show_each_guest_and_a_placeholder_when_stopped(spec: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cockpit.png"
+    result = run("screens", str(spec), "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {t["vm"]: (t["slot"], t["source"], t["state"]) for t in report["tiles"]} == {
+        "cluster": ("cluster", "screen", "running"),
+        "ivi": ("ivi", "screen", "running"),
+    }
+    live = tiles(out, report)
+    # Each guest drew its name in large letters: lit, and not the same picture.
+    assert lit(live["cluster"]) > 0.01 and lit(live["ivi"]) > 0.01
+    assert ImageChops.difference(live["cluster"], live["ivi"]).getbbox() is not None
+
+    subprocess.run(["virsh", "destroy", f"{SET}-ivi"], check=True, capture_output=True)
+    assert domain_state(f"{SET}-ivi") == "shut off"
+    result = run("screens", str(spec), "-o", str(out), "--json")
+    report = json.loads(result.stdout)
+    sources = {t["vm"]: t["source"] for t in report["tiles"]}
+    assert sources == {"cluster": "screen", "ivi": "placeholder"}
+    after = tiles(out, report)
+    assert ImageChops.difference(after["ivi"], live["ivi"]).getbbox() is not None
+    assert ImageChops.difference(after["ivi"], after["cluster"]).getbbox() is not None
+    assert "shut off" in run("screens", str(spec), "-o", str(out)).stdout
+
+
+def test_screens_watch_rewrites_until_interrupted(spec: Path, tmp_path: Path) -> None:
+    out = tmp_path / "watch.png"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmctl.cli", "screens", str(spec), "-o", str(out), "--watch", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "LIBVIRT_DEFAULT_URI": URI},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        first = out.stat().st_mtime_ns
+        while out.stat().st_mtime_ns == first and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert out.stat().st_mtime_ns != first, "the picture was not rewritten"
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "Traceback" not in err
+    assert Image.open(out).format == "PNG"
