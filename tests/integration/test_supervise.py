@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.cockpit_helpers import kvmctl, kvmctl_json, write_spec
+from kvmctl.supervise import supervisor_state
+from tests.integration.cockpit_helpers import REPO, URI, kvmctl, kvmctl_json, write_spec
 from tests.integration.ops_helpers import (
     SupervisorProcess,
     counter,
@@ -224,6 +226,24 @@ def test_survives_libvirtd_restart_without_duplicate_restarts(sup: SupervisorPro
     assert qemu_pid(A) == a_pid and domain_state(A) == "running"
 
 
+def test_status_tools_read_the_supervisor_state(sup: SupervisorProcess, spec: Path) -> None:
+    state = supervisor_state(SET, sup.state_dir)
+    assert state is not None and state["alive"] and state["connected"]
+    assert state["vms"]["b"]["restarts"] >= 1 and state["vms"]["a"]["resets"] >= 1
+    top = subprocess.run(
+        [sys.executable, "-m", "kvmctl.cli", "top", str(spec), "--once", "--json", "-n", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "LIBVIRT_DEFAULT_URI": URI, "KVMCTL_SUPERVISE_DIR": str(sup.state_dir)},
+    )
+    assert top.returncode == 0, top.stderr
+    rows = {r["vm"]: r for r in json.loads(top.stdout)["vms"]}
+    b = state["vms"]["b"]
+    assert rows["b"]["restarts"] == b["restarts"] + b["resets"]
+
+
 def test_sigterm_exits_cleanly_and_leaves_vms_running(sup: SupervisorProcess) -> None:
     pids = (qemu_pid(A), qemu_pid(B))
     t0 = time.monotonic()
@@ -232,6 +252,7 @@ def test_sigterm_exits_cleanly_and_leaves_vms_running(sup: SupervisorProcess) ->
     assert [e["event"] for e in sup.since()[-2:]] == ["stopping", "stopped"]
     state = json.loads((sup.state_dir / f"{SET}.json").read_text())
     assert state["active"] is False
+    assert supervisor_state(SET, sup.state_dir)["alive"] is False  # type: ignore[index]
     assert (qemu_pid(A), qemu_pid(B)) == pids
     assert domain_state(A) == domain_state(B) == "running"
     assert "Traceback" not in sup.stderr_path.read_text()
