@@ -72,6 +72,7 @@ from kvmctl.snapshots_plan import (
 )
 from kvmctl.spec import Cockpit, load_spec
 from kvmctl.xml.snapshot import DomainSnapshot, SnapshotDisk, disk_chain
+from kvmctl.xml.storage import BackingStore, StorageVolume
 
 Progress = Callable[[str, str], None]  # (vm, what is happening)
 DEFAULT_SNAPSHOT_DIR = "/var/lib/kvmctl/snapshots"
@@ -202,18 +203,60 @@ class _Targets:
     """Where a VM's snapshot goes, looked up before any VM is paused."""
 
     disks: tuple[str, ...]
-    base: str | None  # the data volume's path, for overlay names (disk-only)
+    base: str | None = None  # the data volume's path, for overlay names (disk-only)
+    top: str | None = None  # the image the disk writes to now: the overlay's backing
+    capacity: int | None = None
+    pool: str | None = None
 
 
 def _targets(ops: SnapshotOps, vp: VmPlan, disk_only: bool) -> _Targets:
     disks = ops.disks(vp.domain)
     if not disk_only:
-        return _Targets(disks, None)
+        return _Targets(disks)
     if len(disks) != 1:
         raise UsageError(
             f"VM '{vp.name}' has {len(disks)} writable disks; disk-only snapshots handle one"
         )
-    return _Targets(disks, ops.volume_path(vp.volume.pool, vp.volume.name))
+    vol = vp.volume
+    return _Targets(
+        disks,
+        base=ops.volume_path(vol.pool, vol.name),
+        top=ops.active_image(vp.domain, disks[0]),
+        capacity=ops.volume_capacity(vol.pool, vol.name),
+        pool=vol.pool,
+    )
+
+
+def _precreate(ops: SnapshotOps, snap: DomainSnapshot, where: _Targets) -> list[str]:
+    """Make a disk-only snapshot's overlay files beforehand, so taking the
+    snapshot only opens them (VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT)."""
+    made: list[str] = []
+    for disk in snap.disks:
+        if disk.source_file is None:
+            continue
+        assert where.top and where.capacity is not None and where.pool
+        if ops.file_size(disk.source_file) is not None:
+            raise UsageError(
+                f"overlay {disk.source_file} already exists (left by an interrupted run?): "
+                "remove it or choose another snapshot name"
+            )
+        volume = StorageVolume(
+            name=os.path.basename(disk.source_file),
+            capacity_bytes=where.capacity,
+            format="qcow2",
+            backing_store=BackingStore(path=where.top, format="qcow2"),
+        )
+        ops.precreate_overlay(where.pool, volume.to_xml())
+        made.append(disk.source_file)
+    return made
+
+
+def _drop_unused(ops: SnapshotOps, domain: str, overlays: list[str]) -> None:
+    """Delete precreated overlays the domain does not use (its snapshot failed)."""
+    in_use = {layer.file for d in ops.disks(domain) for layer in disk_chain(ops.xml(domain), d)}
+    for path in overlays:
+        if path not in in_use:
+            ops.delete_file(path)
 
 
 def _snapshot_xml(name: str, tag: Tag, where: _Targets) -> DomainSnapshot:
@@ -348,16 +391,22 @@ def create(
         _require_running(ops, vp)
         frozen = disk_only if freeze is None else freeze
         tag = Tag(spec.name, vm, session.plan.spec_hash, None, frozen, time.time())
-        snap = _snapshot_xml(name, tag, _targets(ops, vp, disk_only))
+        where = _targets(ops, vp, disk_only)
+        snap = _snapshot_xml(name, tag, where)
         t0 = time.monotonic()
         thaw = False
+        made = _precreate(ops, snap, where)
         try:
             if frozen:
                 say(vm, "freezing guest file systems")
                 thaw = True
                 ops.freeze(vp.domain)
             say(vm, f"taking {'disk-only ' if disk_only else ''}snapshot '{name}'")
-            ops.create(vp.domain, snap, disk_only)
+            ops.create(vp.domain, snap, disk_only, reuse=bool(made))
+        except BaseException:
+            with suppress(KvmctlError):
+                _drop_unused(ops, vp.domain, made)
+            raise
         finally:
             if thaw:
                 _thaw_retrying(ops, vp.domain)
@@ -497,6 +546,7 @@ class _GroupCreate:
         self.inactive_xml: dict[str, str] = {}
         self.snaps: dict[str, DomainSnapshot] = {}
         self.targets: dict[str, _Targets] = {}
+        self.precreated: dict[str, list[str]] = {}
         self.wall0 = time.time()
         self.mono0 = time.monotonic()
 
@@ -541,6 +591,8 @@ class _GroupCreate:
         freeze_ms = thaw_ms = 0.0
         with ThreadPoolExecutor(max_workers=len(self.vms), thread_name_prefix="snap") as pool:
             try:
+                if self.disk_only:
+                    self._precreate()
                 if self.freeze:
                     t = time.monotonic()
                     self.say("-", "freezing guest file systems")
@@ -591,6 +643,16 @@ class _GroupCreate:
         t.pause_end = time.monotonic()
         self.paused.add(vm)
 
+    def _precreate(self) -> None:
+        """Overlay files made before any VM is frozen or paused; their snapshot
+        XML is rebuilt with the instant later (same paths)."""
+        for vm in self.vms:
+            tag = Tag(self.plan.set_name, vm, self.plan.spec_hash, self.name, self.freeze)
+            made = _precreate(
+                self.ops, _snapshot_xml(self.name, tag, self.targets[vm]), self.targets[vm]
+            )
+            self.precreated[vm] = made
+
     def _prepare(self, instant: float) -> None:
         """Pure work only: the set is paused while this runs."""
         for vm in self.vms:
@@ -600,7 +662,9 @@ class _GroupCreate:
     def _snapshot(self, vm: str) -> None:
         t = self.timing[vm]
         t.snapshot_start = time.monotonic()
-        self.ops.create(self._dom(vm), self.snaps[vm], self.disk_only)
+        self.ops.create(
+            self._dom(vm), self.snaps[vm], self.disk_only, reuse=bool(self.precreated.get(vm))
+        )
         t.snapshot_end = time.monotonic()
 
     def _resume(self, vm: str) -> None:
@@ -676,10 +740,13 @@ class _GroupCreate:
     def _remove_member(self, vm: str) -> None:
         vp = self.plan.vms[vm]
         if not self.ops.exists(vp.domain):
+            for path in self.precreated.get(vm, []):
+                self.ops.delete_file(path)
             return
         records = _records(self.ops, vp) or []
         record = find(records, self.name)
         if record is None:
+            _drop_unused(self.ops, vp.domain, self.precreated.get(vm, []))
             return
         if record.kind == "internal" or self.ops.state(vp.domain) in (RUNNING, PAUSED):
             _delete_one(self.ops, vp, record, _quiet)
@@ -750,7 +817,7 @@ def _revert(
             say("-", f"reverting {', '.join(vms)} to '{name}' (paused)")
 
             def back(vm: str) -> None:
-                ops.revert_paused(plan.vms[vm].domain, names[vm])
+                ops.revert_paused(plan.vms[vm].domain, names[vm], force=note is not None)
                 outcomes[vm].reverted_at = time.time()
                 reverted.append(vm)
 

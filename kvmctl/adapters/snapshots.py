@@ -96,20 +96,30 @@ class SnapshotOps:
                         raise
         return out
 
-    def create(self, domain: str, snapshot: DomainSnapshot, disk_only: bool) -> None:
+    def create(
+        self, domain: str, snapshot: DomainSnapshot, disk_only: bool, reuse: bool = False
+    ) -> None:
+        """`reuse`: the overlay files exist already (see `precreate_overlay`),
+        so libvirt only opens them: the quick path while VMs are paused."""
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
         if disk_only:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        if reuse:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
         with _mapped(f"cannot take snapshot '{snapshot.name}' of domain '{domain}'"):
             self._dom(domain).snapshotCreateXML(snapshot.to_xml(), flags)
 
-    def revert_paused(self, domain: str, name: str) -> None:
+    def revert_paused(self, domain: str, name: str, force: bool = False) -> None:
         """Revert to an internal snapshot and leave the domain paused, whatever
-        state the snapshot recorded: the caller resumes it when its turn comes."""
+        state the snapshot recorded: the caller resumes it when its turn comes.
+        `force` lets libvirt replace a running QEMU whose definition changed."""
         dom = self._dom(domain)
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
+        if force:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE
         with _mapped(f"cannot revert domain '{domain}' to snapshot '{name}'"):
             snap = dom.snapshotLookupByName(name, 0)
-            dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED)
+            dom.revertToSnapshot(snap, flags)
 
     def delete(self, domain: str, name: str, metadata_only: bool = False) -> None:
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY if metadata_only else 0
@@ -239,6 +249,28 @@ class SnapshotOps:
 
     def disks(self, domain: str) -> tuple[str, ...]:
         return disk_targets(self.xml(domain, inactive=True))
+
+    def active_image(self, domain: str, disk: str) -> str:
+        """Path of the image disk `disk` writes to now (the top of its chain)."""
+        chain = disk_chain(self.xml(domain), disk)
+        if not chain:
+            raise ApplyError(f"domain '{domain}' has no disk {disk}")
+        top = chain[0]
+        if top.file:
+            return top.file
+        assert top.pool and top.volume
+        return self.volume_path(top.pool, top.volume)
+
+    def volume_capacity(self, pool: str, volume: str) -> int:
+        with _mapped(f"cannot read the size of volume '{volume}' in pool '{pool}'"):
+            vol = self.conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
+            return int(vol.info()[1])
+
+    def precreate_overlay(self, pool: str, volume_xml: str) -> None:
+        """Create an empty qcow2 overlay in `pool` (libvirt's storage driver
+        writes the backing file into its header)."""
+        with self.virt._storage, _mapped(f"cannot create an overlay in pool '{pool}'"):
+            self.conn.storagePoolLookupByName(pool).createXML(volume_xml, 0)
 
     def volume_path(self, pool: str, volume: str) -> str:
         with _mapped(f"cannot find volume '{volume}' in pool '{pool}'"):

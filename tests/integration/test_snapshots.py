@@ -362,6 +362,50 @@ def test_group_snapshot_is_one_instant_and_revert_follows_depends_on(
     assert groups["g1"]["complete"] and groups["g1"]["members"] == list(VMS)
 
 
+def test_status_summary_api(cockpit: Path) -> None:
+    """What `kvmctl status` can show: per VM count and newest snapshot, and
+    the set's newest complete group."""
+    from kvmctl import cockpit as api
+    from kvmctl import snapshot
+
+    session = api.open_session(cockpit, URI)
+    assert session.virt is not None
+    summary = snapshot.snapshot_summary(session.virt, session.plan)
+    assert set(summary) == set(VMS)
+    assert summary["ivi"]["count"] == 2 and {summary[vm]["latest"] for vm in VMS} == {"g1"}
+    assert summary["hud"] == {
+        "count": 1,
+        "latest": "g1",
+        "latest_created": summary["hud"]["latest_created"],
+        "latest_group": "g1",
+    }
+    assert snapshot.latest_group(session.virt, session.plan) == "g1"
+
+
+def test_disk_only_group_snapshot_and_delete(cockpit: Path, guests: Guests) -> None:
+    spec = str(cockpit)
+    made = kvmctl_json("snapshot", "create", "--all", spec, "gdisk", "--disk-only")
+    assert made["disk_only"] is True and set(made["members"]) == set(VMS)
+    rows = [s for s in snapshots(cockpit)["snapshots"] if s["name"] == "gdisk"]
+    assert {r["vm"] for r in rows} == set(VMS) and all(r["kind"] == "external" for r in rows)
+    overlays = [Path(o["file"]) for r in rows for o in r["overlays"]]
+    assert len(overlays) == 4 and all(p.is_file() and p.parent == POOL_DIR for p in overlays)
+    token = secrets.token_hex(8)
+    for vm in VMS:
+        guests.sh(vm, 'echo "$1" >/data/after-gdisk && sync', token)
+
+    run = kvmctl("snapshot", "revert", "--all", spec, "gdisk")
+    assert run.returncode == 2 and "disk-only" in run.stderr, run.stderr
+
+    gone = kvmctl_json("snapshot", "delete", "--all", spec, "gdisk")
+    assert set(gone["deleted"]) == set(VMS) and gone["skipped"] == {}
+    assert not any(p.exists() for p in overlays)
+    assert not (Path(os.environ["KVMCTL_SNAPSHOT_DIR"]) / SET / "gdisk.json").exists()
+    for vm in VMS:
+        assert guests.sh(vm, "cat /data/after-gdisk").strip() == token
+        assert "gdisk" not in guests.dom(vm).XMLDesc(0)
+
+
 # --------------------------------------------------------------------------- disk-only
 
 
