@@ -542,7 +542,6 @@ class _GroupCreate:
         self.vms = list(self.plan.vms)
         self.timing = {vm: MemberTiming() for vm in self.vms}
         self.frozen: set[str] = set()  # freeze was attempted: thaw on every path
-        self.paused: set[str] = set()
         self.inactive_xml: dict[str, str] = {}
         self.snaps: dict[str, DomainSnapshot] = {}
         self.targets: dict[str, _Targets] = {}
@@ -641,7 +640,6 @@ class _GroupCreate:
         t.pause_start = time.monotonic()
         self.ops.suspend(self._dom(vm))
         t.pause_end = time.monotonic()
-        self.paused.add(vm)
 
     def _precreate(self) -> None:
         """Overlay files made before any VM is frozen or paused; their snapshot
@@ -672,7 +670,6 @@ class _GroupCreate:
         t.resume_start = time.monotonic()
         self.ops.resume(self._dom(vm))
         t.resume_end = time.monotonic()
-        self.paused.discard(vm)
 
     def _thaw(self, vm: str) -> None:
         _thaw_retrying(self.ops, self._dom(vm))
@@ -725,8 +722,10 @@ class _GroupCreate:
             if alive(vm):
                 _thaw_retrying(self.ops, self._dom(vm))
 
+        # Every member was running when the group began: resume any that is
+        # paused now, also one whose pause call failed after taking effect.
         for what, fn, vms in (
-            ("resume", resume, sorted(self.paused)),
+            ("resume", resume, list(self.vms)),
             ("thaw", thaw, sorted(self.frozen)),
             ("remove member", self._remove_member, list(self.vms)),
         ):

@@ -68,10 +68,10 @@ def _target(first: str, second: str | None, all_vms: bool, verb: str) -> tuple[s
     return first, second
 
 
-def _when(epoch: float | None) -> str:
+def _when(epoch: float | None, timespec: str = "milliseconds") -> str:
     if epoch is None:
         return ""
-    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec=timespec)
 
 
 def _size(n: int | None) -> str:
@@ -170,7 +170,7 @@ def list_(
         [
             r.vm,
             r.name + (" *" if r.current else ""),
-            _when(r.created),
+            _when(r.created, "seconds"),  # libvirt keeps whole seconds
             r.kind,
             "yes" if r.has_memory else "no",
             _size(r.size_bytes),

@@ -494,6 +494,12 @@ def test_bad_input_is_refused_and_changes_nothing(
     assert all(guests.state(vm) == libvirt.VIR_DOMAIN_RUNNING for vm in VMS)
     assert kvmctl("snapshot", "delete", spec, "hud", "dup").returncode == 0
 
+    # --force reverts anyway and says what it did
+    forced = kvmctl("snapshot", "revert", str(specs["changed"]), "ivi", "s1", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "spec changed since snapshot 's1'" in forced.stdout and "kvmctl apply" in forced.stdout
+    assert guests.state("ivi") == libvirt.VIR_DOMAIN_RUNNING
+
 
 def test_group_revert_with_a_destroyed_member_changes_nothing(
     cockpit: Path, specs: dict[str, Path], guests: Guests
