@@ -24,7 +24,6 @@ from kvmctl.planner.live import LiveState
 from kvmctl.planner.plan import Plan, PlanOptions, make_plan
 from kvmctl.setlock import set_lock
 from kvmctl.spec import Cockpit, load_spec
-from kvmctl.status import VmStatus, cockpit_status
 
 
 @dataclass
@@ -138,12 +137,6 @@ def _repair_drift(plan: Plan, virt: Virt) -> Plan:
         if a.kind == "unchanged" and a.domain in running and a.vm in plan.vms
     }
     return replace(plan, actions=repair_actions(plan.actions, drifted))
-
-
-def status(spec: Cockpit | str | Path, uri: str) -> tuple[Session, list[VmStatus]]:
-    session = open_session(spec, uri)
-    assert session.virt is not None
-    return session, cockpit_status(session.virt, session.plan)
 
 
 @dataclass

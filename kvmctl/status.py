@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kvmctl.adapters.virt import Virt
 from kvmctl.host import threads
@@ -45,6 +46,9 @@ class VmStatus:
     hugepages_actual_kib: int | None = None
     shares: int | None = None
     quota_us: int | None = None
+    restarts: int | None = None  # by the supervisor, when one ran for the set
+    snapshots: int = 0
+    latest_snapshot: str | None = None
     drift: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -130,3 +134,17 @@ def _read_int(path: Path) -> int | None:
 def cockpit_status(virt: Virt, plan: Plan) -> list[VmStatus]:
     states = {d.name: d.state for d in virt.domains()}
     return [vm_status(virt, p, states) for p in plan.vms.values()]
+
+
+def add_history(
+    rows: list[VmStatus],
+    supervised: dict[str, dict[str, Any]],
+    snapshots: dict[str, dict[str, Any]],
+) -> None:
+    """Fold in what the supervisor and the snapshots say about each VM."""
+    for row in rows:
+        if row.vm in supervised:
+            row.restarts = supervised[row.vm].get("restarts")
+        snap = snapshots.get(row.vm) or {}
+        row.snapshots = int(snap.get("count") or 0)
+        row.latest_snapshot = snap.get("latest")

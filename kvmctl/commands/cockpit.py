@@ -13,6 +13,7 @@ from kvmctl import cockpit
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
 from kvmctl.commands._output import print_json, print_table
 from kvmctl.errors import UsageError
+from kvmctl.overview import overview
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.plan import Plan
@@ -166,7 +167,7 @@ def apply(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt = 
 @app.command()
 def status(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt = False) -> None:
     """State, readiness, uptime, planned vs actual pCPUs, hugepages and shares/cap of every VM."""
-    session, rows = cockpit.status(file, connect)
+    session, rows = overview(file, connect)
     if json_out:
         print_json({"set": session.spec.name, "vms": [r.as_dict() for r in rows]})
         return
@@ -184,6 +185,8 @@ def status(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt =
             "hugepages",
             "shares",
             "quota",
+            "restarts",
+            "snapshots",
             "drift",
         ],
         [
@@ -201,6 +204,8 @@ def status(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt =
                 else "-",
                 r.shares if r.shares is not None else "",
                 r.quota_us if r.quota_us is not None else "",
+                "-" if r.restarts is None else r.restarts,
+                f"{r.snapshots} (latest {r.latest_snapshot})" if r.snapshots else "0",
                 "; ".join(r.drift) or "none",
             ]
             for r in rows
