@@ -33,12 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
 from kvmctl.adapters.virt import Virt
-from kvmctl.cockpit import Session, open_session
 from kvmctl.errors import ApplyError, KvmctlError, UsageError
 from kvmctl.host import rt, threads
 from kvmctl.planner.plan import Plan, VmPlan
@@ -73,6 +72,11 @@ from kvmctl.snapshots_plan import (
 from kvmctl.spec import Cockpit, load_spec
 from kvmctl.xml.snapshot import DomainSnapshot, SnapshotDisk, disk_chain
 from kvmctl.xml.storage import BackingStore, StorageVolume
+
+if TYPE_CHECKING:
+    # kvmctl.cockpit imports kvmctl.status, which may show snapshot_summary:
+    # the session is imported when a call needs it, not at import time.
+    from kvmctl.cockpit import Session
 
 Progress = Callable[[str, str], None]  # (vm, what is happening)
 DEFAULT_SNAPSHOT_DIR = "/var/lib/kvmctl/snapshots"
@@ -159,6 +163,8 @@ def _load(spec: Cockpit | str | Path) -> Cockpit:
 
 
 def _open(spec: Cockpit, uri: str) -> tuple[Session, SnapshotOps]:
+    from kvmctl.cockpit import open_session
+
     session = open_session(spec, uri)
     assert session.virt is not None
     return session, SnapshotOps(session.virt)
