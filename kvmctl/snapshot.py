@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
 from kvmctl.adapters.virt import Virt
 from kvmctl.errors import ApplyError, KvmctlError, UsageError
@@ -49,6 +50,7 @@ from kvmctl.snapshots_plan import (
     MemberTiming,
     SnapshotRecord,
     Tag,
+    backing_of,
     check_create,
     check_delete,
     check_group_create,
@@ -124,6 +126,7 @@ class RevertOutcome:
     ready_at: float | None = None
     ready_seconds: float | None = None
     thawed: int | None = None
+    kind: str = "memory"  # memory: resumes where it was; disk: boots from the disk as it was
     notes: list[str] = field(default_factory=list)
 
 
@@ -458,10 +461,10 @@ def revert(
     with set_lock(spec.name):
         session, ops = _open(spec, uri)
         vp = _vm_plan(session, vm)
-        record = check_revert(vm, _require_domain(ops, vp), name)
+        record = check_revert(vm, _require_domain(ops, vp), name, _active_files(ops, vp))
         recorded = record.tag.spec_hash if record.tag else None
         note = check_spec(recorded, session.plan.spec_hash, force, f"snapshot '{name}'")
-        return _revert(session, ops, [[vm]], {vm: name}, name, False, note, progress or _quiet)
+        return _revert(session, ops, [[vm]], {vm: record}, name, False, note, progress or _quiet)
 
 
 def delete(
@@ -794,19 +797,54 @@ def revert_group(
                 "longer has; nothing was changed"
             )
         check_group_members(manifest, existing, "revert")
-        for m in manifest.members:
-            check_revert(m.vm, existing[m.vm] or [], m.snapshot)
+        records = {
+            m.vm: check_revert(
+                m.vm, existing[m.vm] or [], m.snapshot, _active_files(ops, plan.vms[m.vm])
+            )
+            for m in manifest.members
+        }
         note = check_spec(manifest.spec_hash, plan.spec_hash, force, f"group snapshot '{name}'")
         levels = revert_levels(plan.levels, manifest.vms)
-        names = {m.vm: m.snapshot for m in manifest.members}
-        return _revert(session, ops, levels, names, name, True, note, progress or _quiet)
+        return _revert(session, ops, levels, records, name, True, note, progress or _quiet)
+
+
+def _active_files(ops: SnapshotOps, vp: VmPlan) -> set[str]:
+    """The image files the VM's disks write to now (tops of their chains)."""
+    xml = ops.xml(vp.domain, inactive=True)
+    tops = (disk_chain(xml, d) for d in ops.disks(vp.domain))
+    return {chain[0].file for chain in tops if chain and chain[0].file}
+
+
+def _cold_revert(ops: SnapshotOps, vp: VmPlan, record: SnapshotRecord) -> None:
+    """A disk-only snapshot has no memory to go back to: power the VM off,
+    give the overlay a fresh start on the image below it (the disk as it was
+    at the snapshot) and start the VM paused; it boots when resumed."""
+    ops.virt.stop(vp.domain)
+    xml = ops.xml(vp.domain, inactive=True)
+    capacity = ops.volume_capacity(vp.volume.pool, vp.volume.name)
+    for disk, overlay in record.overlays:
+        below = backing_of(overlay, disk_chain(xml, disk))
+        if below.file:
+            backing = below.file
+        else:
+            assert below.pool and below.volume
+            backing = ops.volume_path(below.pool, below.volume)
+        ops.delete_file(overlay)
+        volume = StorageVolume(
+            name=os.path.basename(overlay),
+            capacity_bytes=capacity,
+            format="qcow2",
+            backing_store=BackingStore(path=backing, format="qcow2"),
+        )
+        ops.precreate_overlay(vp.volume.pool, volume.to_xml())
+    ops.virt.start_paused(vp.domain)
 
 
 def _revert(
     session: Session,
     ops: SnapshotOps,
     levels: list[list[str]],
-    names: dict[str, str],
+    records: dict[str, SnapshotRecord],
     name: str,
     group: bool,
     note: str | None,
@@ -815,14 +853,27 @@ def _revert(
     plan = session.plan
     t0 = time.monotonic()
     vms = [vm for level in levels for vm in level]
-    outcomes = {vm: RevertOutcome(vm, plan.vms[vm].domain, names[vm]) for vm in vms}
+    outcomes = {
+        vm: RevertOutcome(
+            vm,
+            plan.vms[vm].domain,
+            records[vm].name,
+            kind="memory" if records[vm].kind == "internal" else "disk",
+        )
+        for vm in vms
+    }
     reverted: list[str] = []
     with ThreadPoolExecutor(max_workers=max(len(vms), 1), thread_name_prefix="revert") as pool:
         try:
             say("-", f"reverting {', '.join(vms)} to '{name}' (paused)")
 
             def back(vm: str) -> None:
-                ops.revert_paused(plan.vms[vm].domain, names[vm], force=note is not None)
+                vp = plan.vms[vm]
+                if records[vm].kind == "internal":
+                    ops.revert_paused(vp.domain, records[vm].name, force=note is not None)
+                else:
+                    _cold_revert(ops, vp, records[vm])
+                    outcomes[vm].notes.append("disk-only snapshot: the guest boots again")
                 outcomes[vm].reverted_at = time.time()
                 reverted.append(vm)
 
@@ -845,7 +896,8 @@ def _revert(
             for vm in reverted:
                 try:
                     ops.resume(plan.vms[vm].domain)
-                    _thaw_retrying(ops, plan.vms[vm].domain)
+                    if outcomes[vm].kind == "memory":
+                        _thaw_retrying(ops, plan.vms[vm].domain)
                 except KvmctlError as e:
                     problems.append(str(e))
             if isinstance(err, KeyboardInterrupt):
@@ -896,7 +948,20 @@ def _after_start(session: Session, vp: VmPlan) -> list[str]:
 
 def _resume_ready(ops: SnapshotOps, vp: VmPlan, outcome: RevertOutcome) -> None:
     """Resume, then wait for the agent (the serial marker was printed before
-    the snapshot, so it never comes again) and thaw what the snapshot froze."""
+    the snapshot, so it never comes again) and thaw what the snapshot froze.
+    A VM that boots again (disk-only snapshot) is ready as `apply` sees it."""
+    if outcome.kind == "disk":
+        with ReadyWatch(ops.conn, vp.domain, vp.vm.ready.probe) as watch:
+            ops.resume(vp.domain)
+            t = time.monotonic()
+            outcome.resumed_at = time.time()
+            try:
+                ready = watch.wait(vp.vm.ready.timeout)
+            except NotReady as err:
+                raise ApplyError(str(err)) from None
+        outcome.ready_seconds = round(ready - t, 3)
+        outcome.ready_at = outcome.resumed_at + outcome.ready_seconds
+        return
     ops.resume(vp.domain)
     # Taken when the resume call returns: the guest's clock runs from here.
     t = time.monotonic()

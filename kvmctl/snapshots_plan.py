@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -181,16 +181,28 @@ def check_create(vm: str, records: Sequence[SnapshotRecord], name: str, disk_onl
         )
 
 
-def check_revert(vm: str, records: Sequence[SnapshotRecord], name: str) -> SnapshotRecord:
+def check_revert(
+    vm: str,
+    records: Sequence[SnapshotRecord],
+    name: str,
+    active_files: Collection[str] = (),
+) -> SnapshotRecord:
+    """`active_files`: the images the VM's disks write to now. A disk-only
+    snapshot is reverted by giving its overlay a fresh start, so it must be
+    the newest one, whose overlay is what the disk writes to."""
     check_name(name)
     record = find(records, name)
     if record is None:
         raise UsageError(f"VM '{vm}' has no snapshot '{name}' (it has: {_known(records)})")
     if record.kind == "external":
-        raise UsageError(
-            f"snapshot '{name}' of VM '{vm}' is disk-only (external): libvirt 9.0 cannot "
-            "revert to one; take snapshots with memory (without --disk-only) to revert"
-        )
+        if any(f not in active_files for _d, f in record.overlays):
+            newer = [r.name for r in records if r.kind == "external" and r.name != name]
+            raise UsageError(
+                f"snapshot '{name}' of VM '{vm}' is not its newest disk-only snapshot "
+                f"({', '.join(newer) or 'the disk moved on'}): delete the newer ones first "
+                "(their data is merged down), then revert"
+            )
+        return record
     external = [r.name for r in records if r.kind == "external"]
     if external:
         raise UsageError(
@@ -198,6 +210,14 @@ def check_revert(vm: str, records: Sequence[SnapshotRecord], name: str) -> Snaps
             f"'{name}': delete them first (kvmctl snapshot delete merges their data back)"
         )
     return record
+
+
+def backing_of(overlay_file: str, chain: Sequence[ChainLayer]) -> ChainLayer:
+    """The image right below `overlay_file` in a disk's chain."""
+    at = next((i for i, layer in enumerate(chain) if layer.file == overlay_file), None)
+    if at is None or at + 1 >= len(chain):
+        raise UsageError(f"overlay {overlay_file} is not in the disk's backing chain")
+    return chain[at + 1]
 
 
 def check_delete(

@@ -382,9 +382,11 @@ def test_status_summary_api(cockpit: Path) -> None:
     assert snapshot.latest_group(session.virt, session.plan) == "g1"
 
 
-def test_disk_only_group_snapshot_and_delete(cockpit: Path, guests: Guests) -> None:
+def test_disk_only_group_snapshot_revert_and_delete(cockpit: Path, guests: Guests) -> None:
     spec = str(cockpit)
+    before = {vm: guests.counter(vm) for vm in VMS}
     made = kvmctl_json("snapshot", "create", "--all", spec, "gdisk", "--disk-only")
+    after = {vm: guests.counter(vm) for vm in VMS}
     assert made["disk_only"] is True and set(made["members"]) == set(VMS)
     rows = [s for s in snapshots(cockpit)["snapshots"] if s["name"] == "gdisk"]
     assert {r["vm"] for r in rows} == set(VMS) and all(r["kind"] == "external" for r in rows)
@@ -394,8 +396,22 @@ def test_disk_only_group_snapshot_and_delete(cockpit: Path, guests: Guests) -> N
     for vm in VMS:
         guests.sh(vm, 'echo "$1" >/data/after-gdisk && sync', token)
 
-    run = kvmctl("snapshot", "revert", "--all", spec, "gdisk")
-    assert run.returncode == 2 and "disk-only" in run.stderr, run.stderr
+    # A disk-only snapshot has no memory: the VMs boot again from their disks
+    # as they were at the instant (file systems frozen then, so consistent).
+    reverted = kvmctl_json("snapshot", "revert", "--all", spec, "gdisk")
+    assert reverted["levels"] == [["cl", "ivi", "pas"], ["hud"]]
+    out = reverted["vms"]
+    assert all(o["kind"] == "disk" and o["ready_at"] for o in out.values())
+    assert out["hud"]["resumed_at"] >= out["cl"]["ready_at"]
+    for vm in VMS:
+        assert not guests.exists(vm, "/data/after-gdisk")
+        on_disk = int(guests.sh(vm, "cat /data/counter"))
+        # the file as it was when the file systems were frozen for the snapshot
+        assert before[vm][1] <= on_disk <= after[vm][1], (vm, before[vm], on_disk, after[vm])
+        # a fresh boot: no counter in memory
+        assert guests.sh(vm, "kvmctl-tool counter read").split()[0] == "memory=none"
+        guests.sh(vm, 'echo "$1" >/data/after-gdisk && sync', token)
+    assert all(p.is_file() for p in overlays)  # the overlays started afresh
 
     gone = kvmctl_json("snapshot", "delete", "--all", spec, "gdisk")
     assert set(gone["deleted"]) == set(VMS) and gone["skipped"] == {}
@@ -421,6 +437,8 @@ def test_deleting_disk_only_snapshots_keeps_later_data(cockpit: Path, guests: Gu
     overlay2 = Path(e2["overlays"][0])
     guests.sh("pas", 'echo "$1" >/data/b.txt && sync', token_b)
 
+    run = kvmctl("snapshot", "revert", spec, "pas", "e1")
+    assert run.returncode == 2 and "not its newest disk-only snapshot (e2)" in run.stderr
     rows = {s["name"]: s for s in snapshots(cockpit, "pas")["snapshots"]}
     assert rows["e1"]["kind"] == rows["e2"]["kind"] == "external"
     assert rows["e2"]["parent"] == "e1" and not rows["e1"]["memory"]

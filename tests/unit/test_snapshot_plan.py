@@ -17,6 +17,7 @@ from kvmctl.snapshots_plan import (
     MemberTiming,
     SnapshotRecord,
     Tag,
+    backing_of,
     check_create,
     check_delete,
     check_group_create,
@@ -133,10 +134,27 @@ def test_revert_checks() -> None:
         check_revert("a", [rec("s1")], "x")
     with pytest.raises(UsageError, match="it has: none"):
         check_revert("a", [], "x")
-    with pytest.raises(UsageError, match="cannot revert to one"):
-        check_revert("a", [rec("e1", "external")], "e1")
     with pytest.raises(UsageError, match="delete them first"):
         check_revert("a", [rec("s1"), rec("e1", "external")], "s1")
+
+
+def test_revert_of_disk_only_snapshots_only_to_the_newest() -> None:
+    e1, e2 = rec("e1", "external"), rec("e2", "external")
+    top = {"/pool/set-a-data.e2.qcow2"}
+    assert check_revert("a", [e1, e2], "e2", top) is e2
+    with pytest.raises(UsageError, match=r"not its newest disk-only snapshot \(e2\)"):
+        check_revert("a", [e1, e2], "e1", top)
+    with pytest.raises(UsageError, match="newest"):
+        check_revert("a", [e1], "e1", ())  # the disk is elsewhere now
+
+
+def test_backing_of() -> None:
+    assert backing_of("/p/d.e2.qcow2", CHAIN) == CHAIN[1]
+    assert backing_of("/p/d.e1.qcow2", CHAIN).volume == "d.qcow2"
+    with pytest.raises(UsageError):
+        backing_of("/p/nope", CHAIN)
+    with pytest.raises(UsageError):
+        backing_of("/p/d.e1.qcow2", CHAIN[:2])
 
 
 def test_delete_checks() -> None:
