@@ -19,6 +19,13 @@ paused or frozen, never half a group. Revert brings the VMs back paused,
 then resumes them level by level in depends_on order, each one ready (its
 agent answers, file systems thawed) before the next level starts.
 
+libvirt 9.0 reverts internal snapshots only (and restarts QEMU to do it,
+so real-time scheduling and NIC shaping are put back before the resume).
+A disk-only snapshot is reverted by kvmctl: the VM is powered off, its
+overlay starts afresh on the image below it (the disk as it was at the
+snapshot) and the VM boots again; only the newest disk-only snapshot of a
+VM can be reverted to.
+
 Mutating calls hold the set's lock, as apply and destroy do.
 """
 
