@@ -549,6 +549,28 @@ def test_group_revert_with_a_destroyed_member_changes_nothing(
     assert "gd" not in {g["name"] for g in snapshots(specs["reduced"])["groups"]}
 
 
+def test_freeze_failure_thaws_the_others_and_takes_nothing(
+    cockpit: Path, specs: dict[str, Path], guests: Guests
+) -> None:
+    reduced = specs["reduced"]
+    # ivi's agent goes away: its freeze fails after cl's and hud's succeeded
+    # (or while they are under way); they must be thawed again.
+    try:
+        guests.sh("ivi", 'kill "$(cat /run/qemu-ga.pid)"', timeout=5)
+    except (AssertionError, libvirt.libvirtError):
+        pass  # the agent may die before it reports back
+    run = kvmctl("snapshot", "create", "--all", str(reduced), "gf")
+    assert run.returncode == 1 and "freeze of VM 'ivi' failed" in run.stderr, run.stderr
+    for vm in ("cl", "hud"):
+        assert guests.state(vm) == libvirt.VIR_DOMAIN_RUNNING
+        guests.sh(vm, "echo ok >/data/after-freeze-failure && sync", timeout=20)
+    listing = snapshots(reduced)
+    assert [s for s in listing["snapshots"] if s["name"] == "gf"] == []
+    # ivi gets its agent back by a power cycle through kvmctl
+    guests.dom("ivi").destroy()
+    assert kvmctl_json("apply", str(reduced))["vms"]["ivi"]["action"] == "start"
+
+
 def test_member_killed_during_group_snapshot_leaves_the_set_running(
     cockpit: Path, specs: dict[str, Path], guests: Guests
 ) -> None:
