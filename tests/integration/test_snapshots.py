@@ -19,6 +19,7 @@ domain, volume or overlay file behind, snapshots notwithstanding.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -139,8 +140,6 @@ class Guests:
         while True:
             st = self.agent(vm, "guest-exec-status", {"pid": pid})
             if st.get("exited"):
-                import base64
-
                 out = base64.b64decode(st.get("out-data", "")).decode()
                 err = base64.b64decode(st.get("err-data", "")).decode()
                 assert st.get("exitcode") == 0, f"{vm}: {script!r} failed: {out}{err}"
