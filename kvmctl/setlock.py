@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from kvmctl.errors import HostError
@@ -16,20 +16,27 @@ LOCK_DIR = Path(os.environ.get("KVMCTL_LOCK_DIR", "/run/kvmctl/locks"))
 
 
 @contextmanager
-def set_lock(set_name: str, directory: Path = LOCK_DIR) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / f"{set_name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+def pid_lock(path: Path, busy: Callable[[str], str]) -> Iterator[None]:
+    """Hold an exclusive lock file that records our pid. When another process
+    holds it, raise HostError with `busy(holder_pid)`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise HostError(
-                f"another kvmctl (pid {holder}) is changing cockpit '{set_name}' right now: "
-                "wait for it to finish"
-            ) from None
+            raise HostError(busy(holder)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def set_lock(set_name: str, directory: Path = LOCK_DIR) -> AbstractContextManager[None]:
+    return pid_lock(
+        directory / f"{set_name}.lock",
+        lambda pid: f"another kvmctl (pid {pid}) is changing cockpit '{set_name}' right now: "
+        "wait for it to finish",
+    )

@@ -22,7 +22,6 @@ which `supervisor_state()` reads back for `kvmctl status`.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import queue
@@ -30,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -49,7 +48,7 @@ from kvmctl.errors import HostError, KvmctlError
 from kvmctl.host import threads
 from kvmctl.planner.diff import Action
 from kvmctl.planner.plan import domain_name
-from kvmctl.setlock import set_lock
+from kvmctl.setlock import pid_lock, set_lock
 from kvmctl.spec import Cockpit, load_spec
 from kvmctl.supervise_policy import Decision, RestartPolicy, decide, stop_cause, waiting_on
 
@@ -223,25 +222,13 @@ class Supervisor:
         self._write_state(active=False)
         self.log("stopped")
 
-    @contextmanager
-    def _instance_lock(self) -> Iterator[None]:
+    def _instance_lock(self) -> AbstractContextManager[None]:
         """One supervisor per set on this host: a second one would restart
         every VM twice."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / f"{self.set_name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise HostError(
-                    f"cockpit '{self.set_name}' is already supervised (pid {holder}) on this host"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            yield
-        finally:
-            os.close(fd)
+        return pid_lock(
+            self.directory / f"{self.set_name}.lock",
+            lambda pid: f"cockpit '{self.set_name}' is already supervised (pid {pid}) on this host",
+        )
 
     # --- output ----------------------------------------------------------------------
 
