@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvmctl import cockpit  # noqa: E402
 from kvmctl import snapshot as snap  # noqa: E402
 from kvmctl.adapters.snapshots import SnapshotOps  # noqa: E402
+from kvmctl.snapshot import _common as snap_common  # noqa: E402
+from kvmctl.snapshot import single as snap_single  # noqa: E402
 from kvmctl.snapshots_plan import Tag  # noqa: E402
 
 URI = os.environ.get("LIBVIRT_DEFAULT_URI", "qemu:///system")
@@ -68,10 +70,10 @@ def sequential(
     t_first = time.monotonic()
     for vp in session.plan.vms.values():
         tag = Tag(session.plan.set_name, vp.name, session.plan.spec_hash)
-        where = snap._targets(ops, vp, disk_only)
-        xml = snap._snapshot_xml(name, tag, where)
+        where = snap_common._targets(ops, vp, disk_only)
+        xml = snap_common._snapshot_xml(name, tag, where)
         t0 = time.monotonic()
-        made = snap._precreate(ops, xml, where)
+        made = snap_common._precreate(ops, xml, where)
         t1 = time.monotonic()
         ops.create(vp.domain, xml, disk_only, reuse=bool(made))
         t2 = time.monotonic()
@@ -106,9 +108,9 @@ def kvmctl_loop(
 
 def drop(spec: Path, session: cockpit.Session, ops: SnapshotOps, name: str) -> None:
     for vp in session.plan.vms.values():
-        for r in snap._records(ops, vp) or []:
+        for r in snap_common._records(ops, vp) or []:
             if r.name == name:
-                snap._delete_one(ops, vp, r, lambda _v, _w: None)
+                snap_single._delete_one(ops, vp, r, lambda _v, _w: None)
 
 
 def main() -> int:
@@ -132,7 +134,7 @@ def main() -> int:
         t = time.monotonic()
         cockpit.apply(spec, URI)
         print(f"applied in {time.monotonic() - t:.1f} s")
-        session, ops = snap._open(cockpit.load_spec(spec), URI)
+        session, ops = snap_common._open(cockpit.load_spec(spec), URI)
         for vp in session.plan.vms.values():
             session.virt.agent(
                 vp.domain,

@@ -1,0 +1,408 @@
+"""Group snapshots of the whole set: create, revert, delete."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
+from kvmctl.cockpit import Session
+from kvmctl.errors import ApplyError, KvmctlError, UsageError
+from kvmctl.setlock import set_lock
+from kvmctl.snapshot._common import (
+    DeleteResult,
+    GroupResult,
+    Progress,
+    RevertResult,
+    _drop_unused,
+    _first_error,
+    _load,
+    _manifest_path,
+    _open,
+    _precreate,
+    _quiet,
+    _read_manifest,
+    _records,
+    _run,
+    _say_error,
+    _snapshot_xml,
+    _Targets,
+    _targets,
+    _terminate_as_interrupt,
+    _thaw_retrying,
+    _write_manifest,
+)
+from kvmctl.snapshot._restore import _active_files, _revert
+from kvmctl.snapshot.single import _delete_one
+from kvmctl.snapshots_plan import (
+    Manifest,
+    Member,
+    MemberTiming,
+    SnapshotRecord,
+    Tag,
+    check_delete,
+    check_group_create,
+    check_group_members,
+    check_name,
+    check_revert,
+    check_spec,
+    find,
+    manifest_from_tags,
+    pause_spread_ms,
+    pause_window_ms,
+    revert_levels,
+)
+from kvmctl.spec import Cockpit
+from kvmctl.xml.snapshot import DomainSnapshot
+
+# --------------------------------------------------------------------------- the set
+
+
+def create_group(
+    spec: Cockpit | str | Path,
+    uri: str,
+    name: str,
+    *,
+    disk_only: bool = False,
+    freeze: bool = True,
+    progress: Progress | None = None,
+) -> GroupResult:
+    """Snapshot every VM of the set at one instant (see the module docstring)."""
+    check_name(name)
+    spec = _load(spec)
+    with set_lock(spec.name), _terminate_as_interrupt():
+        session, ops = _open(spec, uri)
+        return _GroupCreate(session, ops, name, disk_only, freeze, progress or _quiet).run()
+
+
+class _GroupCreate:
+    def __init__(
+        self,
+        session: Session,
+        ops: SnapshotOps,
+        name: str,
+        disk_only: bool,
+        freeze: bool,
+        say: Progress,
+    ):
+        self.session = session
+        self.ops = ops
+        self.name = name
+        self.disk_only = disk_only
+        self.freeze = freeze
+        self.say = say
+        self.plan = session.plan
+        self.vms = list(self.plan.vms)
+        self.timing = {vm: MemberTiming() for vm in self.vms}
+        self.frozen: set[str] = set()  # freeze was attempted: thaw on every path
+        self.inactive_xml: dict[str, str] = {}
+        self.snaps: dict[str, DomainSnapshot] = {}
+        self.targets: dict[str, _Targets] = {}
+        self.precreated: dict[str, list[str]] = {}
+        self.wall0 = time.time()
+        self.mono0 = time.monotonic()
+
+    def _wall(self, mono: float | None) -> float | None:
+        return None if mono is None else round(self.wall0 + (mono - self.mono0), 6)
+
+    def _check(self) -> None:
+        problems: list[str] = []
+        records: dict[str, list[SnapshotRecord]] = {}
+        if not self.vms:
+            raise UsageError(f"cockpit '{self.plan.set_name}' has no VMs on this host")
+        for vm in self.vms:
+            vp = self.plan.vms[vm]
+            recs = _records(self.ops, vp)
+            if recs is None:
+                problems.append(f"VM '{vm}' has no domain: create it with `kvmctl apply`")
+                continue
+            if self.ops.state(vp.domain) != RUNNING:
+                problems.append(f"VM '{vm}' is not running")
+            records[vm] = recs
+        if problems:
+            raise UsageError(
+                f"group snapshot '{self.name}' cannot be taken: " + "; ".join(problems)
+            )
+        manifest = _read_manifest(self.plan.set_name, self.name)
+        if manifest is not None and any(
+            find(records.get(m.vm, []), m.snapshot) for m in manifest.members
+        ):
+            raise UsageError(
+                f"cockpit '{self.plan.set_name}' already has a group snapshot '{self.name}': "
+                "choose another name or delete it first (kvmctl snapshot delete --all)"
+            )
+        check_group_create(self.name, records, self.disk_only)
+
+    def run(self) -> GroupResult:
+        self._check()
+        t_start = time.monotonic()
+        for vm in self.vms:
+            vp = self.plan.vms[vm]
+            self.inactive_xml[vm] = self.ops.xml(vp.domain, inactive=True)
+            self.targets[vm] = _targets(self.ops, vp, self.disk_only)
+        freeze_ms = thaw_ms = 0.0
+        with ThreadPoolExecutor(max_workers=len(self.vms), thread_name_prefix="snap") as pool:
+            try:
+                if self.disk_only:
+                    self._precreate()
+                if self.freeze:
+                    t = time.monotonic()
+                    self.say("-", "freezing guest file systems")
+                    self.frozen = set(self.vms)
+                    self._stage(pool, "freeze", lambda vm: self.ops.freeze(self._dom(vm)))
+                    freeze_ms = (time.monotonic() - t) * 1000
+                self._stage(pool, "pause", self._pause)
+                instant = max(t.pause_end for t in self.timing.values() if t.pause_end)
+                self.say("-", f"all {len(self.vms)} VMs paused; taking snapshots")
+                self._prepare(self._wall(instant) or time.time())
+                self._stage(pool, "snapshot", self._snapshot)
+                self._stage(pool, "resume", self._resume)
+                if self.frozen:
+                    t = time.monotonic()
+                    self._stage(pool, "thaw", self._thaw)
+                    thaw_ms = (time.monotonic() - t) * 1000
+                manifest = self._manifest(instant)
+                path = _write_manifest(manifest)
+            except BaseException as err:
+                problems = self._rollback(pool)
+                if isinstance(err, KeyboardInterrupt):
+                    raise
+                extra = ("; cleanup: " + "; ".join(problems)) if problems else ""
+                raise ApplyError(
+                    f"group snapshot '{self.name}' of '{self.plan.set_name}' failed and was "
+                    f"rolled back (every VM resumed and thawed, members removed): "
+                    f"{_say_error(err)}{extra}"
+                ) from None
+        self.say(
+            "-",
+            f"group snapshot '{self.name}' taken; pause window {manifest.pause_window_ms:.0f} ms",
+        )
+        return GroupResult(manifest, path, time.monotonic() - t_start, freeze_ms, thaw_ms)
+
+    def _dom(self, vm: str) -> str:
+        return self.plan.vms[vm].domain
+
+    def _stage(self, pool: ThreadPoolExecutor, what: str, fn: Callable[[str], Any]) -> None:
+        failed = _first_error(_run(pool, fn, self.vms))
+        if failed is not None:
+            vm, err = failed
+            raise ApplyError(f"{what} of VM '{vm}' failed: {_say_error(err)}")
+
+    def _pause(self, vm: str) -> None:
+        t = self.timing[vm]
+        t.pause_start = time.monotonic()
+        self.ops.suspend(self._dom(vm))
+        t.pause_end = time.monotonic()
+
+    def _precreate(self) -> None:
+        """Overlay files made before any VM is frozen or paused; their snapshot
+        XML is rebuilt with the instant later (same paths)."""
+        for vm in self.vms:
+            tag = Tag(self.plan.set_name, vm, self.plan.spec_hash, self.name, self.freeze)
+            made = _precreate(
+                self.ops, _snapshot_xml(self.name, tag, self.targets[vm]), self.targets[vm]
+            )
+            self.precreated[vm] = made
+
+    def _prepare(self, instant: float) -> None:
+        """Pure work only: the set is paused while this runs."""
+        for vm in self.vms:
+            tag = Tag(self.plan.set_name, vm, self.plan.spec_hash, self.name, self.freeze, instant)
+            self.snaps[vm] = _snapshot_xml(self.name, tag, self.targets[vm])
+
+    def _snapshot(self, vm: str) -> None:
+        t = self.timing[vm]
+        t.snapshot_start = time.monotonic()
+        self.ops.create(
+            self._dom(vm), self.snaps[vm], self.disk_only, reuse=bool(self.precreated.get(vm))
+        )
+        t.snapshot_end = time.monotonic()
+
+    def _resume(self, vm: str) -> None:
+        t = self.timing[vm]
+        t.resume_start = time.monotonic()
+        self.ops.resume(self._dom(vm))
+        t.resume_end = time.monotonic()
+        # resume() leaves a domain alone that is not paused: one whose QEMU died
+        # during the window would pass unnoticed, and the group would claim it.
+        if self.ops.state(self._dom(vm)) != RUNNING:
+            raise ApplyError(f"VM '{vm}' stopped during the group snapshot (its QEMU is gone)")
+
+    def _thaw(self, vm: str) -> None:
+        _thaw_retrying(self.ops, self._dom(vm))
+        self.frozen.discard(vm)
+
+    def _manifest(self, instant: float) -> Manifest:
+        members = []
+        for vm in self.vms:
+            t = self.timing[vm]
+            snap_ms = None
+            if t.snapshot_start is not None and t.snapshot_end is not None:
+                snap_ms = round((t.snapshot_end - t.snapshot_start) * 1000, 3)
+            members.append(
+                Member(
+                    vm,
+                    self._dom(vm),
+                    self.name,
+                    self._wall(t.pause_end),
+                    self._wall(t.resume_end),
+                    snap_ms,
+                    self._wall(t.pause_start),
+                )
+            )
+        return Manifest(
+            set_name=self.plan.set_name,
+            name=self.name,
+            spec_hash=self.plan.spec_hash,
+            disk_only=self.disk_only,
+            frozen=self.freeze,
+            instant=self._wall(instant) or time.time(),
+            pause_window_ms=pause_window_ms(self.timing.values()),
+            pause_spread_ms=pause_spread_ms(self.timing.values()),
+            members=tuple(members),
+            levels=tuple(tuple(level) for level in self.plan.levels),
+        )
+
+    def _rollback(self, pool: ThreadPoolExecutor) -> list[str]:
+        """Resume, thaw, remove members: each step for every VM, errors collected."""
+        problems: list[str] = []
+
+        def alive(vm: str) -> bool:
+            dom = self._dom(vm)
+            return self.ops.exists(dom) and self.ops.state(dom) in (RUNNING, PAUSED)
+
+        def resume(vm: str) -> None:
+            if alive(vm):
+                self.ops.resume(self._dom(vm))
+
+        def thaw(vm: str) -> None:
+            if alive(vm):
+                _thaw_retrying(self.ops, self._dom(vm))
+
+        # Every member was running when the group began: resume any that is
+        # paused now, also one whose pause call failed after taking effect.
+        for what, fn, vms in (
+            ("resume", resume, list(self.vms)),
+            ("thaw", thaw, sorted(self.frozen)),
+            ("remove member", self._remove_member, list(self.vms)),
+        ):
+            for vm, err in _run(pool, fn, vms).items():
+                if err is not None:
+                    problems.append(f"{what} of VM '{vm}': {_say_error(err)}")
+        with suppress(OSError):
+            _manifest_path(self.plan.set_name, self.name).unlink()
+        return problems
+
+    def _remove_member(self, vm: str) -> None:
+        vp = self.plan.vms[vm]
+        if not self.ops.exists(vp.domain):
+            for path in self.precreated.get(vm, []):
+                self.ops.delete_file(path)
+            return
+        records = _records(self.ops, vp) or []
+        record = find(records, self.name)
+        if record is None:
+            _drop_unused(self.ops, vp.domain, self.precreated.get(vm, []))
+            return
+        if record.kind == "internal" or self.ops.state(vp.domain) in (RUNNING, PAUSED):
+            _delete_one(self.ops, vp, record, _quiet)
+            return
+        # The VM died after its overlay was made: it never ran on the overlay,
+        # so the old definition is put back and the overlay dropped.
+        self.ops.virt.define(self.inactive_xml[vm])
+        self.ops.delete(vp.domain, record.name, metadata_only=True)
+        for _disk, overlay in record.overlays:
+            self.ops.delete_file(overlay)
+
+
+def revert_group(
+    spec: Cockpit | str | Path,
+    uri: str,
+    name: str,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> RevertResult:
+    """Bring every member back to the group's instant and the set back to
+    running in depends_on order. Checks first, so a bad request changes nothing."""
+    check_name(name)
+    spec = _load(spec)
+    with set_lock(spec.name), _terminate_as_interrupt():
+        session, ops = _open(spec, uri)
+        plan = session.plan
+        existing = {vm: _records(ops, vp) for vm, vp in plan.vms.items()}
+        manifest = _read_manifest(plan.set_name, name) or manifest_from_tags(
+            plan.set_name,
+            name,
+            {vm: r for vm, recs in existing.items() for r in (recs or []) if r.name == name},
+        )
+        if manifest is None:
+            raise UsageError(f"cockpit '{plan.set_name}' has no group snapshot '{name}'")
+        missing = [m.vm for m in manifest.members if m.vm not in plan.vms]
+        if missing:
+            raise UsageError(
+                f"group snapshot '{name}' has member(s) {', '.join(missing)} that the spec no "
+                "longer has; nothing was changed"
+            )
+        check_group_members(manifest, existing, "revert")
+        records = {
+            m.vm: check_revert(
+                m.vm, existing[m.vm] or [], m.snapshot, _active_files(ops, plan.vms[m.vm])
+            )
+            for m in manifest.members
+        }
+        note = check_spec(manifest.spec_hash, plan.spec_hash, force, f"group snapshot '{name}'")
+        levels = revert_levels(plan.levels, manifest.vms)
+        return _revert(session, ops, levels, records, name, True, note, progress or _quiet)
+
+
+def delete_group(
+    spec: Cockpit | str | Path,
+    uri: str,
+    name: str,
+    *,
+    progress: Progress | None = None,
+) -> DeleteResult:
+    """Delete every member of a group snapshot and its manifest. Members whose
+    domain or snapshot is already gone are skipped and reported."""
+    check_name(name)
+    spec = _load(spec)
+    say = progress or _quiet
+    with set_lock(spec.name):
+        t0 = time.monotonic()
+        session, ops = _open(spec, uri)
+        plan = session.plan
+        existing = {vm: _records(ops, vp) for vm, vp in plan.vms.items()}
+        manifest = _read_manifest(plan.set_name, name) or manifest_from_tags(
+            plan.set_name,
+            name,
+            {vm: r for vm, recs in existing.items() for r in (recs or []) if r.name == name},
+        )
+        if manifest is None:
+            raise UsageError(f"cockpit '{plan.set_name}' has no group snapshot '{name}'")
+        deleted: dict[str, str] = {}
+        skipped: dict[str, str] = {}
+        problems: list[str] = []
+        for m in manifest.members:
+            recs = existing.get(m.vm)
+            record = find(recs or [], m.snapshot)
+            if m.vm not in plan.vms or recs is None or record is None:
+                skipped[m.vm] = "domain gone" if recs is None else "snapshot gone"
+                continue
+            try:
+                deleted[m.vm] = _delete_one(
+                    ops, plan.vms[m.vm], check_delete(m.vm, recs, m.snapshot, True), say
+                )
+            except KvmctlError as err:
+                problems.append(f"VM '{m.vm}': {err}")
+        if problems:
+            raise ApplyError(
+                f"group snapshot '{name}' was only partly deleted: " + "; ".join(problems)
+            )
+        with suppress(FileNotFoundError):
+            _manifest_path(plan.set_name, name).unlink()
+        return DeleteResult(plan.set_name, name, deleted, skipped, time.monotonic() - t0)
