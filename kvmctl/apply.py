@@ -19,12 +19,14 @@ from kvmctl.adapters.virt import Virt
 from kvmctl.errors import ApplyError, KvmctlError
 from kvmctl.host import rt, threads
 from kvmctl.journal import Journal
+from kvmctl.planner.cloudinit import SeedPlan
 from kvmctl.planner.cpuset import parse_cpuset
 from kvmctl.planner.diff import Action
 from kvmctl.planner.domain import build_domain, build_volume
 from kvmctl.planner.plan import Plan, VmPlan
+from kvmctl.seed import seed_iso
 from kvmctl.xml.domain import Domain
-from kvmctl.xml.storage import StoragePool
+from kvmctl.xml.storage import StoragePool, StorageVolume
 
 Progress = Callable[[str, str], None]  # (vm, what is happening)
 
@@ -203,6 +205,8 @@ class Applier:
         return outcome
 
     def _storage(self, plan: VmPlan) -> None:
+        if plan.seed is not None:
+            self._seed(plan.seed)
         vol = plan.volume
         if self.virt.volume_exists(vol.pool, vol.name):
             return  # kept from before (or from an interrupted run): /data survives
@@ -210,6 +214,16 @@ class Applier:
         self.virt.create_volume(vol.pool, build_volume(plan).to_xml())
         self.journal.record(
             f"create volume {vol.name}", lambda: self.virt.delete_volume(vol.pool, vol.name)
+        )
+
+    def _seed(self, seed: SeedPlan) -> None:
+        """The cloud-init seed is derived from the spec: always written afresh."""
+        data = seed_iso(seed)
+        self.virt.delete_volume(seed.pool, seed.volume)
+        xml = StorageVolume(name=seed.volume, capacity_bytes=len(data), format="raw").to_xml()
+        self.virt.upload_volume(seed.pool, xml, data)
+        self.journal.record(
+            f"create volume {seed.volume}", lambda: self.virt.delete_volume(seed.pool, seed.volume)
         )
 
     def _define(self, plan: VmPlan, created: bool) -> None:

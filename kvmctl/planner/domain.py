@@ -164,6 +164,22 @@ def _devices(plan: VmPlan) -> Devices:
         target_bus="virtio",
         iotune=iotune,
     )
+    disks: tuple[Disk, ...] = (disk,)
+    if plan.seed is not None:
+        # The NoCloud seed as a CD-ROM; IDE because the `pc` machine has it built in.
+        disks += (
+            Disk(
+                type="volume",
+                device="cdrom",
+                driver_name="qemu",
+                driver_type="raw",
+                source_pool=plan.seed.pool,
+                source_volume=plan.seed.volume,
+                target_dev="hdc",
+                target_bus="ide",
+                readonly=True,
+            ),
+        )
     interfaces = tuple(
         Interface(
             type="bridge",
@@ -185,7 +201,7 @@ def _devices(plan: VmPlan) -> Devices:
     reserved = plan.placement.dedicated or bool(vm.memory.hugepages)
     balloon = MemBalloon(model="none") if reserved else MemBalloon(model="virtio", stats_period=5)
     return Devices(
-        disks=(disk,),
+        disks=disks,
         interfaces=interfaces,
         serials=(Serial(type="pty", log_file=plan.serial_log, log_append=False, target_port=0),),
         consoles=(Console(type="pty", target_type="serial", target_port=0),),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from kvmctl.host.facts import HostFacts, VirtType
 from kvmctl.planner import resources
+from kvmctl.planner.cloudinit import SeedPlan, seed_files
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.diff import Action, Fingerprint, diff
 from kvmctl.planner.live import LiveState
@@ -72,6 +73,7 @@ class VmPlan:
     serial_log: str
     set_name: str
     spec_hash: str
+    seed: SeedPlan | None = None  # cloud-init NoCloud seed, for cloud images
     fingerprint: Fingerprint = field(default_factory=Fingerprint)
 
     def summary(self) -> dict[str, object]:
@@ -221,6 +223,7 @@ def _vm_plan(
     quota = int(CFS_PERIOD_US * vm.cpu.limit / 100) if vm.cpu.limit is not None else None
     kernel = initrd = cmdline = None
     backing = None
+    seed = None
     if vm.image.builtin is not None:
         root = f"{options.image_root}/{vm.image.builtin}"
         boot = options.boot_kernels.get(vm.image.builtin, "vmlinuz")
@@ -228,6 +231,8 @@ def _vm_plan(
         cmdline = guest_cmdline(options.cmdline_base, name, nics)
     else:
         backing = vm.image.path
+        files = seed_files(name, vm.image.cloud_init, nics)
+        seed = SeedPlan(options.pool, f"{domain}-seed.iso", files)
     plan = VmPlan(
         name=name,
         domain=domain,
@@ -247,6 +252,7 @@ def _vm_plan(
         serial_log=f"{options.log_dir}/{domain}.serial.log",
         set_name=spec.name,
         spec_hash=whole_hash,
+        seed=seed,
     )
     return _with_fingerprint(plan)
 
@@ -266,7 +272,14 @@ def _with_fingerprint(plan: VmPlan) -> VmPlan:
         "cpu-mode": vm.cpu.placement,
         "realtime": None if plan.realtime is None else plan.realtime.__dict__,
         "memory": vm.memory.model_dump(mode="json"),
-        "image": [vm.image.model_dump(mode="json"), plan.kernel, plan.initrd, plan.cmdline],
+        "image": [
+            vm.image.model_dump(mode="json"),
+            plan.kernel,
+            plan.initrd,
+            plan.cmdline,
+            # Only where there is a seed, so existing fingerprints stay as they were.
+            *([plan.seed.digest] if plan.seed else []),
+        ],
         "disk": vm.disk.size,
         "networks": [
             [

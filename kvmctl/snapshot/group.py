@@ -12,6 +12,7 @@ from typing import Any
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
 from kvmctl.cockpit import Session
 from kvmctl.errors import ApplyError, KvmctlError, UsageError
+from kvmctl.planner.plan import Plan
 from kvmctl.setlock import set_lock
 from kvmctl.snapshot._common import (
     DeleteResult,
@@ -319,6 +320,22 @@ class _GroupCreate:
             self.ops.delete_file(overlay)
 
 
+def _find_group(
+    ops: SnapshotOps, plan: Plan, name: str
+) -> tuple[dict[str, list[SnapshotRecord] | None], Manifest]:
+    """Every VM's snapshots and the group's manifest: the file kvmctl wrote, or
+    rebuilt from the members' description tags when the file is gone."""
+    existing = {vm: _records(ops, vp) for vm, vp in plan.vms.items()}
+    manifest = _read_manifest(plan.set_name, name) or manifest_from_tags(
+        plan.set_name,
+        name,
+        {vm: r for vm, recs in existing.items() for r in (recs or []) if r.name == name},
+    )
+    if manifest is None:
+        raise UsageError(f"cockpit '{plan.set_name}' has no group snapshot '{name}'")
+    return existing, manifest
+
+
 def revert_group(
     spec: Cockpit | str | Path,
     uri: str,
@@ -334,14 +351,7 @@ def revert_group(
     with set_lock(spec.name), _terminate_as_interrupt():
         session, ops = _open(spec, uri)
         plan = session.plan
-        existing = {vm: _records(ops, vp) for vm, vp in plan.vms.items()}
-        manifest = _read_manifest(plan.set_name, name) or manifest_from_tags(
-            plan.set_name,
-            name,
-            {vm: r for vm, recs in existing.items() for r in (recs or []) if r.name == name},
-        )
-        if manifest is None:
-            raise UsageError(f"cockpit '{plan.set_name}' has no group snapshot '{name}'")
+        existing, manifest = _find_group(ops, plan, name)
         missing = [m.vm for m in manifest.members if m.vm not in plan.vms]
         if missing:
             raise UsageError(
@@ -376,14 +386,7 @@ def delete_group(
         t0 = time.monotonic()
         session, ops = _open(spec, uri)
         plan = session.plan
-        existing = {vm: _records(ops, vp) for vm, vp in plan.vms.items()}
-        manifest = _read_manifest(plan.set_name, name) or manifest_from_tags(
-            plan.set_name,
-            name,
-            {vm: r for vm, recs in existing.items() for r in (recs or []) if r.name == name},
-        )
-        if manifest is None:
-            raise UsageError(f"cockpit '{plan.set_name}' has no group snapshot '{name}'")
+        existing, manifest = _find_group(ops, plan, name)
         deleted: dict[str, str] = {}
         skipped: dict[str, str] = {}
         problems: list[str] = []
