@@ -36,7 +36,7 @@ class Session:
     options: PlanOptions
 
 
-def _options(spec: Cockpit) -> PlanOptions:
+def plan_options(spec: Cockpit) -> PlanOptions:
     """Plan options from the built images' manifests, where they are built
     (preflight reports the missing ones)."""
     options = PlanOptions(image_root=str(images.image_dir()))
@@ -61,7 +61,7 @@ def open_session(
     nothing on this host is touched: the plan is for the host those facts describe."""
     if not isinstance(spec, Cockpit):
         spec = load_spec(spec)
-    options = _options(spec)
+    options = plan_options(spec)
     if facts_file is not None:
         facts = HostFacts.load(facts_file)
         plan = make_plan(spec, facts, LiveState(), options)

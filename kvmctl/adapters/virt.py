@@ -109,6 +109,13 @@ class Virt:
                         raise
                     time.sleep(0.5)
 
+    def alive(self) -> bool:
+        """Whether the connection still answers, without reconnecting."""
+        try:
+            return bool(self._conn.isAlive() == 1)
+        except libvirt.libvirtError:
+            return False
+
     # --- domains ---------------------------------------------------------------
 
     def domains(self) -> list[DomainInfo]:
@@ -270,6 +277,30 @@ class Virt:
     def volume_exists(self, pool: str, name: str) -> bool:
         with self._storage:
             return self._volume(pool, name) is not None
+
+    def volume_capacity(self, pool: str, name: str) -> int | None:
+        with self._storage:
+            vol = self._volume(pool, name)
+            return None if vol is None else int(vol.info()[1])
+
+    def pool_xml(self, name: str) -> str | None:
+        """The pool's definition without its UUID (to define it elsewhere)."""
+        try:
+            xml = self.conn.storagePoolLookupByName(name).XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)
+        except libvirt.libvirtError:
+            return None
+        root = etree.fromstring(xml.encode())
+        for node in root.findall("uuid"):
+            root.remove(node)
+        return str(etree.tostring(root, encoding="unicode"))
+
+    def pool_available(self, name: str) -> int | None:
+        """Free bytes in an active pool; None when there is no such pool."""
+        try:
+            pool = self.conn.storagePoolLookupByName(name)
+            return int(pool.info()[3]) if pool.isActive() else 0
+        except libvirt.libvirtError:
+            return None
 
     def _volume(self, pool: str, name: str) -> libvirt.virStorageVol | None:
         try:

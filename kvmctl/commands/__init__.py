@@ -7,6 +7,8 @@ from kvmctl.commands import (  # noqa: F401  (register verbs)
     audit,
     cockpit,
     doctor,
+    lab,
+    migrate,
     net,
     screens,
     snapshot,

@@ -34,11 +34,16 @@ class LiveState:
         """The set's domains keyed by VM name."""
         return {d.vm: d for d in self.domains if d.set_name == set_name and d.vm}
 
-    def foreign_dedicated(self, set_name: str) -> dict[int, str]:
-        """CPUs dedicated to running domains of *other* sets."""
+    def foreign_dedicated(
+        self, set_name: str, planned: frozenset[str] | None = None
+    ) -> dict[int, str]:
+        """CPUs dedicated to running domains this plan does not place: those of
+        *other* sets, and with `planned` given, the set's own VMs outside it
+        (a VM migrating to a host where others of its set run already)."""
         out: dict[int, str] = {}
         for d in self.domains:
-            if d.active and d.set_name not in (None, set_name):
+            own = d.set_name == set_name and (planned is None or d.vm in planned)
+            if d.active and d.set_name is not None and not own:
                 for cpu in d.dedicated_cpus:
                     out[cpu] = d.name
         return out

@@ -136,13 +136,18 @@ def make_plan(
     live: LiveState | None = None,
     options: PlanOptions | None = None,
     host: str | None = None,
+    arriving: bool = False,
 ) -> Plan:
     """Plan the VMs of `spec` that run on `host` (None: those without a host:)."""
     live = live or LiveState()
     options = options or PlanOptions()
     vms = {n: vm for n, vm in spec.vms.items() if vm.host == host}
     local = spec.model_copy(update={"vms": vms}) if len(vms) != len(spec.vms) else spec
-    placed = place(local, facts, live.foreign_dedicated(spec.name))
+    # A VM arriving by migration joins its set's VMs already there, whose CPUs
+    # stay theirs; a whole-set apply re-places all of them.
+    placed = place(
+        local, facts, live.foreign_dedicated(spec.name, frozenset(vms) if arriving else None)
+    )
     budgets, rt_problems = resources.realtime_budgets(vms, facts, spec.host.rt_budget)
     nics = plan_nics(local)
     levels = start_levels(vms)

@@ -22,8 +22,10 @@ import libvirt_qemu
 from tests.integration.cockpit_helpers import REPO, URI
 
 
-def agent(domain: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
-    conn = libvirt.open(URI)
+def agent(
+    domain: str, command: str, arguments: dict[str, Any] | None = None, uri: str = URI
+) -> Any:
+    conn = libvirt.open(uri)
     try:
         msg: dict[str, Any] = {"execute": command}
         if arguments:
@@ -34,25 +36,26 @@ def agent(domain: str, command: str, arguments: dict[str, Any] | None = None) ->
         conn.close()
 
 
-def guest_run(domain: str, path: str, *args: str, timeout: float = 30, wait: bool = True) -> str:
+def guest_run(
+    domain: str, path: str, *args: str, timeout: float = 30, wait: bool = True, uri: str = URI
+) -> str:
     """Run a program in the guest; its stdout (or "" when not waiting)."""
-    pid = agent(domain, "guest-exec", {"path": path, "arg": list(args), "capture-output": True})[
-        "pid"
-    ]
+    exec_args = {"path": path, "arg": list(args), "capture-output": True}
+    pid = agent(domain, "guest-exec", exec_args, uri=uri)["pid"]
     if not wait:
         return ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        st = agent(domain, "guest-exec-status", {"pid": pid})
+        st = agent(domain, "guest-exec-status", {"pid": pid}, uri=uri)
         if st.get("exited"):
             return base64.b64decode(st.get("out-data", "")).decode(errors="replace")
         time.sleep(0.1)
     raise AssertionError(f"{domain}: {path} {args} did not finish within {timeout} s")
 
 
-def tool(domain: str, *args: str, wait: bool = True) -> dict[str, str]:
+def tool(domain: str, *args: str, wait: bool = True, uri: str = URI) -> dict[str, str]:
     """kvmctl-tool in the guest; its key=value words."""
-    out = guest_run(domain, "/usr/bin/kvmctl-tool", *args, wait=wait)
+    out = guest_run(domain, "/usr/bin/kvmctl-tool", *args, wait=wait, uri=uri)
     return dict(w.split("=", 1) for w in out.split() if "=" in w)
 
 
@@ -60,8 +63,8 @@ def guest_uptime(domain: str) -> float:
     return float(guest_run(domain, "/bin/cat", "/proc/uptime").split()[0])
 
 
-def counter(domain: str) -> int:
-    return int(tool(domain, "counter", "read")["memory"])
+def counter(domain: str, uri: str = URI) -> int:
+    return int(tool(domain, "counter", "read", uri=uri)["memory"])
 
 
 def qemu_pid(domain: str) -> int | None:

@@ -1,0 +1,238 @@
+"""One live migration job through libvirt: start it, watch it, steer it.
+
+`migrateToURI3` blocks until the job ends, so it runs in a thread while the
+caller polls the job's statistics and may abort it, switch it to post-copy or
+change its downtime limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+from kvmctl.adapters.virt import Virt
+from kvmctl.planner.migration import Policy
+
+COMPRESSION_METHODS = {"zlib": "zlib", "zstd": "zstd", "xbzrle": "xbzrle"}
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Where and how the stream goes."""
+
+    dest_uri: str  # the destination libvirtd, as seen from the source libvirtd (p2p)
+    migrate_uri: str | None  # where the destination QEMU listens, e.g. tcp://ADDR
+    copy_disks: tuple[str, ...]  # target devs copied over NBD; () = shared storage
+    keep_source: bool
+    tls: bool
+
+
+def flags(policy: Policy, transfer: Transfer) -> int:
+    value = (
+        libvirt.VIR_MIGRATE_LIVE
+        | libvirt.VIR_MIGRATE_PEER2PEER
+        | libvirt.VIR_MIGRATE_PERSIST_DEST
+        | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+    )
+    if not transfer.keep_source:
+        value |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    if transfer.copy_disks:
+        value |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    if transfer.tls:
+        value |= libvirt.VIR_MIGRATE_TLS
+    if policy.auto_converge:
+        value |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if policy.postcopy:
+        value |= libvirt.VIR_MIGRATE_POSTCOPY
+    if policy.multifd:
+        value |= libvirt.VIR_MIGRATE_PARALLEL
+    if policy.compression:
+        value |= libvirt.VIR_MIGRATE_COMPRESSED
+    return value
+
+
+def params(policy: Policy, transfer: Transfer, dest_xml: str, persist_xml: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        libvirt.VIR_MIGRATE_PARAM_DEST_XML: dest_xml,
+        libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml,
+    }
+    if transfer.migrate_uri:
+        out[libvirt.VIR_MIGRATE_PARAM_URI] = transfer.migrate_uri
+    if transfer.copy_disks:
+        out[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(transfer.copy_disks)
+    if policy.bandwidth_mibps:
+        out[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = policy.bandwidth_mibps
+    if policy.multifd:
+        out[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = policy.multifd
+    if policy.compression:
+        out[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = COMPRESSION_METHODS[policy.compression]
+    return out
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    elapsed_ms: int
+    data_total: int
+    data_processed: int
+    data_remaining: int
+    dirty_rate: int  # pages per second
+    iteration: int
+    expected_downtime_ms: int | None
+    postcopy: bool
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, Any], postcopy: bool) -> JobProgress:
+        return cls(
+            elapsed_ms=int(stats.get("time_elapsed", 0)),
+            data_total=int(stats.get("data_total", 0)),
+            data_processed=int(stats.get("data_processed", 0)),
+            data_remaining=int(stats.get("data_remaining", 0)),
+            dirty_rate=int(stats.get("memory_dirty_rate", 0)),
+            iteration=int(stats.get("memory_iteration", 0)),
+            expected_downtime_ms=int(stats["downtime"]) if "downtime" in stats else None,
+            postcopy=postcopy,
+        )
+
+
+def completed_stats(dom: libvirt.virDomain) -> dict[str, Any]:
+    """The finished job's statistics (on the destination: 'Incoming migration')."""
+    try:
+        return dict(dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+    except libvirt.libvirtError:
+        return {}
+
+
+class MigrationJob:
+    """A running `migrateToURI3`; `wait()` returns once it has ended."""
+
+    def __init__(self, virt: Virt, name: str, transfer: Transfer, flags: int, params: dict):
+        self.dom = virt._get(name)
+        self.transfer = transfer
+        self.error: libvirt.libvirtError | None = None
+        self.postcopy_started = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(flags, params), name=f"migrate-{name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self, flags: int, params: dict) -> None:
+        try:
+            self.dom.migrateToURI3(self.transfer.dest_uri, params, flags)
+        except libvirt.libvirtError as err:
+            self.error = err
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def progress(self) -> JobProgress | None:
+        try:
+            info = self.dom.jobStats()
+        except libvirt.libvirtError:
+            return None
+        if info.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+            return None
+        return JobProgress.from_stats(info, self.postcopy_started)
+
+    def set_max_downtime(self, ms: int) -> None:
+        try:
+            self.dom.migrateSetMaxDowntime(ms)
+        except libvirt.libvirtError:
+            pass  # not in a migration phase that takes it; the start value holds
+
+    def abort(self) -> None:
+        try:
+            self.dom.abortJob()
+        except libvirt.libvirtError:
+            pass  # ended meanwhile
+
+    def start_postcopy(self) -> bool:
+        try:
+            self.dom.migrateStartPostCopy()
+        except libvirt.libvirtError:
+            return False
+        self.postcopy_started = True
+        return True
+
+
+# --- the domain around a job, by name (callers above the adapters never hold
+# libvirt objects) --------------------------------------------------------------
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+}
+
+
+def state(virt: Virt, name: str) -> str | None:
+    """'running', 'paused', 'shut off', ... or None when not defined there."""
+    dom = virt.lookup(name)
+    if dom is None:
+        return None
+    try:
+        return STATE_NAMES.get(dom.state()[0], "other")
+    except libvirt.libvirtError:
+        return None
+
+
+def migratable_xml(virt: Virt, name: str, inactive: bool = False) -> str:
+    flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE
+    if inactive:
+        flags |= libvirt.VIR_DOMAIN_XML_INACTIVE
+    return virt._get(name).XMLDesc(flags)
+
+
+def resume(virt: Virt, name: str) -> None:
+    dom = virt.lookup(name)
+    if dom is not None:
+        with suppress(libvirt.libvirtError):
+            dom.resume()
+
+
+def remove(virt: Virt, name: str) -> None:
+    """Destroy and undefine a half-arrived domain; gone already is fine."""
+    dom = virt.lookup(name)
+    if dom is None:
+        return
+    with suppress(libvirt.libvirtError):
+        if dom.isActive():
+            dom.destroy()
+    with suppress(libvirt.libvirtError):
+        dom.undefine()
+
+
+def abort_job(virt: Virt, name: str) -> bool:
+    """Cancel the domain's running job; False when it has none."""
+    dom = virt._get(name)
+    if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+        return False
+    with suppress(libvirt.libvirtError):
+        dom.abortJob()
+    return True
+
+
+def arrived_stats(virt: Virt, name: str) -> dict[str, Any]:
+    dom = virt.lookup(name)
+    return {} if dom is None else completed_stats(dom)
+
+
+def was_aborted(err: libvirt.libvirtError | None) -> bool:
+    return err is not None and err.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED
+
+
+def message(err: libvirt.libvirtError | None) -> str:
+    return (err.get_error_message() if err is not None else "unknown error").strip()

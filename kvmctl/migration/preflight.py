@@ -1,0 +1,194 @@
+"""Before any byte moves: can the destination take these VMs, and with what XML?
+
+Every check reads the destination through its own libvirt connection; every
+failure is one sentence, and the whole request is refused (exit 3) before
+either side is changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvmctl.adapters import destination
+from kvmctl.adapters import migration as job_api
+from kvmctl.adapters.migration import Transfer
+from kvmctl.adapters.virt import Virt
+from kvmctl.errors import HostError, UsageError
+from kvmctl.livestate import read_live
+from kvmctl.planner.domain import build_domain
+from kvmctl.planner.migration import Overrides, Policy, plan_destination, resolve_policy
+from kvmctl.planner.plan import PlanOptions, VmPlan, domain_name
+from kvmctl.spec.models import Cockpit
+from kvmctl.xml.base import parse_xml
+from kvmctl.xml.migratable import retarget
+
+
+@dataclass(frozen=True)
+class DiskCopy:
+    target: str  # vda
+    pool: str
+    volume: str
+    capacity: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One VM, checked and ready to move."""
+
+    vm: str
+    domain: str
+    plan: VmPlan  # its plan on the destination
+    policy: Policy
+    transfer: Transfer
+    dest_xml: str
+    persist_xml: str
+    copies: tuple[DiskCopy, ...]
+
+
+@dataclass(frozen=True)
+class Request:
+    dest_uri: str
+    migrate_uri: str | None
+    copy_storage: bool = False
+    keep_source: bool = False
+    tls: bool = False
+    overrides: Overrides = Overrides()
+
+
+def prepare(
+    spec: Cockpit,
+    names: list[str],
+    source: Virt,
+    dest: Virt,
+    request: Request,
+    options: PlanOptions,
+) -> tuple[dict[str, Prepared], list[str]]:
+    """Check the destination for every VM in `names`; return what each needs
+    to move and notes for the user. Raises HostError listing every problem."""
+    problems: list[str] = []
+    policies: dict[str, Policy] = {}
+    for name in names:
+        policy, bad = resolve_policy(spec.vms[name], request.overrides)
+        problems += [f"VM '{name}': {p}" for p in bad]
+        policies[name] = policy
+    if problems:
+        raise UsageError("cannot migrate as asked: " + "; ".join(problems))
+
+    domains = {name: _running(source, spec.name, name) for name in names}
+    src_id = destination.identity(source.conn)
+    dst_id = destination.identity(dest.conn)
+    if src_id.host_uuid and src_id.host_uuid == dst_id.host_uuid:
+        raise UsageError(f"{request.dest_uri} is this same host (host UUID {dst_id.host_uuid})")
+    if dst_id.hypervisor_version < src_id.hypervisor_version:
+        problems.append(
+            f"the destination's QEMU ({dst_id.hypervisor_version}) is older than the source's "
+            f"({src_id.hypervisor_version}): a guest cannot move to an older QEMU"
+        )
+
+    first = parse_xml(job_api.migratable_xml(source, domains[names[0]]))
+    virt_type = "kvm" if first.get("type") == "kvm" else "qemu"
+    facts = destination.facts(dest.conn, virt_type)
+    live = read_live(dest)
+    planned = plan_destination(spec, names, facts, live, options)
+    problems += planned.problems
+    bridges = destination.interfaces(dest.conn)
+    out: dict[str, Prepared] = {}
+    for name in names:
+        vm_plan = planned.vms.get(name)
+        live_xml = job_api.migratable_xml(source, domains[name])
+        machine = parse_xml(live_xml).find("os/type").get("machine", "")
+        if machine and machine not in dst_id.machines.get(virt_type, frozenset()):
+            problems.append(
+                f"VM '{name}': the destination's QEMU has no machine type '{machine}' for "
+                f"{virt_type} guests"
+            )
+        problems += [
+            f"VM '{name}' uses bridge '{nic.bridge}', which does not exist on the destination"
+            for nic in (vm_plan.nics if vm_plan else ())
+            if nic.bridge not in bridges
+        ]
+        copies, disk_problems = _disks(name, live_xml, source, dest, request.copy_storage)
+        problems += disk_problems
+        if vm_plan is None:
+            continue
+        planned_dom = build_domain(vm_plan, rt_by_thread=True)
+        inactive = job_api.migratable_xml(source, domains[name], inactive=True)
+        transfer = Transfer(
+            dest_uri=request.dest_uri,
+            migrate_uri=request.migrate_uri,
+            copy_disks=tuple(c.target for c in copies),
+            keep_source=request.keep_source,
+            tls=request.tls,
+        )
+        out[name] = Prepared(
+            vm=name,
+            domain=domains[name],
+            plan=vm_plan,
+            policy=policies[name],
+            transfer=transfer,
+            dest_xml=retarget(live_xml, planned_dom),
+            persist_xml=retarget(inactive, planned_dom),
+            copies=tuple(copies),
+        )
+    if problems:
+        raise HostError(
+            f"{request.dest_uri} cannot take {', '.join(names)}; "
+            "nothing was changed on either host",
+            problems,
+        )
+    return out, planned.notes
+
+
+def _running(source: Virt, set_name: str, name: str) -> str:
+    domain = domain_name(set_name, name)
+    state = job_api.state(source, domain)
+    if state is None:
+        raise UsageError(f"VM '{name}' (domain {domain}) is not defined on the source host")
+    if state != "running":
+        raise UsageError(f"VM '{name}' is {state}: only a running VM is live-migrated")
+    return domain
+
+
+def _disks(
+    name: str, xml: str, source: Virt, dest: Virt, copy_storage: bool
+) -> tuple[list[DiskCopy], list[str]]:
+    """Writable disks: copied over NBD (--copy-storage) into a volume the
+    destination's pool has room for, or already there (shared storage)."""
+    copies: list[DiskCopy] = []
+    problems: list[str] = []
+    for disk in parse_xml(xml).findall("devices/disk"):
+        src = disk.find("source")
+        target = disk.find("target").get("dev")
+        readonly = disk.find("readonly") is not None or disk.get("device") == "cdrom"
+        pool = src.get("pool") if src is not None else None
+        volume = src.get("volume") if src is not None else None
+        if pool is None or volume is None:
+            where = src.get("file") if src is not None else "no source"
+            problems.append(
+                f"VM '{name}': disk {target} ({where}) is not a volume of a storage pool, so "
+                "kvmctl cannot check or copy it"
+            )
+            continue
+        present = dest.volume_exists(pool, volume)
+        if readonly or not copy_storage:
+            if not present:
+                hint = "" if readonly else "; pass --copy-storage to copy it"
+                problems.append(
+                    f"VM '{name}': disk {target} ({pool}/{volume}) is not on the destination{hint}"
+                )
+            continue
+        if present:
+            problems.append(
+                f"VM '{name}': volume {pool}/{volume} already exists on the destination "
+                "(left from an earlier run?): remove it, or migrate without --copy-storage"
+            )
+            continue
+        capacity = source.volume_capacity(pool, volume) or 0
+        free = dest.pool_available(pool)
+        if free is not None and free < capacity:
+            problems.append(
+                f"VM '{name}': pool '{pool}' on the destination has {free // 1024**2} MiB free, "
+                f"disk {target} needs {capacity // 1024**2} MiB"
+            )
+        copies.append(DiskCopy(target, pool, volume, capacity))
+    return copies, problems

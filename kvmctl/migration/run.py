@@ -1,0 +1,165 @@
+"""Move one prepared VM: run the job under its policy, then either finish
+(source volumes gone, result with the completed job's statistics) or recover
+(the guest running, unpaused, on the source and nothing left on the
+destination)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmctl.adapters import migration as job_api
+from kvmctl.adapters.migration import JobProgress, MigrationJob
+from kvmctl.adapters.virt import Virt
+from kvmctl.errors import KvmctlError
+from kvmctl.migration.preflight import Prepared
+from kvmctl.planner.cpuset import format_cpuset
+from kvmctl.planner.migration import postcopy_due
+
+POLL_SECONDS = 0.25
+# After an abort QEMU cancels the stream and libvirt cleans up the destination.
+ABORT_GRACE_SECONDS = 60.0
+
+ProgressFn = Callable[[str, JobProgress], None]
+
+
+@dataclass
+class MigrationResult:
+    vm: str
+    domain: str
+    status: str  # completed | failed | aborted
+    seconds: float = 0.0
+    downtime_ms: int | None = None
+    bytes_moved: int | None = None
+    iterations: int | None = None
+    postcopy: bool = False
+    pins: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    source_state: str | None = None  # after a failure: where the guest is
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+class Aborted(Exception):
+    """The user (Ctrl-C, `kvmctl migrate --abort`) or the policy stopped the job."""
+
+
+def run_one(
+    prepared: Prepared,
+    source: Virt,
+    dest: Virt,
+    progress: ProgressFn | None = None,
+) -> MigrationResult:
+    policy = prepared.policy
+    job = MigrationJob(
+        source,
+        prepared.domain,
+        prepared.transfer,
+        job_api.flags(policy, prepared.transfer),
+        job_api.params(policy, prepared.transfer, prepared.dest_xml, prepared.persist_xml),
+    )
+    result = MigrationResult(prepared.vm, prepared.domain, "failed")
+    job.set_max_downtime(policy.max_downtime_ms)
+    started = time.monotonic()
+    reason = None
+    try:
+        job.start()
+        reason = _watch(job, prepared, started, progress)
+    except KeyboardInterrupt:
+        job.abort()
+        job.wait(ABORT_GRACE_SECONDS)
+        reason = "interrupted (Ctrl-C)"
+    result.seconds = round(time.monotonic() - started, 3)
+    result.postcopy = job.postcopy_started
+    if job.error is None and reason is None:
+        return _finish(prepared, source, dest, result)
+    result.status = "aborted" if reason or job_api.was_aborted(job.error) else "failed"
+    result.error = reason or job_api.message(job.error)
+    result.source_state = _recover(prepared, source, dest, job.postcopy_started)
+    return result
+
+
+def _watch(
+    job: MigrationJob, prepared: Prepared, started: float, progress: ProgressFn | None
+) -> str | None:
+    """Poll the job until it ends; steer it by the policy. Returns why kvmctl
+    aborted it, if it did."""
+    policy = prepared.policy
+    history: list[JobProgress] = []
+    downtime_set = False
+    reason = None
+    while not job.wait(POLL_SECONDS):
+        now = job.progress()
+        if now is None:
+            continue
+        if not downtime_set:
+            # Once the job runs QEMU takes the limit for this migration.
+            job.set_max_downtime(policy.max_downtime_ms)
+            downtime_set = True
+        history.append(now)
+        if progress is not None:
+            progress(prepared.vm, now)
+        if policy.postcopy and not job.postcopy_started and postcopy_due(policy, history):
+            job.start_postcopy()
+        timeout = policy.completion_timeout_s
+        if reason is None and timeout is not None and time.monotonic() - started > timeout:
+            if policy.on_timeout == "postcopy" and not job.postcopy_started:
+                job.start_postcopy()
+            elif not job.postcopy_started:
+                reason = f"did not complete within {timeout:g} s (policy: abort)"
+                job.abort()
+    return reason
+
+
+def _finish(
+    prepared: Prepared, source: Virt, dest: Virt, result: MigrationResult
+) -> MigrationResult:
+    result.status = "completed"
+    stats = job_api.arrived_stats(dest, prepared.domain)
+    if stats:
+        result.downtime_ms = _int(stats.get("downtime"))
+        result.bytes_moved = _int(stats.get("data_processed"))
+        result.iterations = _int(stats.get("memory_iteration"))
+        if stats.get("time_elapsed"):
+            result.seconds = round(int(stats["time_elapsed"]) / 1000, 3)
+    pins = prepared.plan.placement
+    result.pins = {f"vcpu{i}": format_cpuset(c) for i, c in enumerate(pins.vcpu_pins)}
+    result.pins["emulator"] = format_cpuset(pins.emulator)
+    if not prepared.transfer.keep_source:
+        for copy in prepared.copies:
+            # The disk now lives on the destination; the source copy is stale.
+            with suppress(KvmctlError):
+                source.delete_volume(copy.pool, copy.volume)
+    return result
+
+
+def _recover(prepared: Prepared, source: Virt, dest: Virt, postcopy: bool) -> str:
+    """After a failed or aborted job: the guest keeps running on the source,
+    unpaused, and the destination keeps nothing of it."""
+    state = job_api.state(source, prepared.domain)
+    if postcopy and state != "running":
+        return "lost in post-copy: the guest's memory was split between the hosts"
+    if state == "paused":
+        job_api.resume(source, prepared.domain)
+        state = job_api.state(source, prepared.domain)
+    if state != "running":
+        return f"{state or 'not defined'} on the source"
+    if not dest.alive():
+        # A destination libvirtd that died mid-way kills its half-arrived QEMU
+        # itself when it starts again (it finds an incoming job that failed).
+        return "running on the source"
+    with suppress(KvmctlError):
+        job_api.remove(dest, prepared.domain)
+    for copy in prepared.copies:
+        with suppress(KvmctlError):
+            if dest.volume_exists(copy.pool, copy.volume):
+                dest.delete_volume(copy.pool, copy.volume)
+    return "running on the source"
+
+
+def _int(value: object) -> int | None:
+    return int(value) if isinstance(value, int | float) else None

@@ -1,0 +1,405 @@
+"""A disposable second libvirt host on this machine, for migration tests.
+
+The lab host is a libvirtd + virtlogd pair in a network namespace of its own
+and a private mount namespace in which libvirt's directories (and kvmctl's
+volume directory, so disks are not shared with this host) are bind-mounted
+from a private tree. It has its own host UUID and a plain-TCP listener that is
+reachable only over a veth pair to this host: nothing listens anywhere else.
+
+Everything the lab makes is recorded in a state file under the run directory
+as soon as it exists, so `LabHost.down()` (or `kvmctl lab down`) removes it
+all again even after a crash: the daemons by PID, the namespace, the veth
+pair and the private tree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kvmctl.errors import HostError, KvmctlError
+from kvmctl.host.kvmprobe import run_dir
+
+# libvirt's per-host directories, made private inside the lab's mount namespace.
+PRIVATE_DIRS = (
+    "/run/libvirt",
+    "/var/lib/libvirt",
+    "/etc/libvirt",
+    "/var/log/libvirt",
+    "/var/cache/libvirt",
+    "/var/lib/kvmctl/volumes",
+)
+LAB_NET = ipaddress.IPv4Network("10.251.0.0/16")
+TCP_PORT = 16509
+READY_TIMEOUT = 30.0
+
+
+@dataclass
+class LabState:
+    name: str
+    root: str
+    netns: str
+    veth_host: str
+    veth_lab: str
+    host_address: str
+    lab_address: str
+    prefix: int
+    host_uuid: str
+    pids: dict[str, int] = field(default_factory=dict)  # daemon -> PID
+
+    @property
+    def uri(self) -> str:
+        """The lab's libvirt URI: plain TCP over the lab's own veth."""
+        return f"qemu+tcp://{self.lab_address}/system"
+
+    @property
+    def migrate_uri(self) -> str:
+        """Where the lab's QEMU listens for a migration stream."""
+        return f"tcp://{self.lab_address}"
+
+    def path(self, absolute: str) -> Path:
+        """Where a lab-private directory (e.g. /run/libvirt) really lives."""
+        return Path(self.root) / absolute.lstrip("/")
+
+
+def labs_dir() -> Path:
+    return run_dir() / "labs"
+
+
+def _state_file(name: str) -> Path:
+    return labs_dir() / f"{name}.json"
+
+
+def _save(state: LabState) -> None:
+    labs_dir().mkdir(parents=True, exist_ok=True)
+    _state_file(state.name).write_text(json.dumps(asdict(state), indent=2))
+
+
+def load_state(name: str) -> LabState | None:
+    try:
+        return LabState(**json.loads(_state_file(name).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def list_labs() -> list[LabState]:
+    found = [load_state(p.stem) for p in sorted(labs_dir().glob("*.json"))]
+    return [s for s in found if s is not None]
+
+
+def lab_for_uri(uri: str) -> LabState | None:
+    """The lab whose libvirt URI this is, if it runs on this machine."""
+    return next((s for s in list_labs() if s.uri == uri.rstrip("/")), None)
+
+
+def _run(*argv: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise HostError(f"`{' '.join(argv)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A /30 of 10.251.0.0/16 that no interface here uses yet."""
+    used = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=False
+    ).stdout
+    for subnet in LAB_NET.subnets(new_prefix=30):
+        first = str(next(subnet.hosts()))
+        if f" {first}/" not in used and f" {subnet[2]}/" not in used:
+            return subnet
+    raise HostError("no free /30 left in 10.251.0.0/16 for a lab veth")
+
+
+def _libvirtd_conf(state: LabState) -> str:
+    return "\n".join(
+        [
+            "# kvmctl lab host: test only, plain TCP on a private veth.",
+            "listen_tcp = 1",
+            "listen_tls = 0",
+            f'listen_addr = "{state.lab_address}"',
+            f'tcp_port = "{TCP_PORT}"',
+            'auth_tcp = "none"',
+            'auth_unix_rw = "none"',
+            f'host_uuid = "{state.host_uuid}"',
+            "keepalive_interval = 2",
+            "keepalive_count = 3",
+            "",
+        ]
+    )
+
+
+def _start_script(state: LabState) -> str:
+    """Run inside the lab's namespaces: bind the private tree over libvirt's
+    directories, then start both daemons there."""
+    lines = [
+        "set -e",
+        "ip link set lo up",
+        # `ip netns exec` mounted a fresh /sys for the namespace, without the
+        # cgroup hierarchies libvirt needs for pinning, shares and caps.
+        f"mount --rbind {state.path('/cgroup')} /sys/fs/cgroup",
+    ]
+    for absolute in PRIVATE_DIRS:
+        lines.append(f"mkdir -p {absolute}")
+        lines.append(f"mount --bind {state.path(absolute)} {absolute}")
+    lines += [
+        "virtlogd -d --pid-file /run/libvirt/lab-virtlogd.pid",
+        "libvirtd -d --listen -f /etc/libvirt/libvirtd.conf "
+        "--pid-file /run/libvirt/lab-libvirtd.pid",
+    ]
+    return "\n".join(lines)
+
+
+def _enter_script(state: LabState) -> str:
+    """Run under `unshare -m`: keep the host's cgroup tree reachable, then enter
+    the network namespace with the start script."""
+    stash = state.path("/cgroup")
+    return (
+        f"set -e; mkdir -p {stash}; mount --rbind /sys/fs/cgroup {stash}; "
+        f"exec ip netns exec {state.netns} sh -c '{_start_script(state)}'"
+    )
+
+
+def _prepare_tree(state: LabState) -> None:
+    for absolute in PRIVATE_DIRS:
+        state.path(absolute).mkdir(parents=True, exist_ok=True)
+    etc = state.path("/etc/libvirt")
+    # The host's driver settings (qemu.conf, hugetlbfs, user) carry over; only
+    # the daemon's own settings and the stored objects are the lab's.
+    for conf in Path("/etc/libvirt").glob("*.conf"):
+        shutil.copy2(conf, etc / conf.name)
+    (etc / "libvirtd.conf").write_text(_libvirtd_conf(state))
+    (etc / "qemu").mkdir(exist_ok=True)
+    (etc / "storage").mkdir(exist_ok=True)
+
+
+def _read_pid(path: Path, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise HostError(f"the lab daemon did not write {path}")
+
+
+def _wait_listening(address: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise HostError(f"the lab libvirtd does not listen on {address}:{port}")
+
+
+class LabHost:
+    """`with LabHost() as lab:` gives a running second libvirt host (`lab.uri`)."""
+
+    def __init__(self, name: str | None = None):
+        self.name = name or f"lab{secrets.token_hex(3)}"
+        self.state: LabState | None = None
+
+    def __enter__(self) -> LabState:
+        return self.up()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.down()
+
+    def up(self) -> LabState:
+        if os.geteuid() != 0:
+            raise HostError("a lab host needs root (network and mount namespaces)")
+        if load_state(self.name) is not None:
+            raise HostError(f"lab '{self.name}' exists already (`kvmctl lab down {self.name}`)")
+        subnet = _free_subnet()
+        hosts = list(subnet.hosts())
+        root = Path(f"/var/tmp/kvmctl-lab-{self.name}")
+        state = LabState(
+            name=self.name,
+            root=str(root),
+            netns=f"kvmctl-{self.name}",
+            veth_host=f"kvh-{self.name}"[:15],
+            veth_lab=f"kvl-{self.name}"[:15],
+            host_address=str(hosts[0]),
+            lab_address=str(hosts[1]),
+            prefix=subnet.prefixlen,
+            host_uuid=str(uuid.uuid4()),
+        )
+        self.state = state
+        _save(state)
+        try:
+            self._start(state)
+        except BaseException:
+            self.down()
+            raise
+        return state
+
+    def _start(self, state: LabState) -> None:
+        _prepare_tree(state)
+        _run("ip", "netns", "add", state.netns)
+        _run("ip", "link", "add", state.veth_host, "type", "veth", "peer", "name", state.veth_lab)
+        _run("ip", "link", "set", state.veth_lab, "netns", state.netns)
+        _run("ip", "addr", "add", f"{state.host_address}/{state.prefix}", "dev", state.veth_host)
+        _run("ip", "link", "set", state.veth_host, "up")
+        lab = ("ip", "netns", "exec", state.netns)
+        _run(
+            *lab, "ip", "addr", "add", f"{state.lab_address}/{state.prefix}", "dev", state.veth_lab
+        )
+        _run(*lab, "ip", "link", "set", state.veth_lab, "up")
+        _run("unshare", "-m", "--propagation", "private", "sh", "-c", _enter_script(state))
+        run = state.path("/run/libvirt")
+        state.pids["virtlogd"] = _read_pid(run / "lab-virtlogd.pid", READY_TIMEOUT)
+        state.pids["libvirtd"] = _read_pid(run / "lab-libvirtd.pid", READY_TIMEOUT)
+        _save(state)
+        _wait_listening(state.lab_address, TCP_PORT, READY_TIMEOUT)
+        _warm(state)
+
+    def down(self) -> None:
+        state = self.state or load_state(self.name)
+        if state is None:
+            return
+        teardown(state)
+        self.state = None
+
+
+def _warm(state: LabState) -> None:
+    """The lab's libvirtd probes QEMU on first use (~10 s under a cold cache):
+    do it now, so a test's first call is not the slow one."""
+    from kvmctl.adapters.destination import identity
+    from kvmctl.adapters.virt import open_connection
+
+    conn = open_connection(state.uri)
+    try:
+        identity(conn)
+    finally:
+        conn.close()
+
+
+def kill_libvirtd(state: LabState) -> None:
+    """SIGKILL the lab's libvirtd (its QEMUs keep running, as on a real host)."""
+    pid = state.pids.pop("libvirtd", None)
+    if pid:
+        _kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 10.0)
+    _save(state)
+
+
+def start_libvirtd(state: LabState) -> None:
+    """Start the lab's libvirtd again inside the lab's namespaces."""
+    anchor = state.pids["virtlogd"]  # still in the lab's mount and network namespaces
+    pidfile = state.path("/run/libvirt") / "lab-libvirtd.pid"
+    pidfile.unlink(missing_ok=True)
+    _run(
+        "nsenter",
+        f"--target={anchor}",
+        "--mount",
+        "--net",
+        "--",
+        "libvirtd",
+        "-d",
+        "--listen",
+        "-f",
+        "/etc/libvirt/libvirtd.conf",
+        "--pid-file",
+        "/run/libvirt/lab-libvirtd.pid",
+    )
+    state.pids["libvirtd"] = _read_pid(pidfile, READY_TIMEOUT)
+    _save(state)
+    _wait_listening(state.lab_address, TCP_PORT, READY_TIMEOUT)
+
+
+def set_link(state: LabState, up: bool) -> None:
+    """Take the lab's veth down (a network loss) or up again."""
+    _run("ip", "link", "set", state.veth_host, "up" if up else "down")
+
+
+def teardown(state: LabState) -> None:
+    """Remove every trace of a lab: its guests' QEMUs and daemons by PID, the
+    namespace and veth, the private tree and the state file."""
+    for pid in _qemu_pids(state):
+        _kill(pid, signal.SIGKILL)
+    for daemon in ("libvirtd", "virtlogd"):
+        pid = state.pids.get(daemon)
+        if pid:
+            _kill(pid, signal.SIGTERM)
+            if not _wait_gone(pid, 10.0):
+                _kill(pid, signal.SIGKILL)
+    subprocess.run(["ip", "link", "del", state.veth_host], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "del", state.netns], capture_output=True, check=False)
+    _remove_tree(Path(state.root))
+    _state_file(state.name).unlink(missing_ok=True)
+
+
+def _remove_domains(state: LabState) -> None:
+    """Through the lab's libvirtd, so it removes their cgroups and files too
+    (a killed QEMU would leave its cgroup directories behind on the host)."""
+    from kvmctl.adapters import migration as domains
+    from kvmctl.adapters.virt import Virt, open_connection
+
+    if not state.pids.get("libvirtd") or _wait_gone(state.pids["libvirtd"], 0):
+        return
+    try:
+        virt = Virt(open_connection(state.uri))
+        for info in virt.domains():
+            domains.remove(virt, info.name)
+    except KvmctlError:
+        pass  # a dead daemon: the QEMUs are killed by PID below
+
+
+def qemu_pidfiles(state: LabState) -> list[Path]:
+    return sorted(state.path("/run/libvirt/qemu").glob("*.pid"))
+
+
+def qemu_pid(state: LabState, domain: str) -> int | None:
+    try:
+        return int((state.path("/run/libvirt/qemu") / f"{domain}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _qemu_pids(state: LabState) -> list[int]:
+    pids = []
+    for pidfile in qemu_pidfiles(state):
+        try:
+            pids.append(int(pidfile.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _kill(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return True
+        if "\nState:\tZ" in status:  # exited; whoever is its parent has yet to reap it
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _remove_tree(root: Path) -> None:
+    # The bind mounts lived only in the lab's mount namespace, which is gone
+    # with its processes; what is left is plain directories.
+    if root.is_dir() and root.name.startswith("kvmctl-lab-"):
+        shutil.rmtree(root, ignore_errors=True)

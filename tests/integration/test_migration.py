@@ -1,0 +1,425 @@
+"""`kvmctl migrate` between this host's libvirtd and a lab host (kvmctl.testing):
+real guests move over the lab's private veth, under TCG."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from kvmctl.host import threads
+from kvmctl.testing import lab as labs
+from kvmctl.testing.lab import LabState
+from tests.integration.cockpit_helpers import REPO, URI, kvmctl, sweep, write_spec
+from tests.integration.ops_helpers import counter, guest_run, tool
+
+pytestmark = pytest.mark.integration
+
+SPEC = """\
+name: {name}
+host: {{housekeeping_cpus: [0]}}
+networks:
+  bus: {{bridge: {bridge}, subnet: 10.252.{net}.0/24}}
+vms:
+  a:
+    criticality: {criticality}
+    cpu: {{placement: {placement}, shares: 512}}
+    memory: {{size: 256MiB, hugepages: 2MiB}}
+    image: {{builtin: test-guest}}
+    disk: {{size: 64MiB}}
+    networks: {networks}
+    ready: {{probe: agent, timeout: 90s}}
+"""
+
+
+def spec_text(name: str, **kw: object) -> str:
+    values = {
+        "name": name,
+        "bridge": f"{name[-6:]}br",
+        "net": secrets.randbelow(200) + 20,
+        "criticality": "normal",
+        "placement": "shared",
+        "networks": "[]",
+    }
+    values.update(kw)
+    return SPEC.format(**values)
+
+
+class MigSet:
+    """A one-VM cockpit applied on this host; removed from both hosts after."""
+
+    def __init__(self, tmp: Path, lab: LabState, **kw: object):
+        self.name = f"kvt-mg-{secrets.token_hex(3)}"
+        self.domain = f"{self.name}-a"
+        self.lab = lab
+        self.spec = write_spec(tmp, spec_text(self.name, **kw))
+
+    def apply(self) -> None:
+        run = kvmctl("apply", str(self.spec))
+        assert run.returncode == 0, run.stderr
+
+    def migrate(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return kvmctl(
+            "migrate",
+            str(self.spec),
+            "a",
+            "--to",
+            self.lab.uri,
+            "--insecure",
+            *args,
+            timeout=timeout,
+        )
+
+    def cleanup(self) -> None:
+        sweep(self.name)
+        for uri in (self.lab.uri,):
+            try:
+                conn = libvirt.open(uri)
+            except libvirt.libvirtError:
+                continue
+            try:
+                for dom in conn.listAllDomains():
+                    if dom.name().startswith(self.name):
+                        if dom.isActive():
+                            dom.destroy()
+                        dom.undefine()
+                _delete_volumes(conn, self.name)
+            finally:
+                conn.close()
+
+
+def _delete_volumes(conn: libvirt.virConnect, prefix: str) -> None:
+    try:
+        pool = conn.storagePoolLookupByName("kvmctl")
+    except libvirt.libvirtError:
+        return
+    pool.refresh(0)
+    for vol in pool.listAllVolumes(0):
+        if vol.name().startswith(prefix):
+            vol.delete(0)
+
+
+def lab_domains(lab: LabState, prefix: str) -> dict[str, int]:
+    conn = libvirt.open(lab.uri)
+    try:
+        return {
+            d.name(): d.state()[0] for d in conn.listAllDomains() if d.name().startswith(prefix)
+        }
+    finally:
+        conn.close()
+
+
+def source_state(domain: str) -> int | None:
+    conn = libvirt.open(URI)
+    try:
+        return conn.lookupByName(domain).state()[0]
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def mig(tmp_path: Path, kvmctl_lab: LabState) -> Iterator[MigSet]:
+    s = MigSet(tmp_path, kvmctl_lab)
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+def test_guest_moves_with_its_disk_and_memory_and_is_pinned_by_the_destination_plan(
+    mig: MigSet,
+) -> None:
+    mig.apply()
+    guest_run(mig.domain, "/bin/sh", "-c", "echo moved-with-me > /data/marker; sync")
+    tool(mig.domain, "counter", "start")
+    time.sleep(1.5)
+    before = counter(mig.domain)
+
+    run = mig.migrate("--copy-storage", "--json")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)["vms"][0]
+    assert result["status"] == "completed"
+    assert result["downtime_ms"] is not None and result["bytes_moved"] > 0
+
+    # Gone from the source (domain and its now stale volume), running there.
+    assert source_state(mig.domain) is None
+    assert sweep(mig.name) == []
+    assert lab_domains(mig.lab, mig.name) == {mig.domain: libvirt.VIR_DOMAIN_RUNNING}
+    uri = mig.lab.uri
+    assert guest_run(mig.domain, "/bin/cat", "/data/marker", uri=uri).strip() == "moved-with-me"
+    after = counter(mig.domain, uri=uri)
+    assert after > before  # the in-memory counter went on counting, not from zero
+
+    # vCPU threads on the destination pinned as the destination plan says.
+    pid = threads.qemu_pid(mig.domain, str(mig.lab.path("/run/libvirt/qemu")))
+    assert pid is not None
+    proc = threads.inspect(pid)
+    assert [",".join(map(str, sorted(t.affinity))) for t in proc.vcpus] == [result["pins"]["vcpu0"]]
+    assert "HugetlbPages" in Path(f"/proc/{pid}/status").read_text()
+    assert (
+        int(Path(f"/proc/{pid}/status").read_text().split("HugetlbPages:")[1].split()[0])
+        >= 256 * 1024
+    )
+
+
+def test_keep_source_leaves_the_domain_defined_on_the_source(mig: MigSet) -> None:
+    mig.apply()
+    run = mig.migrate("--copy-storage", "--keep-source")
+    assert run.returncode == 0, run.stderr
+    assert source_state(mig.domain) == libvirt.VIR_DOMAIN_SHUTOFF
+    assert lab_domains(mig.lab, mig.name) == {mig.domain: libvirt.VIR_DOMAIN_RUNNING}
+
+
+def test_preflight_refuses_without_changing_either_host(mig: MigSet) -> None:
+    """Disk not on the destination, bridge missing there: one sentence each,
+    exit 3, the guest still running here and nothing on the lab."""
+    mig.spec.write_text(spec_text(mig.name, networks="[bus]"))
+    mig.apply()
+    run = mig.migrate()
+    assert run.returncode == 3, run.stderr
+    assert "pass --copy-storage" in run.stderr
+    assert "does not exist on the destination" in run.stderr
+    assert source_state(mig.domain) == libvirt.VIR_DOMAIN_RUNNING
+    assert lab_domains(mig.lab, mig.name) == {}
+
+
+def test_preflight_refuses_a_cpu_dedicated_there(tmp_path: Path, kvmctl_lab: LabState) -> None:
+    """The lab runs a safety VM on its only dedicable CPU: a dedicated VM
+    cannot arrive, though the same CPU number is free on the source."""
+    (tmp_path / "there").mkdir()
+    (tmp_path / "here").mkdir()
+    there = MigSet(tmp_path / "there", kvmctl_lab, placement="dedicated", criticality="safety")
+    here = MigSet(tmp_path / "here", kvmctl_lab, placement="dedicated", criticality="safety")
+    try:
+        run = kvmctl("apply", str(there.spec), "-c", kvmctl_lab.uri)
+        assert run.returncode == 0, run.stderr
+        here.apply()
+        run = here.migrate("--copy-storage")
+        assert run.returncode == 3, run.stderr
+        assert "dedicated" in run.stderr
+        assert source_state(here.domain) == libvirt.VIR_DOMAIN_RUNNING
+        assert lab_domains(kvmctl_lab, here.name) == {}
+    finally:
+        here.cleanup()
+        there.cleanup()
+
+
+def test_preflight_refuses_when_the_destination_lacks_hugepages(mig: MigSet) -> None:
+    mig.apply()
+    # Hold all but 10 free 2 MiB pages (the lab shares this machine's pool).
+    with HugepageHog(keep_free=10):
+        run = mig.migrate("--copy-storage")
+    assert run.returncode == 3, run.stderr
+    assert "hugepages" in run.stderr
+    assert source_state(mig.domain) == libvirt.VIR_DOMAIN_RUNNING
+    assert lab_domains(mig.lab, mig.name) == {}
+
+
+class HugepageHog:
+    """A child process that maps (and so takes) free hugepages until it ends."""
+
+    def __init__(self, keep_free: int):
+        self.keep_free = keep_free
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> HugepageHog:
+        free = int(Path("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").read_text())
+        take = max(free - self.keep_free, 0)
+        code = (
+            "import mmap, sys\n"
+            f"m = mmap.mmap(-1, {take} * 2097152, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS"
+            " | 0x40000)\n"  # MAP_HUGETLB
+            f"for i in range({take}): m[i * 2097152] = 1\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "held"
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self.proc is not None
+        self.proc.kill()  # by PID: the child we started
+        self.proc.wait()
+
+
+def test_abort_mid_migration_leaves_the_guest_running_here(mig: MigSet) -> None:
+    mig.apply()
+    tool(mig.domain, "dirty", "64", "120", wait=False)
+    time.sleep(2)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kvmctl.cli",
+            "migrate",
+            str(mig.spec),
+            "a",
+            "--to",
+            mig.lab.uri,
+            "--insecure",
+            "--copy-storage",
+            "--bandwidth",
+            "4MB/s",
+            "--no-auto-converge",
+            "--json",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_job(mig.domain)
+        run = kvmctl("migrate", "--abort", str(mig.spec), "a")
+        assert run.returncode == 0, run.stderr
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert json.loads(out)["vms"][0]["status"] == "aborted"
+    assert source_state(mig.domain) == libvirt.VIR_DOMAIN_RUNNING
+    assert lab_domains(mig.lab, mig.name) == {}
+    counter(mig.domain)  # the guest answers here
+
+
+def wait_for_job(domain: str, timeout: float = 60) -> None:
+    conn = libvirt.open(URI)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = conn.lookupByName(domain).jobInfo()
+            if info[0] != libvirt.VIR_DOMAIN_JOB_NONE and info[3] > 0:  # data total known
+                time.sleep(1)
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"no migration job started for {domain}")
+    finally:
+        conn.close()
+
+
+def test_destination_libvirtd_killed_mid_migration(
+    tmp_path: Path, kvmctl_lab_factory: object
+) -> None:
+    lab = kvmctl_lab_factory()  # type: ignore[operator]
+    s = MigSet(tmp_path, lab)
+    try:
+        s.apply()
+        tool(s.domain, "dirty", "64", "120", wait=False)
+        proc = start_migrate(s, "--bandwidth", "4MB/s", "--no-auto-converge")
+        wait_for_job(s.domain)
+        labs.kill_libvirtd(lab)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, err
+        assert json.loads(out)["vms"][0]["status"] == "failed"
+        assert source_state(s.domain) == libvirt.VIR_DOMAIN_RUNNING
+        counter(s.domain)
+        # Started again, the lab's libvirtd finds the failed incoming job and
+        # removes its half-arrived guest: nothing is left there.
+        labs.start_libvirtd(lab)
+        assert wait_until(lambda: lab_domains(lab, s.name) == {}, 30)
+    finally:
+        s.cleanup()
+
+
+def test_network_loss_mid_migration_fails_within_keepalive(
+    tmp_path: Path, kvmctl_lab_factory: object
+) -> None:
+    lab = kvmctl_lab_factory()  # type: ignore[operator]
+    s = MigSet(tmp_path, lab)
+    try:
+        s.apply()
+        tool(s.domain, "dirty", "64", "180", wait=False)
+        proc = start_migrate(s, "--bandwidth", "4MB/s", "--no-auto-converge")
+        wait_for_job(s.domain)
+        labs.set_link(lab, up=False)
+        cut = time.monotonic()
+        out, err = proc.communicate(timeout=180)
+        took = time.monotonic() - cut
+        labs.set_link(lab, up=True)
+        assert proc.returncode == 1, err
+        assert json.loads(out)["vms"][0]["status"] in ("failed", "aborted")
+        # libvirt's keepalive towards the destination (qemu.conf: 5 s x 5)
+        # bounds how long a dead link goes unnoticed.
+        assert took < 90, f"the failure took {took:.0f} s to notice"
+        assert source_state(s.domain) == libvirt.VIR_DOMAIN_RUNNING
+        counter(s.domain)
+    finally:
+        labs.set_link(lab, up=True)
+        s.cleanup()
+
+
+def start_migrate(s: MigSet, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kvmctl.cli",
+            "migrate",
+            str(s.spec),
+            "a",
+            "--to",
+            s.lab.uri,
+            "--insecure",
+            "--copy-storage",
+            "--json",
+            *args,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(check: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.fixture(scope="module")
+def idle(tmp_path_factory: pytest.TempPathFactory, kvmctl_lab: LabState) -> Iterator[MigSet]:
+    s = MigSet(tmp_path_factory.mktemp("idle"), kvmctl_lab)
+    try:
+        s.apply()
+        yield s
+    finally:
+        s.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "words"),
+    [
+        (["nosuchvm", "--to", "{lab}", "--insecure"], 2, "has no VM"),
+        (["a", "--to", "not a uri", "--insecure"], 2, "not a destination"),
+        (["a", "--to", "{lab}"], 2, "plain TCP"),
+        (["a", "--to", URI, "--insecure"], 2, "source itself"),
+        (["a", "--to", "qemu+tcp://10.251.255.254/system", "--insecure"], 3, "cannot reach"),
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(
+    idle: MigSet, args: list[str], status: int, words: str
+) -> None:
+    argv = [a.replace("{lab}", idle.lab.uri) for a in args]
+    run = kvmctl("migrate", str(idle.spec), *argv, timeout=120)
+    assert run.returncode == status, run.stderr
+    assert words in run.stderr
+    assert source_state(idle.domain) == libvirt.VIR_DOMAIN_RUNNING
+    assert lab_domains(idle.lab, idle.name) == {}
