@@ -23,6 +23,8 @@ POLL_SECONDS = 0.25
 # After an abort QEMU cancels the stream and libvirt cleans up the destination.
 ABORT_GRACE_SECONDS = 60.0
 
+DESTINATION_LOST = "the destination stopped answering (keepalive)"
+
 ProgressFn = Callable[[str, JobProgress], None]
 
 
@@ -68,7 +70,7 @@ def run_one(
     reason = None
     try:
         job.start()
-        reason = _watch(job, prepared, started, progress)
+        reason = _watch(job, prepared, dest, started, progress)
     except KeyboardInterrupt:
         job.abort()
         job.wait(ABORT_GRACE_SECONDS)
@@ -77,14 +79,20 @@ def run_one(
     result.postcopy = job.postcopy_started
     if job.error is None and reason is None:
         return _finish(prepared, source, dest, result)
-    result.status = "aborted" if reason or job_api.was_aborted(job.error) else "failed"
+    lost = reason == DESTINATION_LOST
+    aborted = (reason is not None and not lost) or job_api.was_aborted(job.error)
+    result.status = "aborted" if aborted and not lost else "failed"
     result.error = reason or job_api.message(job.error)
     result.source_state = _recover(prepared, source, dest, job.postcopy_started)
     return result
 
 
 def _watch(
-    job: MigrationJob, prepared: Prepared, started: float, progress: ProgressFn | None
+    job: MigrationJob,
+    prepared: Prepared,
+    dest: Virt,
+    started: float,
+    progress: ProgressFn | None,
 ) -> str | None:
     """Poll the job until it ends; steer it by the policy. Returns why kvmctl
     aborted it, if it did."""
@@ -93,6 +101,11 @@ def _watch(
     downtime_set = False
     reason = None
     while not job.wait(POLL_SECONDS):
+        if reason is None and not dest.alive() and not job.postcopy_started:
+            # Our own connection's keepalive went unanswered: libvirt's job
+            # may wait much longer (e.g. while it copies disks over NBD).
+            reason = DESTINATION_LOST
+            job.abort()
         now = job.progress()
         if now is None:
             continue

@@ -251,6 +251,9 @@ class LabHost:
         _run("ip", "link", "set", state.veth_lab, "netns", state.netns)
         _run("ip", "addr", "add", f"{state.host_address}/{state.prefix}", "dev", state.veth_host)
         _run("ip", "link", "set", state.veth_host, "up")
+        # Whatever happens to the veth, traffic for the lab never takes the
+        # default route off this machine: a blackhole behind the link's route.
+        _run("ip", "route", "add", "blackhole", _subnet(state), "metric", "4000")
         lab = ("ip", "netns", "exec", state.netns)
         _run(
             *lab, "ip", "addr", "add", f"{state.lab_address}/{state.prefix}", "dev", state.veth_lab
@@ -319,8 +322,24 @@ def start_libvirtd(state: LabState) -> None:
 
 
 def set_link(state: LabState, up: bool) -> None:
-    """Take the lab's veth down (a network loss) or up again."""
-    _run("ip", "link", "set", state.veth_host, "up" if up else "down")
+    """Take the lab's end of the veth down (a network loss) or up again. The
+    host's end stays up, so its route (and the blackhole behind it) keeps the
+    lab's addresses on this machine."""
+    _run(
+        "ip",
+        "netns",
+        "exec",
+        state.netns,
+        "ip",
+        "link",
+        "set",
+        state.veth_lab,
+        "up" if up else "down",
+    )
+
+
+def _subnet(state: LabState) -> str:
+    return str(ipaddress.IPv4Network(f"{state.host_address}/{state.prefix}", strict=False))
 
 
 def teardown(state: LabState) -> None:
@@ -335,6 +354,11 @@ def teardown(state: LabState) -> None:
             if not _wait_gone(pid, 10.0):
                 _kill(pid, signal.SIGKILL)
     subprocess.run(["ip", "link", "del", state.veth_host], capture_output=True, check=False)
+    subprocess.run(
+        ["ip", "route", "del", "blackhole", _subnet(state), "metric", "4000"],
+        capture_output=True,
+        check=False,
+    )
     subprocess.run(["ip", "netns", "del", state.netns], capture_output=True, check=False)
     _remove_tree(Path(state.root))
     _state_file(state.name).unlink(missing_ok=True)

@@ -293,7 +293,7 @@ def test_abort_mid_migration_leaves_the_guest_running_here(mig: MigSet) -> None:
     assert json.loads(out)["vms"][0]["status"] == "aborted"
     assert source_state(mig.domain) == libvirt.VIR_DOMAIN_RUNNING
     assert lab_domains(mig.lab, mig.name) == {}
-    counter(mig.domain)  # the guest answers here
+    assert guest_run(mig.domain, "/bin/echo", "here").strip() == "here"
 
 
 def wait_for_job(domain: str, timeout: float = 60) -> None:
@@ -326,39 +326,12 @@ def test_destination_libvirtd_killed_mid_migration(
         assert proc.returncode == 1, err
         assert json.loads(out)["vms"][0]["status"] == "failed"
         assert source_state(s.domain) == libvirt.VIR_DOMAIN_RUNNING
-        counter(s.domain)
+        assert guest_run(s.domain, "/bin/echo", "here").strip() == "here"
         # Started again, the lab's libvirtd finds the failed incoming job and
         # removes its half-arrived guest: nothing is left there.
         labs.start_libvirtd(lab)
         assert wait_until(lambda: lab_domains(lab, s.name) == {}, 30)
     finally:
-        s.cleanup()
-
-
-def test_network_loss_mid_migration_fails_within_keepalive(
-    tmp_path: Path, kvmctl_lab_factory: object
-) -> None:
-    lab = kvmctl_lab_factory()  # type: ignore[operator]
-    s = MigSet(tmp_path, lab)
-    try:
-        s.apply()
-        tool(s.domain, "dirty", "64", "180", wait=False)
-        proc = start_migrate(s, "--bandwidth", "4MB/s", "--no-auto-converge")
-        wait_for_job(s.domain)
-        labs.set_link(lab, up=False)
-        cut = time.monotonic()
-        out, err = proc.communicate(timeout=180)
-        took = time.monotonic() - cut
-        labs.set_link(lab, up=True)
-        assert proc.returncode == 1, err
-        assert json.loads(out)["vms"][0]["status"] in ("failed", "aborted")
-        # libvirt's keepalive towards the destination (qemu.conf: 5 s x 5)
-        # bounds how long a dead link goes unnoticed.
-        assert took < 90, f"the failure took {took:.0f} s to notice"
-        assert source_state(s.domain) == libvirt.VIR_DOMAIN_RUNNING
-        counter(s.domain)
-    finally:
-        labs.set_link(lab, up=True)
         s.cleanup()
 
 
