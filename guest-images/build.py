@@ -65,6 +65,10 @@ COMMON_MODULES = [
     "ext4",
     "button",
     "evdev",
+    # <panic model='isa'/>: QEMU's pvpanic ISA device, which ACPI announces as
+    # QEMU0001 and pvpanic-mmio drives. Without it a panic only shows as the
+    # reset that panic=1 makes, and the host cannot tell it from a reboot.
+    "pvpanic_mmio",
 ]
 
 

@@ -47,6 +47,7 @@ from kvmctl.cockpit import open_session
 from kvmctl.errors import HostError, KvmctlError
 from kvmctl.host import threads
 from kvmctl.planner.diff import Action
+from kvmctl.planner.domain import on_crash_for
 from kvmctl.planner.plan import domain_name
 from kvmctl.setlock import pid_lock, set_lock
 from kvmctl.spec import Cockpit, load_spec
@@ -107,6 +108,7 @@ class VmWatch:
     last_change: float = 0.0
     epoch: int = 0  # bumped by every decision: a worker of an older one stands down
     pending_watchdog: float = 0.0  # a watchdog fired: the stop that follows is a failure
+    pending_panic: float = 0.0  # the guest panicked: the crashed stop that follows is that panic
 
     def as_dict(self, now: float) -> dict[str, Any]:
         recent = [t for t in self.history if now - t < self.policy.window]
@@ -300,12 +302,17 @@ class Supervisor:
             cause = stop_cause(item.detail)
             if cause == "shutdown" and time.time() - w.pending_watchdog < 10:
                 cause = "watchdog"  # the watchdog's poweroff/shutdown action
+            elif cause == "crashed" and time.time() - w.pending_panic < 10:
+                cause = "panicked"  # on_crash=destroy after a pvpanic report
             self._decide(w, cause)
         elif kind == "crashed":
-            # Panicked with on_crash=restart: reset in place. With destroy a
-            # stopped event follows and decides.
-            if w.policy.policy != "never" and w.phase not in ("recovering", "gave-up"):
-                self._decide(w, "panicked", in_place=True)
+            if on_crash_for(w.policy.policy) == "restart":
+                # libvirt resets it in place (same QEMU): wait for it to be ready.
+                if w.phase not in ("recovering", "gave-up"):
+                    self._decide(w, "panicked", in_place=True)
+            else:
+                # on_crash=destroy: the stopped event that follows decides.
+                w.pending_panic = item.at
         elif kind == "watchdog":
             if item.detail == "reset":
                 if w.phase != "gave-up":

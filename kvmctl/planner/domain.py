@@ -18,7 +18,7 @@ from kvmctl.xml.cputune import CPUTune, IOThreadPin, VCPUPin, VCPUSched
 from kvmctl.xml.devices import RNG, Devices, MemBalloon, Panic, Watchdog
 from kvmctl.xml.disk import Disk, IOTune
 from kvmctl.xml.display import Graphics, Video
-from kvmctl.xml.domain import Domain
+from kvmctl.xml.domain import CrashAction, Domain
 from kvmctl.xml.interface import Interface
 from kvmctl.xml.machine import CPU, OS, Clock, Features
 from kvmctl.xml.memory import HugePage, MemoryBacking, MemTune
@@ -31,6 +31,20 @@ IOTHREAD = 1
 def domain_uuid(set_name: str, vm: str) -> str:
     """Stable per set and VM: a re-created domain keeps its identity."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kvmctl:{set_name}/{vm}"))
+
+
+def on_crash_for(restart_policy: str) -> CrashAction:
+    """What libvirt does when the guest kernel panics (pvpanic) for a restart policy.
+
+    `always` / `on-failure`: reset in place (libvirt emits CRASHED/PANICKED,
+    then resets the same QEMU process). The VM comes back without a supervisor
+    too, and keeps its hugepages, real-time threads and NIC shaping; a
+    supervisor counts the reset against the budget and powers the VM off once
+    it gives up. `never`: the VM is left shut off (reason crashed), as the
+    policy says. No coredump-*: a memory dump of every panic delays the
+    reset by seconds and fills the disk in a panic loop.
+    """
+    return "destroy" if restart_policy == "never" else "restart"
 
 
 def build_domain(plan: VmPlan, rt_by_thread: bool) -> Domain:
@@ -67,7 +81,7 @@ def build_domain(plan: VmPlan, rt_by_thread: bool) -> Domain:
         clock=Clock(offset="utc"),
         on_poweroff="destroy",
         on_reboot="restart",
-        on_crash="destroy" if vm.restart.policy == "never" else "restart",
+        on_crash=on_crash_for(vm.restart.policy),
         devices=_devices(plan),
     )
 

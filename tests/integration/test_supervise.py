@@ -4,7 +4,7 @@ the other VM's QEMU process, uptime and in-guest counter show it was not
 touched. The tests run in order on one set and one supervisor process.
 
 Set: `a` (test-guest-rt, i6300esb watchdog with action reset, policy always)
-and `b` (test-guest, depends on a, policy on-failure, max 3 restarts).
+and `b` (test-guest, depends on a, policy on-failure, max 4 restarts).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tests.integration.ops_helpers import (
     counter,
     domain_state,
     ensure_libvirtd,
+    guest_run,
     guest_uptime,
     kill_qemu,
     libvirtd_pid,
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.integration
 
 SET = f"kvt-sv-{secrets.token_hex(2)}"
 A, B = f"{SET}-a", f"{SET}-b"
-B_MAX = 3
+B_MAX = 4
 SPEC = f"""
 name: {SET}
 vms:
@@ -137,18 +138,34 @@ def test_dependant_waits_for_its_restarted_dependency(sup: SupervisorProcess) ->
 
 
 def test_panicked_kernel_is_reset_and_recovers(sup: SupervisorProcess) -> None:
+    # Both flavours drive <panic model='isa'/> (ACPI QEMU0001, pvpanic-mmio).
+    for dom in (A, B):
+        assert "QEMU0001:00" in guest_run(dom, "/bin/ls", "/sys/bus/platform/drivers/pvpanic-mmio")
     other = _snapshot(A)
     pid = qemu_pid(B)
+    resets = json.loads((sup.state_dir / f"{SET}.json").read_text())["vms"]["b"]["resets"]
     mark = sup.mark()
     tool(B, "panic", wait=False)
-    # The guest has panic=1: its kernel resets the machine after the panic.
-    decision = sup.wait(60, since=mark, event="decision", vm="b")
-    assert decision["action"] == "recover"
+    # pvpanic reports the panic to QEMU: libvirt says crashed/panicked (not a
+    # plain reboot), and on_crash=restart resets the same QEMU in place.
+    crashed = sup.wait(60, since=mark, event="domain-event", vm="b", kind="crashed")
+    assert crashed["detail"] == "panicked"
+    decision = sup.wait(10, since=mark, event="decision", vm="b")
+    assert (decision["cause"], decision["in_place"], decision["action"]) == (
+        "panicked",
+        True,
+        "recover",
+    )
     recovered = sup.wait(120, since=mark, event="recovered", vm="b")
     assert recovered["ready_s"] > 0
     assert qemu_pid(B) == pid  # reset in place, same QEMU
     assert guest_uptime(B) < time.time() - decision["ts"] + 5
+    assert domain_state(B) == "running"
+    assert sup.count(mark, event="decision") == 1  # the reboot that follows is the same panic
     assert sup.count(mark, event="restarting") == 0
+    state = json.loads((sup.state_dir / f"{SET}.json").read_text())["vms"]
+    assert state["b"]["last_cause"] == "panicked" and state["b"]["resets"] == resets + 1
+    assert state["b"]["phase"] == "running" and state["b"]["ready"] is True
     _untouched(A, *other)
     tool(B, "counter", "start")
 
@@ -191,7 +208,10 @@ def test_crash_loop_is_given_up_while_the_other_runs(sup: SupervisorProcess, spe
     time.sleep(3)
     assert domain_state(B) == "shut off"  # and it stays so
     state = json.loads((sup.state_dir / f"{SET}.json").read_text())
-    assert state["vms"]["b"]["gave_up"] is True and state["vms"]["b"]["restarts"] == B_MAX
+    # The budget counts restarts and resets after a failure (the panic above).
+    b = state["vms"]["b"]
+    assert b["gave_up"] is True and b["restarts_in_window"] == B_MAX
+    assert b["restarts"] + b["resets"] == B_MAX
     _untouched(A, *other)
     # An operator brings it back: the supervisor takes it on afresh.
     mark = sup.mark()

@@ -3,7 +3,9 @@
 top: per-vCPU CPU % shows the busy guest and the idle one apart, the busy
 one held under its 50 % cap; the pCPU each vCPU last ran on lies in its
 pinning; hugepages and memory match the spec. screens: each tile shows that
-guest's own screen (it draws its name), a stopped VM gets a placeholder.
+guest's own screen (it draws its name), a stopped VM gets a placeholder; the
+real-time guest's tile (PVH boot, bochs DRM + fbcon) reads back as its own
+name in the guest's block letters.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from tests.integration.cockpit_helpers import REPO, URI, kvmctl, qemu, write_spec
-from tests.integration.ops_helpers import domain_state, guest_run, sweep_set
+from tests.integration.ops_helpers import domain_state, guest_run, sweep_set, wait_until
+from tests.integration.screen_helpers import banner_bitmap, read_banner
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +48,16 @@ vms:
     disk: {{size: 32MiB}}
     display: {{width: 1024, height: 600}}
     ready: {{probe: "serial:KVMCTL-READY ivi", timeout: 90s}}
+  rear:
+    role: passenger
+    image: {{builtin: test-guest-rt}}
+    memory: {{size: 192MiB}}
+    disk: {{size: 32MiB}}
+    display: {{width: 1024, height: 600}}
+    # The serial marker comes after the banner is drawn (the agent, before).
+    ready: {{probe: "serial:KVMCTL-READY rear", timeout: 120s}}
 """
+
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +94,7 @@ def test_top_per_vm_and_vcpu(spec: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     rows: dict[str, Any] = {r["vm"]: r for r in json.loads(result.stdout)["vms"]}
-    assert set(rows) == {"cluster", "ivi"}
+    assert set(rows) == {"cluster", "ivi", "rear"}
     ivi, cluster = rows["ivi"], rows["cluster"]
     assert ivi["state"] == cluster["state"] == "running"
     # The busy guest is busy, but held under its cap (50 % of a CPU, plus slack
@@ -147,6 +159,7 @@ def test_screens_show_each_guest_and_a_placeholder_when_stopped(spec: Path, tmp_
     assert {t["vm"]: (t["slot"], t["source"], t["state"]) for t in report["tiles"]} == {
         "cluster": ("cluster", "screen", "running"),
         "ivi": ("ivi", "screen", "running"),
+        "rear": ("passenger", "screen", "running"),
     }
     live = tiles(out, report)
     # Each guest drew its name in large letters: lit, and not the same picture.
@@ -158,11 +171,47 @@ def test_screens_show_each_guest_and_a_placeholder_when_stopped(spec: Path, tmp_
     result = run("screens", str(spec), "-o", str(out), "--json")
     report = json.loads(result.stdout)
     sources = {t["vm"]: t["source"] for t in report["tiles"]}
-    assert sources == {"cluster": "screen", "ivi": "placeholder"}
+    assert sources == {"cluster": "screen", "ivi": "placeholder", "rear": "screen"}
     after = tiles(out, report)
     assert ImageChops.difference(after["ivi"], live["ivi"]).getbbox() is not None
     assert ImageChops.difference(after["ivi"], after["cluster"]).getbbox() is not None
     assert "shut off" in run("screens", str(spec), "-o", str(out)).stdout
+
+
+def test_rt_guest_tile_shows_its_own_name(spec: Path, tmp_path: Path) -> None:
+    # test-guest-rt boots through PVH with no VGA text console: its name comes
+    # through bochs DRM + fbcon. Read the letters back from its tile.
+    if domain_state(f"{SET}-ivi") != "shut off":
+        subprocess.run(["virsh", "destroy", f"{SET}-ivi"], check=True, capture_output=True)
+    own = {vm: banner_bitmap(vm) for vm in ("rear", "cluster", "ivi")}
+    out = tmp_path / "cockpit.png"
+
+    def shot() -> dict[str, Image.Image]:
+        result = run("screens", str(spec), "-o", str(out), "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert {t["vm"]: t["source"] for t in report["tiles"]} == {
+            "cluster": "screen",
+            "ivi": "placeholder",
+            "rear": "screen",
+        }
+        return tiles(out, report)
+
+    def drawn() -> dict[str, Image.Image] | None:
+        t = shot()
+        return t if read_banner(t["rear"], len(own["rear"][0])) else None
+
+    # fbcon flushes the framebuffer a moment after the guest wrote to it.
+    live = wait_until(drawn, 30, "the RT guest's name on its tile")
+    assert read_banner(live["rear"], len(own["rear"][0])) == own["rear"]
+    # The same reading gives the cluster (VGA text console) its own name, and
+    # neither tile reads as the other's name or as anything on the placeholder.
+    assert read_banner(live["cluster"], len(own["cluster"][0])) == own["cluster"]
+    assert read_banner(live["rear"], len(own["ivi"][0])) != own["ivi"]
+    assert read_banner(live["cluster"], len(own["rear"][0])) != own["rear"]
+    assert read_banner(live["ivi"], len(own["ivi"][0])) != own["ivi"]
+    for a, b in (("rear", "cluster"), ("rear", "ivi"), ("cluster", "ivi")):
+        assert ImageChops.difference(live[a], live[b]).getbbox() is not None, (a, b)
 
 
 def test_screens_watch_rewrites_until_interrupted(spec: Path, tmp_path: Path) -> None:

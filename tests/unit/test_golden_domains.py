@@ -17,7 +17,7 @@ from kvmctl.planner.plan import make_plan
 from kvmctl.spec import load_spec
 from kvmctl.xml.domain import Domain
 from tests.golden import assert_golden
-from tests.unit.planner_helpers import facts
+from tests.unit.planner_helpers import facts, spec
 
 pytestmark = pytest.mark.unit
 
@@ -90,6 +90,19 @@ def test_what_the_example_promises_is_in_the_xml() -> None:
     assert ivi.devices.interfaces[0].source_bridge == "kvbr-media"
     kvm = build_domain(_plans("cockpit-4core.yaml", 4, "usable").vms["cluster"], rt_by_thread=True)
     assert kvm.type == "kvm" and kvm.cpu is not None and kvm.cpu.mode == "host-model"
+
+
+@pytest.mark.parametrize(
+    ("policy", "on_crash"), [("always", "restart"), ("on-failure", "restart"), ("never", "destroy")]
+)
+def test_a_panic_is_reported_and_handled_per_restart_policy(policy: str, on_crash: str) -> None:
+    # pvpanic device for the guest to report panics through; on_crash follows
+    # the restart policy (in-place reset unless the VM is never restarted).
+    cockpit = spec(f"name: demo-cockpit\nvms:\n  a: {{restart: {{policy: {policy}}}}}\n")
+    plan = make_plan(cockpit, facts(cpus=2))
+    dom = build_domain(plan.vms["a"], rt_by_thread=True)
+    assert [p.model for p in dom.devices.panics] == ["isa"]
+    assert dom.on_crash == on_crash
 
 
 def test_names_with_metacharacters_never_reach_xml() -> None:
