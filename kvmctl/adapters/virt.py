@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import libvirt
@@ -108,6 +108,11 @@ class Virt:
                         self._gave_up = True
                         raise
                     time.sleep(0.5)
+
+    def close(self) -> None:
+        """Close the current connection (a dead one too); no reconnect."""
+        with self._reconnect, suppress(libvirt.libvirtError):
+            self._conn.close()
 
     # --- domains ---------------------------------------------------------------
 
