@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvmctl import history
 from kvmctl.metrics import STATES
-from tests.integration.cockpit_helpers import REPO, URI, kvmctl, kvmctl_json, write_spec
-from tests.integration.ops_helpers import sweep_set
+from tests.integration.cockpit_helpers import REPO, URI, kvmctl, kvmctl_json
+from tests.integration.ops_helpers import applied_set
 
 pytestmark = pytest.mark.integration
 
@@ -76,15 +76,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def spec(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = write_spec(tmp_path_factory.mktemp("exspec"), SPEC)
-    try:
-        result = kvmctl("apply", str(path), timeout=300)
-        assert result.returncode == 0, result.stderr
+    with applied_set(tmp_path_factory.mktemp("exspec"), SET, SPEC) as path:
         yield path
-    finally:
-        kvmctl("destroy", str(path), timeout=120)
-        assert sweep_set(SET) == []
-        assert not history.history_path(SET).exists()  # destroy forgot the durations
+    assert not history.history_path(SET).exists()  # destroy forgot the durations
 
 
 def free_port() -> int:

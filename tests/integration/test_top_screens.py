@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from tests.integration.cockpit_helpers import REPO, URI, kvmctl, qemu, write_spec
-from tests.integration.ops_helpers import domain_state, guest_run, sweep_set
+from tests.integration.cockpit_helpers import REPO, URI, qemu
+from tests.integration.ops_helpers import applied_set, domain_state, guest_run
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +50,8 @@ vms:
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = write_spec(tmp_path_factory.mktemp("ts"), SPEC)
-    try:
-        result = kvmctl("apply", str(path), timeout=240)
-        assert result.returncode == 0, result.stderr
+    with applied_set(tmp_path_factory.mktemp("ts"), SET, SPEC) as path:
         yield path
-    finally:
-        kvmctl("destroy", str(path), timeout=120)
-        assert sweep_set(SET) == []
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -3,6 +3,7 @@ on made-up data, and through the text format Prometheus reads."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from kvmctl.status import VmStatus
 pytestmark = pytest.mark.unit
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+DASHBOARD = DOCS.parent / "grafana-cockpit.json"
 S = 1_000_000_000
 
 
@@ -235,8 +237,37 @@ def test_text_format_round_trip() -> None:
 
 
 def test_every_family_is_documented() -> None:
-    fams = families(Scrape("s", [row(restarts=1)], STATS)) + failed("s", 0.0)
     doc = DOCS.read_text()
-    for fam in fams:
-        exposed = fam.name + ("_total" if fam.type == "counter" else "")
+    for exposed in _exposed():
         assert re.search(rf"`{exposed}(\{{|`)", doc), f"{exposed} missing from {DOCS.name}"
+
+
+def _exposed() -> set[str]:
+    fams = families(Scrape("s", [row(restarts=1)], STATS)) + failed("s", 0.0)
+    return {f.name + ("_total" if f.type == "counter" else "") for f in fams}
+
+
+def _exprs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("expr", "definition") and isinstance(value, str):
+                yield value
+            else:
+                yield from _exprs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _exprs(item)
+
+
+def test_dashboard_uses_only_exposed_metrics() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    exprs = list(_exprs(board))
+    assert len(exprs) >= 15
+    used = {name for e in exprs for name in re.findall(r"\bkvmctl_[a-z_]+", e)}
+    assert used and used <= _exposed(), used - _exposed()
+    # Every VM panel follows the $set/$vm pickers.
+    for e in exprs:
+        if "kvmctl_vm_" in e and "label_values" not in e:
+            assert 'vm=~"$vm"' in e and 'set=~"$set"' in e, e
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
