@@ -29,13 +29,14 @@ def exporter(
     Ctrl-C: VM state, readiness, supervisor restarts, CPU time per vCPU, audit drift,
     hugepage backing, snapshots and snapshot/migration durations (docs/metrics.md)."""
     host, port = parse_listen(listen)  # before anything else: a bad flag starts nothing
-    spec = load_spec(file)
-    session = open_session(spec, connect)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())
+    spec = load_spec(file)
+    session = open_session(spec, connect)
     try:
-        serve(CockpitCollector(session), host, port, stop)
+        if not stop.is_set():  # asked to stop while the session opened
+            serve(CockpitCollector(session), host, port, stop)
     finally:
         if session.virt is not None:
             session.virt.close()
