@@ -11,7 +11,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kvmctl import images
+from kvmctl import history, images
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.apply import Applier, ApplyResult, Progress, destroy_domain
@@ -72,6 +72,16 @@ def open_session(
         live = read_live(virt, nl.bridges)
     plan = make_plan(spec, facts, live, options)
     return Session(spec, uri, facts, plan, virt, options)
+
+
+def replan(session: Session) -> Session:
+    """The session planned again against the domains that run now, on its own
+    connection, with the host facts read when it opened: what a long-running
+    reader (the exporter) does instead of opening a session per look. Bridges
+    are not re-read, so its bridge actions are not to be applied."""
+    assert session.virt is not None
+    live = read_live(session.virt)
+    return replace(session, plan=make_plan(session.spec, session.facts, live, session.options))
 
 
 def preflight(session: Session) -> None:
@@ -176,4 +186,5 @@ def _destroy_locked(
                 say("-", f"removing bridge {bridge}")
                 nl.delete_bridge(bridge, alias)
                 result.bridges.append(bridge)
+    history.forget(session.spec.name)  # the durations of snapshots that went with the domains
     return result

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvmctl import history
 from kvmctl.adapters.virt import Virt
 from kvmctl.host import threads
 from kvmctl.planner.cpuset import format_cpuset
@@ -49,6 +50,8 @@ class VmStatus:
     restarts: int | None = None  # by the supervisor, when one ran for the set
     snapshots: int = 0
     latest_snapshot: str | None = None
+    last_snapshot_seconds: float | None = None  # how long the newest snapshot took
+    last_migration_seconds: float | None = None
     drift: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -140,11 +143,15 @@ def add_history(
     rows: list[VmStatus],
     supervised: dict[str, dict[str, Any]],
     snapshots: dict[str, dict[str, Any]],
+    durations: dict[str, Any] | None = None,
 ) -> None:
-    """Fold in what the supervisor and the snapshots say about each VM."""
+    """Fold in what the supervisor, the snapshots and the recorded durations
+    (kvmctl.history) say about each VM."""
     for row in rows:
         if row.vm in supervised:
             row.restarts = supervised[row.vm].get("restarts")
         snap = snapshots.get(row.vm) or {}
         row.snapshots = int(snap.get("count") or 0)
         row.latest_snapshot = snap.get("latest")
+        row.last_snapshot_seconds = history.last_seconds(durations or {}, row.vm, "snapshot")
+        row.last_migration_seconds = history.last_seconds(durations or {}, row.vm, "migration")

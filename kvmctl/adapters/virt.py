@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import libvirt
@@ -115,6 +115,11 @@ class Virt:
             return bool(self._conn.isAlive() == 1)
         except libvirt.libvirtError:
             return False
+
+    def close(self) -> None:
+        """Close the current connection (a dead one too); no reconnect."""
+        with self._reconnect, suppress(libvirt.libvirtError):
+            self._conn.close()
 
     # --- domains ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from kvmctl.commands import (  # noqa: F401  (register verbs)
     audit,
     cockpit,
     doctor,
+    exporter,
     lab,
     migrate,
     net,

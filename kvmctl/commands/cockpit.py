@@ -17,6 +17,7 @@ from kvmctl.overview import overview
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.plan import Plan
+from kvmctl.status import VmStatus
 
 SpecArg = Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)]
 
@@ -205,12 +206,19 @@ def status(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt =
                 r.shares if r.shares is not None else "",
                 r.quota_us if r.quota_us is not None else "",
                 "-" if r.restarts is None else r.restarts,
-                f"{r.snapshots} (latest {r.latest_snapshot})" if r.snapshots else "0",
+                _snapshots_cell(r),
                 "; ".join(r.drift) or "none",
             ]
             for r in rows
         ],
     )
+
+
+def _snapshots_cell(r: VmStatus) -> str:
+    if not r.snapshots:
+        return "0"
+    took = f", took {r.last_snapshot_seconds:.1f} s" if r.last_snapshot_seconds is not None else ""
+    return f"{r.snapshots} (latest {r.latest_snapshot}{took})"
 
 
 @app.command()

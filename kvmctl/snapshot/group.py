@@ -9,6 +9,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from kvmctl import history
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
 from kvmctl.cockpit import Session
 from kvmctl.errors import ApplyError, KvmctlError, UsageError
@@ -182,7 +183,12 @@ class _GroupCreate:
             "-",
             f"group snapshot '{self.name}' taken; pause window {manifest.pause_window_ms:.0f} ms",
         )
-        return GroupResult(manifest, path, time.monotonic() - t_start, freeze_ms, thaw_ms)
+        seconds = time.monotonic() - t_start
+        # Each member's snapshot took the whole group operation: they stood still together.
+        history.record(
+            self.plan.set_name, "snapshot", dict.fromkeys(self.vms, seconds), name=self.name
+        )
+        return GroupResult(manifest, path, seconds, freeze_ms, thaw_ms)
 
     def _dom(self, vm: str) -> str:
         return self.plan.vms[vm].domain

@@ -7,6 +7,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from kvmctl import history
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
 from kvmctl.errors import KvmctlError, UsageError
 from kvmctl.planner.plan import VmPlan
@@ -88,6 +89,7 @@ def create(
             if thaw:
                 _thaw_retrying(ops, vp.domain)
         seconds = time.monotonic() - t0
+        history.record(spec.name, "snapshot", {vm: seconds}, name=name)
     return CreateResult(
         spec.name,
         vm,

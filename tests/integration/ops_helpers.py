@@ -12,14 +12,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import libvirt_qemu
 
-from tests.integration.cockpit_helpers import REPO, URI
+from tests.integration.cockpit_helpers import REPO, URI, kvmctl, write_spec
 
 
 def agent(
@@ -210,6 +211,20 @@ def _libvirt_answers() -> bool:
     except libvirt.libvirtError:
         return False
     return True
+
+
+@contextmanager
+def applied_set(directory: Path, set_name: str, spec_text: str) -> Iterator[Path]:
+    """The spec written to `directory` and applied; destroyed afterwards, and
+    nothing of the set may be left for the sweep."""
+    path = write_spec(directory, spec_text)
+    try:
+        result = kvmctl("apply", str(path), timeout=300)
+        assert result.returncode == 0, result.stderr
+        yield path
+    finally:
+        kvmctl("destroy", str(path), timeout=120)
+        assert sweep_set(set_name) == []
 
 
 def sweep_set(prefix: str) -> list[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cockpit_helpers import cgroup_value, kvmctl, kvmctl_json, qemu, write_spec
-from tests.integration.ops_helpers import sweep_set
+from tests.integration.cockpit_helpers import cgroup_value, kvmctl, kvmctl_json, qemu
+from tests.integration.ops_helpers import applied_set
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +40,8 @@ vms:
 
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = write_spec(tmp_path_factory.mktemp("au"), SPEC)
-    try:
-        result = kvmctl("apply", str(path), timeout=240)
-        assert result.returncode == 0, result.stderr
+    with applied_set(tmp_path_factory.mktemp("au"), SET, SPEC) as path:
         yield path
-    finally:
-        kvmctl("destroy", str(path), timeout=120)
-        assert sweep_set(SET) == []
 
 
 def audit(spec: Path) -> tuple[int, dict]:  # type: ignore[type-arg]

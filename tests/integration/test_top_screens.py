@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from tests.integration.cockpit_helpers import REPO, URI, kvmctl, qemu, write_spec
-from tests.integration.ops_helpers import domain_state, guest_run, sweep_set, wait_until
+from tests.integration.cockpit_helpers import REPO, URI, qemu
+from tests.integration.ops_helpers import applied_set, domain_state, guest_run, wait_until
 from tests.integration.screen_helpers import banner_bitmap, read_banner
 
 pytestmark = pytest.mark.integration
@@ -59,17 +59,10 @@ vms:
 """
 
 
-
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = write_spec(tmp_path_factory.mktemp("ts"), SPEC)
-    try:
-        result = kvmctl("apply", str(path), timeout=240)
-        assert result.returncode == 0, result.stderr
+    with applied_set(tmp_path_factory.mktemp("ts"), SET, SPEC) as path:
         yield path
-    finally:
-        kvmctl("destroy", str(path), timeout=120)
-        assert sweep_set(SET) == []
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,42 @@
+"""`kvmctl exporter FILE --listen HOST:PORT`: Prometheus metrics of a cockpit."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvmctl.cockpit import open_session
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, app
+from kvmctl.exporter import CockpitCollector, parse_listen, serve
+from kvmctl.spec import load_spec
+
+DEFAULT_LISTEN = "127.0.0.1:9477"
+
+
+@app.command()
+def exporter(
+    file: Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)],
+    connect: ConnectOpt = DEFAULT_URI,
+    listen: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to serve /metrics on ([::1]:PORT for IPv6).")
+    ] = DEFAULT_LISTEN,
+) -> None:
+    """Serve the set's metrics for Prometheus at http://HOST:PORT/metrics until SIGTERM or
+    Ctrl-C: VM state, readiness, supervisor restarts, CPU time per vCPU, audit drift,
+    hugepage backing, snapshots and snapshot/migration durations (docs/metrics.md)."""
+    host, port = parse_listen(listen)  # before anything else: a bad flag starts nothing
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    spec = load_spec(file)
+    session = open_session(spec, connect)
+    try:
+        if not stop.is_set():  # asked to stop while the session opened
+            serve(CockpitCollector(session), host, port, stop)
+    finally:
+        if session.virt is not None:
+            session.virt.close()
