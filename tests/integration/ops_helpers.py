@@ -50,9 +50,9 @@ def guest_run(domain: str, path: str, *args: str, timeout: float = 30, wait: boo
     raise AssertionError(f"{domain}: {path} {args} did not finish within {timeout} s")
 
 
-def tool(domain: str, *args: str, wait: bool = True) -> dict[str, str]:
+def tool(domain: str, *args: str, wait: bool = True, timeout: float = 30) -> dict[str, str]:
     """kvmctl-tool in the guest; its key=value words."""
-    out = guest_run(domain, "/usr/bin/kvmctl-tool", *args, wait=wait)
+    out = guest_run(domain, "/usr/bin/kvmctl-tool", *args, wait=wait, timeout=timeout)
     return dict(w.split("=", 1) for w in out.split() if "=" in w)
 
 
