@@ -77,9 +77,9 @@ lint:
 	$(BIN)/mypy $(MYPY_PATHS)
 	cd ansible && ../$(BIN)/ansible-lint --offline
 
-## bench: every bench/*.py, one after the other
+## bench: every bench/*.py, one after the other (bench/_*.py are shared helpers)
 bench:
-	@shopt -s nullglob; files=(bench/*.py); \
+	@shopt -s nullglob; files=(bench/[!_]*.py); \
 	if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks in bench/"; exit 0; fi; \
 	for f in "$${files[@]}"; do echo "== $$f"; $(PY) "$$f"; done
 

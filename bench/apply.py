@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from _common import spec_variant, write_spec
 
 from kvmctl import cockpit
 from kvmctl.planner.domain import build_domain, build_volume
@@ -54,21 +54,6 @@ class MarkerTail(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-
-
-def variant(spec_path: Path, set_name: str, only: str | None = None) -> Path:
-    data = yaml.safe_load(spec_path.read_text())
-    data["name"] = set_name
-    data.pop("networks", None)
-    for name, vm in list(data["vms"].items()):
-        vm.pop("networks", None)
-        if only is not None and name != only:
-            del data["vms"][name]
-    if only is not None:
-        data["vms"][only].pop("depends_on", None)
-    out = Path(tempfile.mkdtemp()) / "spec.yaml"
-    out.write_text(yaml.safe_dump(data))
-    return out
 
 
 def tails(plans: dict[str, VmPlan]) -> dict[str, MarkerTail]:
@@ -165,8 +150,8 @@ def main() -> None:
     parser.add_argument("--spec", type=Path, default=Path("examples/cockpit.yaml"))
     args = parser.parse_args()
     tag = secrets.token_hex(2)
-    full = variant(args.spec, f"bench-{tag}")
-    alone = variant(args.spec, f"bench-{tag}", only="cluster")
+    full = write_spec(spec_variant(args.spec, f"bench-{tag}"))
+    alone = write_spec(spec_variant(args.spec, f"bench-{tag}", keep={"cluster"}))
 
     cluster_alone = run_kvmctl(alone).cluster
     seq = run_bare(full, parallel=False)

@@ -26,21 +26,22 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import re
 import shutil
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
 import libvirt
+from _common import REPO, RESULTS, record, result_block
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "RESULTS.md"
+INTRO = (
+    "Boot time of the built-in test guests (`bench/boot.py`), from virDomainCreate to "
+    "KVMCTL-READY on the serial console and to the first agent answer."
+)
 TARGETS = {"test-guest": 5.0, "test-guest-rt": 8.0}
 UP_RE = re.compile(r"kvmctl-init: up ([0-9.]+)s")
 
@@ -191,39 +192,17 @@ def main() -> int:
         kernels = ", ".join(
             f"{f} {images[f].kernel_release} ({images[f].kernel.name})" for f in flavours
         )
-        load = os.getloadavg()[0]
-        block = (
-            f"### {datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC, {args.runs} runs, "
-            f"domain type {h.DOMAIN_TYPE}, {os.cpu_count()} CPUs, {others} other domains "
-            f"running at start, load {load:.1f} at end, {platform.node()}\n\n"
+        body = (
             f"Kernels: {kernels}. Fresh 64 MiB data disk per boot (formatted), VGA display, "
-            f"256 MiB, 1 vCPU.\n\n{table}\n\n" + "\n".join(f"- {r}" for r in ratios) + "\n"
+            "256 MiB, 1 vCPU."
         )
-        record(block)
+        load = f"load {os.getloadavg()[0]:.1f} at end"
+        block = result_block(
+            f"{args.runs} runs", h.DOMAIN_TYPE, others, load, body, table, ratios
+        )
+        record("boot", INTRO, block)
         print(f"\nrecorded in {RESULTS.relative_to(REPO)}")
     return 0
-
-
-def record(block: str) -> None:
-    """Append a block to the "boot" section of RESULTS.md, creating either if needed."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == "## boot"), None)
-    if start is None:
-        intro = (
-            "## boot\n\nBoot time of the built-in test guests (`bench/boot.py`), from "
-            "virDomainCreate to KVMCTL-READY on the serial console and to the first "
-            "agent answer.\n\n"
-        )
-        text = text.rstrip("\n") + "\n\n" + intro + block
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        head = "".join(lines[:end]).rstrip("\n") + "\n\n"
-        tail = "".join(lines[end:])
-        text = head + block + ("\n" + tail if tail else "")
-    RESULTS.write_text(text)
 
 
 if __name__ == "__main__":

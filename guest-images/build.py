@@ -92,8 +92,9 @@ FLAVOURS: dict[str, Flavour] = {
     ),
 }
 
-# Downloaded with apt-get (libc-only or static, so the host need not have them).
-DOWNLOADED_USERLAND = ["busybox-static", "netcat-traditional"]
+# Downloaded with apt-get (libc-only or static, so the host need not have them;
+# rt-tests' cyclictest also needs libnuma, which QEMU's own dependencies install).
+DOWNLOADED_USERLAND = ["busybox-static", "netcat-traditional", "rt-tests"]
 # Taken from the host's installed packages, with their shared libraries (ldd).
 HOST_USERLAND = {
     "qemu-guest-agent": ["/usr/sbin/qemu-ga"],
@@ -687,6 +688,9 @@ def assemble(flavour: Flavour, kernel_tree: Path, trees: dict[str, Path],
 
     nc = trees["netcat-traditional"] / "bin/nc.traditional"
     add_with_libs(img, nc, "usr/bin/nc.traditional")
+    # The timer-latency probe behind `kvmctl-tool jitter`.
+    cyclictest = trees["rt-tests"] / "usr/bin/cyclictest"
+    add_with_libs(img, cyclictest, "usr/bin/cyclictest")
     for binaries in HOST_USERLAND.values():
         for b in binaries:
             add_with_libs(img, Path(b), b)

@@ -54,9 +54,11 @@ def guest_run(
     raise AssertionError(f"{domain}: {path} {args} did not finish within {timeout} s")
 
 
-def tool(domain: str, *args: str, wait: bool = True, uri: str = URI) -> dict[str, str]:
+def tool(
+    domain: str, *args: str, wait: bool = True, timeout: float = 30, uri: str = URI
+) -> dict[str, str]:
     """kvmctl-tool in the guest; its key=value words."""
-    out = guest_run(domain, "/usr/bin/kvmctl-tool", *args, wait=wait, uri=uri)
+    out = guest_run(domain, "/usr/bin/kvmctl-tool", *args, wait=wait, timeout=timeout, uri=uri)
     return dict(w.split("=", 1) for w in out.split() if "=" in w)
 
 

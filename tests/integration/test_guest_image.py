@@ -76,6 +76,9 @@ def test_toolbox(test_guest: TestGuest) -> None:
     assert disk["written_mb"] == "4"
     dirty = test_guest.tool("dirty", "4", "2").fields()
     assert int(dirty["dirtied_mb"]) == 8
+    jitter = test_guest.tool("jitter", "1", "2000").fields()
+    assert jitter["period_us"] == "2000" and int(jitter["samples"]) > 0
+    assert int(jitter["min_us"]) <= int(jitter["p99_us"]) <= int(jitter["max_us"])
 
     assert "counter=started" in test_guest.tool("counter", "start").stdout
     test_guest.sh("sleep 1")
@@ -90,6 +93,8 @@ def test_toolbox(test_guest: TestGuest) -> None:
     assert test_guest.tool("watchdog", "status").stdout.strip() == "watchdog=none"
     bad = test_guest.tool("cpuloop", "x", check=False)
     assert bad.exitcode == 2 and "cpuloop SECONDS" in bad.stderr
+    bad = test_guest.tool("jitter", "0", check=False)
+    assert bad.exitcode == 2 and "jitter SECONDS" in bad.stderr
 
 
 def test_two_guests_on_a_bridge(guest_factory: GuestFactory, test_bridge: str) -> None:
