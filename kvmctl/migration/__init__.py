@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvmctl import history
 from kvmctl.adapters import migration as job_api
 from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.cockpit import plan_options
@@ -84,6 +85,10 @@ def migrate(
         for name in order:
             result = run_one(prepared[name], source, dest, progress)
             report.results.append(result)
+            if result.status == "completed":
+                history.record(
+                    spec.name, "migration", {name: result.seconds}, name=request.dest_uri
+                )
             if result.status != "completed":
                 moved = [r.vm for r in report.results if r.status == "completed"]
                 raise MigrationFailed(

@@ -193,14 +193,15 @@ def test_preflight_refuses_without_changing_either_host(mig: MigSet) -> None:
 
 
 def test_preflight_refuses_a_cpu_dedicated_there(tmp_path: Path, kvmctl_lab: LabState) -> None:
-    """The lab runs a safety VM on its only dedicable CPU: a dedicated VM
-    cannot arrive, though the same CPU number is free on the source."""
+    """A safety VM moved to the lab holds the lab's only dedicable CPU: a
+    second one cannot arrive there, though the same CPU is free on the source."""
     (tmp_path / "there").mkdir()
     (tmp_path / "here").mkdir()
     there = MigSet(tmp_path / "there", kvmctl_lab, placement="dedicated", criticality="safety")
     here = MigSet(tmp_path / "here", kvmctl_lab, placement="dedicated", criticality="safety")
     try:
-        run = kvmctl("apply", str(there.spec), "-c", kvmctl_lab.uri)
+        there.apply()
+        run = there.migrate("--copy-storage")
         assert run.returncode == 0, run.stderr
         here.apply()
         run = here.migrate("--copy-storage")
