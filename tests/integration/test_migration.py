@@ -260,28 +260,7 @@ def test_abort_mid_migration_leaves_the_guest_running_here(mig: MigSet) -> None:
     mig.apply()
     tool(mig.domain, "dirty", "64", "120", wait=False)
     time.sleep(2)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kvmctl.cli",
-            "migrate",
-            str(mig.spec),
-            "a",
-            "--to",
-            mig.lab.uri,
-            "--insecure",
-            "--copy-storage",
-            "--bandwidth",
-            "4MB/s",
-            "--no-auto-converge",
-            "--json",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_migrate(mig, "--bandwidth", "4MB/s", "--no-auto-converge")
     try:
         wait_for_job(mig.domain)
         run = kvmctl("migrate", "--abort", str(mig.spec), "a")

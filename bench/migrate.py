@@ -1,0 +1,224 @@
+"""Live migration: kvmctl's policy vs plain `virsh migrate --live` defaults, in one run.
+
+    .venv/bin/python bench/migrate.py [--dirty-mbps 64] [--bandwidth 32] [--patience 40]
+
+A lab host (kvmctl.testing) is started; one 256 MiB hugepage-backed test
+guest (shared CPU, 64 MiB disk copied over NBD) is applied here and moved to
+the lab four times:
+
+- idle guest, `kvmctl migrate` (its policy: downtime limit by criticality,
+  auto-converge, post-copy when pre-copy stops converging);
+- idle guest, the plain job `virsh migrate --live --p2p --persistent
+  --undefinesource --copy-storage-all` runs (same flags, libvirt defaults);
+- the same two with the guest dirtying `--dirty-mbps` MB/s of memory, both
+  capped at `--bandwidth` MiB/s so that the stream is slower than the dirtying:
+  the plain job is watched for `--patience` seconds and aborted if it has not
+  converged by then.
+
+Times and downtimes are libvirt's completed-job statistics on the
+destination. Absolute TCG figures are not representative; the comparison is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import libvirt  # noqa: E402
+
+from bench._common import record  # noqa: E402
+from kvmctl import cockpit, migration  # noqa: E402
+from kvmctl.adapters.migration import completed_stats  # noqa: E402
+from kvmctl.planner.migration import Overrides  # noqa: E402
+from kvmctl.testing.lab import LabHost, LabState  # noqa: E402
+from tests.integration.ops_helpers import tool  # noqa: E402
+
+SPEC = """\
+name: {name}
+host: {{housekeeping_cpus: [0]}}
+vms:
+  a:
+    cpu: {{placement: shared}}
+    memory: {{size: 256MiB, hugepages: 2MiB}}
+    image: {{builtin: test-guest}}
+    disk: {{size: 64MiB}}
+    ready: {{probe: agent, timeout: 90s}}
+"""
+SOURCE = "qemu:///system"
+
+
+def remove_from_lab(lab: LabState, domain: str) -> None:
+    conn = libvirt.open(lab.uri)
+    try:
+        try:
+            dom = conn.lookupByName(domain)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError:
+            pass
+        pool = conn.storagePoolLookupByName("kvmctl")
+        pool.refresh(0)
+        for vol in pool.listAllVolumes(0):
+            if vol.name().startswith(domain):
+                vol.delete(0)
+    finally:
+        conn.close()
+
+
+def kvmctl_move(spec: Path, lab: LabState, bandwidth: int | None) -> dict[str, object]:
+    request = migration.Request(
+        dest_uri=lab.uri,
+        migrate_uri=None,
+        copy_storage=True,
+        overrides=Overrides(bandwidth_mibps=bandwidth),
+    )
+    report = migration.migrate(spec, ["a"], SOURCE, request, insecure=True)
+    r = report.results[0]
+    return {
+        "converged": True,
+        "seconds": r.seconds,
+        "downtime_ms": r.downtime_ms,
+        "iterations": r.iterations,
+        "postcopy": r.postcopy,
+    }
+
+
+def plain_move(domain: str, lab: LabState, bandwidth: int | None, patience: float) -> dict:
+    """What `virsh migrate --live --p2p --persistent --undefinesource
+    --copy-storage-all --migrateuri tcp://LAB [--bandwidth N]` does."""
+    conn = libvirt.open(SOURCE)
+    dom = conn.lookupByName(domain)
+    flags = (
+        libvirt.VIR_MIGRATE_LIVE
+        | libvirt.VIR_MIGRATE_PEER2PEER
+        | libvirt.VIR_MIGRATE_PERSIST_DEST
+        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+        | libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    )
+    params: dict[str, object] = {libvirt.VIR_MIGRATE_PARAM_URI: lab.migrate_uri}
+    if bandwidth:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            dom.migrateToURI3(lab.uri, params, flags)
+        except libvirt.libvirtError as err:
+            error.append(err)
+
+    job = threading.Thread(target=run, daemon=True)
+    job.start()
+    job.join(patience)
+    if job.is_alive():
+        stats = dom.jobStats()
+        dom.abortJob()
+        job.join(120)
+        conn.close()
+        return {
+            "converged": False,
+            "seconds": patience,
+            "iterations": stats.get("memory_iteration"),
+            "remaining_mib": round(stats.get("data_remaining", 0) / 2**20, 1),
+        }
+    conn.close()
+    if error:
+        return {"converged": False, "error": str(error[0])}
+    dest = libvirt.open(lab.uri)
+    try:
+        stats = completed_stats(dest.lookupByName(domain))
+    finally:
+        dest.close()
+    return {
+        "converged": True,
+        "seconds": stats.get("time_elapsed", 0) / 1000,
+        "downtime_ms": stats.get("downtime"),
+        "iterations": stats.get("memory_iteration"),
+    }
+
+
+def one_case(
+    spec: Path, name: str, lab: LabState, dirty: int, bandwidth: int | None, patience: float
+) -> tuple[dict, dict]:
+    domain = f"{name}-a"
+    out = []
+    for mover in ("kvmctl", "plain"):
+        cockpit.apply(spec, SOURCE)
+        if dirty:
+            tool(domain, "dirty", str(dirty), "600", wait=False)
+            time.sleep(3)
+        try:
+            if mover == "kvmctl":
+                out.append(kvmctl_move(spec, lab, bandwidth))
+            else:
+                out.append(plain_move(domain, lab, bandwidth, patience))
+        finally:
+            cockpit.destroy(spec, SOURCE)
+            remove_from_lab(lab, domain)
+    return out[0], out[1]
+
+
+def fmt(r: dict) -> str:
+    if not r.get("converged"):
+        detail = r.get("error") or (
+            f"still iterating after {r['seconds']:.0f} s (pass {r.get('iterations')}, "
+            f"{r.get('remaining_mib')} MiB left), aborted"
+        )
+        return f"did not converge: {detail}"
+    extra = ", post-copy" if r.get("postcopy") else ""
+    return (
+        f"total {r['seconds']:.2f} s, downtime {r['downtime_ms']} ms, "
+        f"{r['iterations']} passes{extra}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dirty-mbps", type=int, default=64)
+    ap.add_argument("--bandwidth", type=int, default=32, help="MiB/s cap in the dirty case")
+    ap.add_argument("--patience", type=float, default=40.0)
+    args = ap.parse_args()
+    name = f"kvt-bench-mig-{secrets.token_hex(2)}"
+    spec = Path(f"/tmp/{name}.yaml")
+    spec.write_text(SPEC.format(name=name))
+    try:
+        with LabHost() as lab:
+            idle = one_case(spec, name, lab, 0, None, args.patience)
+            dirty = one_case(spec, name, lab, args.dirty_mbps, args.bandwidth, args.patience)
+    finally:
+        spec.unlink(missing_ok=True)
+    lines = [
+        f"idle 256 MiB hugepage guest, kvmctl policy: {fmt(idle[0])}",
+        f"idle 256 MiB hugepage guest, plain virsh defaults: {fmt(idle[1])}",
+        f"dirtying {args.dirty_mbps} MB/s, {args.bandwidth} MiB/s cap, kvmctl policy: "
+        f"{fmt(dirty[0])}",
+        f"dirtying {args.dirty_mbps} MB/s, {args.bandwidth} MiB/s cap, plain virsh defaults: "
+        f"{fmt(dirty[1])}",
+    ]
+    if idle[0].get("downtime_ms") and idle[1].get("downtime_ms"):
+        lines.append(
+            f"idle downtime kvmctl / plain: {idle[0]['downtime_ms'] / idle[1]['downtime_ms']:.2f}"
+        )
+    block = "\n".join(lines)
+    print(block)
+    head = (
+        f"### {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, TCG, "
+        f"load {os.getloadavg()[0]:.1f} at the end"
+    )
+    record(
+        "migrate",
+        "Live migration to a lab host (kvmctl.testing), disks copied over NBD; "
+        "libvirt's completed-job statistics on the destination.",
+        f"{head}\n\n```\n{block}\n```\n",
+    )
+
+
+if __name__ == "__main__":
+    main()
