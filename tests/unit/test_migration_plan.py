@@ -19,8 +19,8 @@ from kvmctl.planner.migration import (
 )
 from kvmctl.planner.plan import PlanOptions, make_plan
 from kvmctl.xml.base import parse_xml
-from kvmctl.xml.migratable import retarget
 from kvmctl.xml.metadata import read_kvmctl_metadata
+from kvmctl.xml.migratable import retarget
 from tests.unit.planner_helpers import facts, spec
 
 pytestmark = pytest.mark.unit
