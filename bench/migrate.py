@@ -191,6 +191,7 @@ def main() -> None:
     try:
         with LabHost() as lab:
             idle = one_case(spec, name, lab, 0, None, args.patience)
+            print(f"idle: kvmctl {fmt(idle[0])}; plain {fmt(idle[1])}", flush=True)
             dirty = one_case(spec, name, lab, args.dirty_mbps, args.bandwidth, args.patience)
     finally:
         spec.unlink(missing_ok=True)
