@@ -16,7 +16,7 @@ from kvmctl.adapters import migration as job_api
 from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.cockpit import plan_options
 from kvmctl.errors import ApplyError, UsageError
-from kvmctl.migration.preflight import Request, prepare
+from kvmctl.migration.preflight import Prepared, Request, prepare
 from kvmctl.migration.run import MigrationResult, ProgressFn, run_one
 from kvmctl.migration.transport import check_destination, default_migrate_uri
 from kvmctl.planner.migration import migration_order
@@ -80,7 +80,7 @@ def migrate(
         dest = Virt(open_connection(request.dest_uri))
         order = migration_order(spec, names)
         prepared, notes = prepare(spec, order, source, dest, request, plan_options(spec))
-        report = MigrationReport(request.dest_uri, notes=notes + _host_side_notes(spec, order))
+        report = MigrationReport(request.dest_uri, notes=notes + _host_side_notes(prepared))
         _ensure_pools(source, dest, {c.pool for p in prepared.values() for c in p.copies})
         for name in order:
             result = run_one(prepared[name], source, dest, progress)
@@ -114,17 +114,16 @@ def _ensure_pools(source: Virt, dest: Virt, pools: set[str]) -> None:
             dest.ensure_pool(xml, pool)
 
 
-def _host_side_notes(spec: Cockpit, names: list[str]) -> list[str]:
+def _host_side_notes(prepared: dict[str, Prepared]) -> list[str]:
     """What libvirt does not carry: kvmctl sets these on the host itself."""
     notes = []
-    for name in names:
-        vm = spec.vms[name]
-        if vm.cpu.realtime is not None:
+    for name, p in prepared.items():
+        if p.plan.realtime is not None:
             notes.append(
                 f"VM '{name}': its vCPUs run SCHED_OTHER on the destination until `kvmctl apply` "
                 "runs there (real-time policy and RT budgets are set by kvmctl on the host)"
             )
-        if any(a.bandwidth for a in vm.networks if hasattr(a, "bandwidth")):
+        if any(nic.bandwidth for nic in p.plan.nics):
             notes.append(
                 f"VM '{name}': NIC shaping is set by kvmctl on the host; run `kvmctl apply` on "
                 "the destination to shape it there"

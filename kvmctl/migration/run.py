@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kvmctl.adapters import migration as job_api
@@ -43,7 +43,7 @@ class MigrationResult:
     source_state: str | None = None  # after a failure: where the guest is
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return asdict(self)
 
 
 class Aborted(Exception):

@@ -8,7 +8,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import libvirt
@@ -18,7 +18,7 @@ from kvmctl.host import threads
 from kvmctl.testing import lab as labs
 from kvmctl.testing.lab import LabState
 from tests.integration.cockpit_helpers import REPO, URI, kvmctl, sweep, write_spec
-from tests.integration.ops_helpers import counter, guest_run, tool
+from tests.integration.ops_helpers import counter, guest_run, tool, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -79,20 +79,19 @@ class MigSet:
 
     def cleanup(self) -> None:
         sweep(self.name)
-        for uri in (self.lab.uri,):
-            try:
-                conn = libvirt.open(uri)
-            except libvirt.libvirtError:
-                continue
-            try:
-                for dom in conn.listAllDomains():
-                    if dom.name().startswith(self.name):
-                        if dom.isActive():
-                            dom.destroy()
-                        dom.undefine()
-                _delete_volumes(conn, self.name)
-            finally:
-                conn.close()
+        try:
+            conn = libvirt.open(self.lab.uri)
+        except libvirt.libvirtError:
+            return  # the lab is gone, and everything in it
+        try:
+            for dom in conn.listAllDomains():
+                if dom.name().startswith(self.name):
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefine()
+            _delete_volumes(conn, self.name)
+        finally:
+            conn.close()
 
 
 def _delete_volumes(conn: libvirt.virConnect, prefix: str) -> None:
@@ -292,9 +291,9 @@ def wait_for_job(domain: str, timeout: float = 60) -> None:
 
 
 def test_destination_libvirtd_killed_mid_migration(
-    tmp_path: Path, kvmctl_lab_factory: object
+    tmp_path: Path, kvmctl_lab_factory: Callable[[], LabState]
 ) -> None:
-    lab = kvmctl_lab_factory()  # type: ignore[operator]
+    lab = kvmctl_lab_factory()
     s = MigSet(tmp_path, lab)
     try:
         s.apply()
@@ -310,7 +309,7 @@ def test_destination_libvirtd_killed_mid_migration(
         # Started again, the lab's libvirtd finds the failed incoming job and
         # removes its half-arrived guest: nothing is left there.
         labs.start_libvirtd(lab)
-        assert wait_until(lambda: lab_domains(lab, s.name) == {}, 30)
+        wait_until(lambda: lab_domains(lab, s.name) == {}, 30, "the lab to drop the guest")
     finally:
         s.cleanup()
 
@@ -336,15 +335,6 @@ def start_migrate(s: MigSet, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_until(check: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.5)
-    return False
 
 
 @pytest.fixture(scope="module")
