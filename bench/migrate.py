@@ -1,6 +1,6 @@
 """Live migration: kvmctl's policy vs plain `virsh migrate --live` defaults, in one run.
 
-    .venv/bin/python bench/migrate.py [--dirty-mbps 64] [--bandwidth 32] [--patience 40]
+    .venv/bin/python bench/migrate.py [--dirty-mbps 64] [--bandwidth 32] [--patience 90]
 
 A lab host (kvmctl.testing) is started; one 256 MiB hugepage-backed test
 guest (shared CPU, 64 MiB disk copied over NBD) is applied here and moved to
@@ -183,7 +183,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dirty-mbps", type=int, default=64)
     ap.add_argument("--bandwidth", type=int, default=32, help="MiB/s cap in the dirty case")
-    ap.add_argument("--patience", type=float, default=40.0)
+    ap.add_argument("--patience", type=float, default=90.0)
     args = ap.parse_args()
     name = f"kvt-bench-mig-{secrets.token_hex(2)}"
     spec = Path(f"/tmp/{name}.yaml")
