@@ -25,7 +25,6 @@ import argparse
 import os
 import secrets
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,9 +34,9 @@ import libvirt  # noqa: E402
 
 from bench._common import record  # noqa: E402
 from kvmctl import cockpit, migration  # noqa: E402
-from kvmctl.adapters.migration import completed_stats  # noqa: E402
 from kvmctl.planner.migration import Overrides  # noqa: E402
 from kvmctl.testing.lab import LabHost, LabState  # noqa: E402
+from tests.integration.migration_helpers import plain_move  # noqa: E402
 from tests.integration.ops_helpers import tool  # noqa: E402
 
 SPEC = """\
@@ -88,59 +87,6 @@ def kvmctl_move(spec: Path, lab: LabState, bandwidth: int | None) -> dict[str, o
         "downtime_ms": r.downtime_ms,
         "iterations": r.iterations,
         "postcopy": r.postcopy,
-    }
-
-
-def plain_move(domain: str, lab: LabState, bandwidth: int | None, patience: float) -> dict:
-    """What `virsh migrate --live --p2p --persistent --undefinesource
-    --copy-storage-all --migrateuri tcp://LAB [--bandwidth N]` does."""
-    conn = libvirt.open(SOURCE)
-    dom = conn.lookupByName(domain)
-    flags = (
-        libvirt.VIR_MIGRATE_LIVE
-        | libvirt.VIR_MIGRATE_PEER2PEER
-        | libvirt.VIR_MIGRATE_PERSIST_DEST
-        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-        | libvirt.VIR_MIGRATE_NON_SHARED_DISK
-    )
-    params: dict[str, object] = {libvirt.VIR_MIGRATE_PARAM_URI: lab.migrate_uri}
-    if bandwidth:
-        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            dom.migrateToURI3(lab.uri, params, flags)
-        except libvirt.libvirtError as err:
-            error.append(err)
-
-    job = threading.Thread(target=run, daemon=True)
-    job.start()
-    job.join(patience)
-    if job.is_alive():
-        stats = dom.jobStats()
-        dom.abortJob()
-        job.join(120)
-        conn.close()
-        return {
-            "converged": False,
-            "seconds": patience,
-            "iterations": stats.get("memory_iteration"),
-            "remaining_mib": round(stats.get("data_remaining", 0) / 2**20, 1),
-        }
-    conn.close()
-    if error:
-        return {"converged": False, "error": str(error[0])}
-    dest = libvirt.open(lab.uri)
-    try:
-        stats = completed_stats(dest.lookupByName(domain))
-    finally:
-        dest.close()
-    return {
-        "converged": True,
-        "seconds": stats.get("time_elapsed", 0) / 1000,
-        "downtime_ms": stats.get("downtime"),
-        "iterations": stats.get("memory_iteration"),
     }
 
 
