@@ -23,6 +23,9 @@ POLL_SECONDS = 0.25
 # After an abort QEMU cancels the stream and libvirt cleans up the destination.
 ABORT_GRACE_SECONDS = 60.0
 
+# How long an abort after losing the destination may take before kvmctl
+# closes the job's sockets itself.
+YANK_AFTER_SECONDS = 5.0
 DESTINATION_LOST = "the destination stopped answering (keepalive)"
 
 ProgressFn = Callable[[str, JobProgress], None]
@@ -100,12 +103,18 @@ def _watch(
     history: list[JobProgress] = []
     downtime_set = False
     reason = None
+    lost_at: float | None = None
     while not job.wait(POLL_SECONDS):
         if reason is None and not dest.alive() and not job.postcopy_started:
             # Our own connection's keepalive went unanswered: libvirt's job
             # may wait much longer (e.g. while it copies disks over NBD).
             reason = DESTINATION_LOST
+            lost_at = time.monotonic()
             job.abort()
+        if lost_at is not None and time.monotonic() - lost_at > YANK_AFTER_SECONDS:
+            # The abort is stuck on writes to the dead link: cut the sockets.
+            job.yank()
+            lost_at = None
         now = job.progress()
         if now is None:
             continue

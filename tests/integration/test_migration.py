@@ -328,6 +328,38 @@ def test_destination_libvirtd_killed_mid_migration(
         s.cleanup()
 
 
+def test_network_loss_mid_migration_fails_within_keepalive(
+    tmp_path: Path, kvmctl_lab_factory: Callable[[], LabState]
+) -> None:
+    """The lab's end of the veth goes down while the disk is being copied: the
+    job fails within the keepalive bound (plus kvmctl's yank of the stuck
+    sockets) and the guest keeps running here, unpaused."""
+    lab = kvmctl_lab_factory()
+    s = MigSet(tmp_path, lab)
+    try:
+        s.apply()
+        tool(s.domain, "dirty", "64", "180", wait=False)
+        proc = start_migrate(s, "--bandwidth", "4MB/s", "--no-auto-converge")
+        wait_for_job(s.domain)
+        labs.set_link(lab, up=False)
+        cut = time.monotonic()
+        out, err = proc.communicate(timeout=180)
+        took = time.monotonic() - cut
+        labs.set_link(lab, up=True)
+        assert proc.returncode == 1, err
+        result = json.loads(out)["vms"][0]
+        assert result["status"] == "failed"
+        assert "keepalive" in result["error"]
+        # kvmctl's connection to the destination: keepalive 5 s x 3, then a
+        # 5 s grace for the abort before the sockets are yanked.
+        assert took < 60, f"the failure took {took:.0f} s"
+        assert source_state(s.domain) == libvirt.VIR_DOMAIN_RUNNING
+        assert guest_run(s.domain, "/bin/echo", "here").strip() == "here"
+    finally:
+        labs.set_link(lab, up=True)
+        s.cleanup()
+
+
 def start_migrate(s: MigSet, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
