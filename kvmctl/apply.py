@@ -52,6 +52,7 @@ class ApplyResult:
     bridges: list[tuple[str, str]]  # (action, bridge)
     notes: list[str]
     seconds: float
+    hosts: dict[str, str] = field(default_factory=dict)  # VM -> host, in a multi-host set
 
     @property
     def changed(self) -> bool:
@@ -84,7 +85,10 @@ class Applier:
         # One netlink socket, used from the VM threads one at a time.
         self._net_lock = threading.Lock()
 
-    def run(self) -> ApplyResult:
+    def run(self, commit: bool = True) -> ApplyResult:
+        """Apply the plan; on failure undo it and raise ApplyError. With
+        `commit` False the undo steps are kept after success, for a caller
+        applying several hosts to `rollback()` when a later host fails."""
         t0 = time.monotonic()
         outcomes: dict[str, VmOutcome] = {}
         actions = {a.vm: a for a in self.plan.actions}
@@ -107,8 +111,13 @@ class Applier:
             raise ApplyError(
                 f"apply of '{self.plan.set_name}' failed and was rolled back: {cause}{extra}"
             ) from None
-        self.journal.forget()
+        if commit:
+            self.journal.forget()
         return ApplyResult(self.plan.set_name, outcomes, bridges, self.notes, time.monotonic() - t0)
+
+    def rollback(self) -> list[str]:
+        """Undo a successful uncommitted run; returns the steps that failed."""
+        return self.journal.rollback()
 
     # --- infrastructure ------------------------------------------------------------
 

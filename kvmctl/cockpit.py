@@ -7,19 +7,20 @@ call them the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kvmctl import history, images
+from kvmctl import history, images, remote
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.apply import Applier, ApplyResult, Progress, destroy_domain
 from kvmctl.audit import compare, drift, observe, repair_actions
-from kvmctl.errors import HostError
-from kvmctl.host.facts import HostFacts
+from kvmctl.errors import ApplyError, HostError
+from kvmctl.host.facts import HostFacts, VirtType
 from kvmctl.host.probe import probe_host
 from kvmctl.livestate import read_live
+from kvmctl.planner.hosts import host_groups, is_remote
 from kvmctl.planner.live import LiveState
 from kvmctl.planner.plan import Plan, PlanOptions, make_plan
 from kvmctl.setlock import set_lock
@@ -34,6 +35,8 @@ class Session:
     plan: Plan
     virt: Virt | None  # None when planning offline from a facts file
     options: PlanOptions
+    host: str | None = None  # the spec's host: these VMs are planned for
+    remote: bool = False  # reached through libvirt only (see planner.hosts.is_remote)
 
 
 def plan_options(spec: Cockpit) -> PlanOptions:
@@ -56,22 +59,34 @@ def open_session(
     uri: str,
     *,
     facts_file: Path | None = None,
+    host: str | None = None,
 ) -> Session:
-    """Load the spec, read the host and what runs, and plan. With `facts_file`
-    nothing on this host is touched: the plan is for the host those facts describe."""
+    """Load the spec, read the host and what runs, and plan the VMs placed on
+    `host` (None: those without host:). With `facts_file` nothing on this host
+    is touched: the plan is for the host those facts describe. A remote `uri`
+    is read through its libvirt alone (kvmctl.remote)."""
     if not isinstance(spec, Cockpit):
         spec = load_spec(spec)
     options = plan_options(spec)
+    wanted = spec.hosts[host].virt_type if host is not None else None
     if facts_file is not None:
-        facts = HostFacts.load(facts_file)
-        plan = make_plan(spec, facts, LiveState(), options)
-        return Session(spec, uri, facts, plan, None, options)
+        facts = _virt_type(HostFacts.load(facts_file), wanted)
+        plan = make_plan(spec, facts, LiveState(), options, host=host)
+        return Session(spec, uri, facts, plan, None, options, host)
     virt = Virt(open_connection(uri))
-    facts = probe_host(uri)
-    with Netlink() as nl:
-        live = read_live(virt, nl.bridges)
-    plan = make_plan(spec, facts, live, options)
-    return Session(spec, uri, facts, plan, virt, options)
+    if is_remote(uri):
+        facts = remote.facts(virt, wanted)
+        live = read_live(virt, lambda: remote.bridges(virt, spec))
+    else:
+        facts = _virt_type(probe_host(uri), wanted)
+        with Netlink() as nl:
+            live = read_live(virt, nl.bridges)
+    plan = make_plan(spec, facts, live, options, host=host)
+    return Session(spec, uri, facts, plan, virt, options, host, is_remote(uri))
+
+
+def _virt_type(facts: HostFacts, wanted: VirtType | None) -> HostFacts:
+    return facts if wanted is None else facts.model_copy(update={"virt_type": wanted})
 
 
 def replan(session: Session) -> Session:
@@ -81,12 +96,15 @@ def replan(session: Session) -> Session:
     are not re-read, so its bridge actions are not to be applied."""
     assert session.virt is not None
     live = read_live(session.virt)
-    return replace(session, plan=make_plan(session.spec, session.facts, live, session.options))
+    plan = make_plan(session.spec, session.facts, live, session.options, host=session.host)
+    return replace(session, plan=plan)
 
 
 def preflight(session: Session) -> None:
     """Everything the host must offer before anything is created (exit 3)."""
     reasons = list(session.plan.problems)
+    if session.remote:
+        reasons += remote.problems(session.plan, session.host, session.uri)
     facts = session.facts
     for daemon, up in sorted(facts.daemons.items()):
         if not up:
@@ -99,40 +117,126 @@ def preflight(session: Session) -> None:
                 images.artifacts(vm.image.builtin)
             except HostError as err:
                 reasons.append(f"VM '{name}': {err}")
-        elif vm.image.path and not Path(vm.image.path).is_file():
+        elif vm.image.path and not session.remote and not Path(vm.image.path).is_file():
             reasons.append(f"VM '{name}': image {vm.image.path} does not exist")
     if reasons:
+        where = f"host '{session.host}' ({session.uri})" if session.host else "this host"
         raise HostError(
-            f"this host cannot run cockpit '{session.spec.name}' as planned; nothing was changed",
+            f"{where} cannot run cockpit '{session.spec.name}' as planned; nothing was changed",
             reasons,
         )
+
+
+def open_sessions(spec: Cockpit, uri: str, host: str | None = None) -> list[Session]:
+    """One session per host the spec's VMs run on, in the order they are
+    applied (kvmctl.planner.hosts); VMs without host: are planned on `uri`.
+    With `host`, only that host's VMs, planned on `uri`."""
+    return [open_session(spec, g.uri, host=g.name) for g in host_groups(spec, uri, host)]
 
 
 def apply(
     spec: Cockpit | str | Path,
     uri: str,
     progress: Progress | None = None,
+    host: str | None = None,
 ) -> ApplyResult:
+    """Preflight every host, then apply them one after the other. When a host
+    fails, what this run did on the hosts before it is undone as well."""
     spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
     with set_lock(spec.name):
-        return _apply_locked(spec, uri, progress)
+        sessions = open_sessions(spec, uri, host)
+        preflight_all(sessions)
+        with ExitStack() as stack:
+            local = any(not s.remote for s in sessions)
+            netlink = stack.enter_context(Netlink()) if local else None
+            return _apply_hosts(sessions, netlink, progress)
 
 
-def _apply_locked(spec: Cockpit, uri: str, progress: Progress | None) -> ApplyResult:
-    session = open_session(spec, uri)
-    preflight(session)
-    assert session.virt is not None
-    session.plan = _repair_drift(session.plan, session.virt)
-    with Netlink() as nl:
-        return Applier(
+def _apply_hosts(
+    sessions: list[Session], netlink: Netlink | None, progress: Progress | None
+) -> ApplyResult:
+    done: list[Applier] = []
+    results: list[ApplyResult] = []
+    for session in sessions:
+        assert session.virt is not None
+        if not session.remote:
+            session.plan = _repair_drift(session.plan, session.virt)
+        applier = Applier(
             session.virt,
             session.plan,
-            netlink=nl,
+            netlink=None if session.remote else netlink,
             rt_by_thread=session.facts.rt_group_sched,
             pool_path=session.options.pool_path,
             host_cpus=max(session.facts.cpu_ids, default=0) + 1,
             progress=progress,
-        ).run()
+        )
+        try:
+            results.append(applier.run(commit=False))
+        except BaseException as err:
+            failures = [f for earlier in reversed(done) for f in earlier.rollback()]
+            if not done or isinstance(err, KeyboardInterrupt):
+                raise
+            hosts = ", ".join(_label(s) for s in sessions[: len(done)])
+            extra = ("; " + "; ".join(failures)) if failures else ""
+            raise ApplyError(
+                f"{err}; what this run did on {hosts} was rolled back{extra}"
+            ) from None
+        done.append(applier)
+    for applier in done:
+        applier.journal.forget()
+    return _merged(sessions, results)
+
+
+def _merged(sessions: list[Session], results: list[ApplyResult]) -> ApplyResult:
+    if len(results) == 1:
+        return results[0]
+    merged = ApplyResult(results[0].set_name, {}, [], [], sum(r.seconds for r in results))
+    for session, result in zip(sessions, results, strict=True):
+        merged.outcomes.update(result.outcomes)
+        merged.bridges += result.bridges
+        merged.notes += result.notes
+        merged.hosts.update({vm: _label(session) for vm in result.outcomes})
+    return merged
+
+
+def _label(session: Session) -> str:
+    return session.host or session.uri
+
+
+def preflight_all(sessions: list[Session]) -> None:
+    """Preflight of every host, reported together (exit 3), plus what only
+    shows across hosts: a VM moved by a migration that the spec would start
+    again where it came from."""
+    if len(sessions) == 1:
+        preflight(sessions[0])
+        return
+    reasons: list[str] = []
+    for session in sessions:
+        try:
+            preflight(session)
+        except HostError as err:
+            reasons += [f"{_label(session)}: {r}" for r in err.reasons] or [str(err)]
+    starting = {
+        a.vm: _label(s)
+        for s in sessions
+        for a in s.plan.actions
+        if a.kind in ("create", "restart", "start")
+    }
+    for session in sessions:
+        reasons += [
+            f"VM '{vm}' runs on {_label(session)} but the spec places it on {starting[vm]}: "
+            f"applying would start a second copy; set its host: to where it runs, or migrate "
+            "it back"
+            for vm in session.plan.strays
+            if vm in starting
+        ]
+    if reasons:
+        names = ", ".join(_label(s) for s in sessions)
+        raise HostError(
+            f"the hosts of cockpit '{sessions[0].spec.name}' ({names}) cannot run it as planned; "
+            "nothing was changed",
+            reasons,
+        )
 
 
 def _repair_drift(plan: Plan, virt: Virt) -> Plan:
@@ -157,34 +261,45 @@ class DestroyResult:
 
 
 def destroy(
-    spec: Cockpit | str | Path, uri: str, progress: Callable[[str, str], None] | None = None
+    spec: Cockpit | str | Path,
+    uri: str,
+    progress: Callable[[str, str], None] | None = None,
+    host: str | None = None,
 ) -> DestroyResult:
-    """Stop and undefine the set's domains, delete their volumes and the
-    bridges kvmctl made for the set. Nothing it does not own is touched."""
+    """Stop and undefine the set's domains on each of its hosts, delete their
+    volumes and the bridges kvmctl made for the set on this machine. Nothing
+    it does not own is touched."""
     spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
-    with set_lock(spec.name):
-        return _destroy_locked(spec, uri, progress)
-
-
-def _destroy_locked(
-    spec: Cockpit, uri: str, progress: Callable[[str, str], None] | None
-) -> DestroyResult:
-    session = open_session(spec, uri)
-    assert session.virt is not None
     say = progress or (lambda _vm, _what: None)
-    virt = session.virt
     result = DestroyResult([], [], [])
-    owned = [d for d in virt.domains() if d.meta and d.meta.set_name == session.spec.name]
+    with set_lock(spec.name):
+        for group in host_groups(spec, uri, host):
+            virt = Virt(open_connection(group.uri))
+            try:
+                _destroy_domains(virt, spec.name, say, result)
+            finally:
+                virt.close()
+            if not group.remote:
+                _destroy_bridges(spec.name, say, result)
+    history.forget(spec.name)  # the durations of snapshots that went with the domains
+    return result
+
+
+def _destroy_domains(
+    virt: Virt, set_name: str, say: Callable[[str, str], None], result: DestroyResult
+) -> None:
+    owned = [d for d in virt.domains() if d.meta and d.meta.set_name == set_name]
     for info in sorted(owned, key=lambda d: d.name):
         say(info.meta.vm_name if info.meta else info.name, "destroying")
         result.volumes += destroy_domain(virt, info.name)
         result.domains.append(info.name)
+
+
+def _destroy_bridges(set_name: str, say: Callable[[str, str], None], result: DestroyResult) -> None:
     with Netlink() as nl:
         nl.prune_shaping()  # ifb devices of the taps that went with the domains
         for bridge, alias in sorted(nl.bridges().items()):
-            if alias and alias.startswith(f"kvmctl:{session.spec.name}:"):
+            if alias and alias.startswith(f"kvmctl:{set_name}:") and bridge not in result.bridges:
                 say("-", f"removing bridge {bridge}")
                 nl.delete_bridge(bridge, alias)
                 result.bridges.append(bridge)
-    history.forget(session.spec.name)  # the durations of snapshots that went with the domains
-    return result

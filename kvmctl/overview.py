@@ -9,23 +9,28 @@ from pathlib import Path
 from typing import Any
 
 from kvmctl import history
-from kvmctl.cockpit import Session, open_session
+from kvmctl.cockpit import Session, open_sessions
 from kvmctl.snapshot import snapshot_summary
-from kvmctl.spec import Cockpit
+from kvmctl.spec import Cockpit, load_spec
 from kvmctl.status import VmStatus, add_history, cockpit_status
 from kvmctl.supervise import supervisor_state
 
 
-def overview(spec: Cockpit | str | Path, uri: str) -> tuple[Session, list[VmStatus]]:
-    session = open_session(spec, uri)
-    return session, gather(session)
+def overview(
+    spec: Cockpit | str | Path, uri: str, host: str | None = None
+) -> tuple[Cockpit, list[VmStatus]]:
+    """Status rows of the set on each of its hosts (or only `host`, on `uri`)."""
+    spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
+    return spec, [row for s in open_sessions(spec, uri, host) for row in gather(s)]
 
 
 def gather(session: Session, supervisor: dict[str, Any] | None = None) -> list[VmStatus]:
     """The status rows of an open session (on its connection). `supervisor`:
     the supervisor state already read by the caller, else it is read here."""
     assert session.virt is not None
-    rows = cockpit_status(session.virt, session.plan)
+    rows = cockpit_status(session.virt, session.plan, session.remote)
+    for row in rows:
+        row.host = session.host
     if supervisor is None:
         supervisor = supervisor_state(session.spec.name) or {}
     add_history(

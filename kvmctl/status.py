@@ -35,6 +35,7 @@ class VmStatus:
     vm: str
     domain: str
     state: str
+    host: str | None = None  # the spec's host: of the VM, in a multi-host set
     ready: bool | None = None
     uptime_s: float | None = None
     pid: int | None = None
@@ -59,14 +60,7 @@ class VmStatus:
 
 
 def vm_status(virt: Virt, plan: VmPlan, states: dict[str, int]) -> VmStatus:
-    st = VmStatus(
-        vm=plan.name,
-        domain=plan.domain,
-        state=STATE_NAMES.get(states[plan.domain], "?") if plan.domain in states else "absent",
-        vcpus_planned=[format_cpuset(c) for c in plan.placement.vcpu_pins],
-        emulator_planned=format_cpuset(plan.placement.emulator),
-        hugepages_planned_kib=plan.vm.memory.size // 1024 if plan.vm.memory.hugepages else 0,
-    )
+    st = _planned(plan, states)
     if st.state not in ("running", "paused"):
         return st
     pid = threads.qemu_pid(plan.domain)
@@ -91,13 +85,45 @@ def vm_status(virt: Virt, plan: VmPlan, states: dict[str, int]) -> VmStatus:
     return st
 
 
+def _planned(plan: VmPlan, states: dict[str, int]) -> VmStatus:
+    return VmStatus(
+        vm=plan.name,
+        domain=plan.domain,
+        state=STATE_NAMES.get(states[plan.domain], "?") if plan.domain in states else "absent",
+        vcpus_planned=[format_cpuset(c) for c in plan.placement.vcpu_pins],
+        emulator_planned=format_cpuset(plan.placement.emulator),
+        hugepages_planned_kib=plan.vm.memory.size // 1024 if plan.vm.memory.hugepages else 0,
+    )
+
+
+def remote_vm_status(virt: Virt, plan: VmPlan, states: dict[str, int]) -> VmStatus:
+    """A VM on a host kvmctl reaches only through libvirt: affinity, shares and
+    quota as that libvirtd reads them there. Uptime, hugepages and thread
+    scheduling live in that host's /proc and stay unknown (None) here."""
+    st = _planned(plan, states)
+    if st.state not in ("running", "paused"):
+        return st
+    tune = virt.in_force(plan.domain)
+    st.vcpus_actual = [format_cpuset(c) for c in tune.vcpus]
+    st.emulator_actual = format_cpuset(tune.emulator)
+    st.shares, st.quota_us = tune.shares, tune.quota_us
+    st.ready = _agent_answers(virt, plan)
+    st.drift = drift(plan, st)
+    return st
+
+
 def drift(plan: VmPlan, st: VmStatus) -> list[str]:
     out = []
     if st.vcpus_actual != st.vcpus_planned:
         out.append(f"vCPU affinity {st.vcpus_actual} != planned {st.vcpus_planned}")
     if st.emulator_actual != st.emulator_planned:
         out.append(f"emulator threads on {st.emulator_actual} != planned {st.emulator_planned}")
-    if st.hugepages_planned_kib and st.hugepages_actual_kib != st.hugepages_planned_kib:
+    seen_hugepages = st.hugepages_actual_kib is not None
+    if (
+        seen_hugepages
+        and st.hugepages_planned_kib
+        and st.hugepages_actual_kib != st.hugepages_planned_kib
+    ):
         out.append(
             f"hugepages {st.hugepages_actual_kib} KiB != planned {st.hugepages_planned_kib} KiB"
         )
@@ -108,7 +134,7 @@ def drift(plan: VmPlan, st: VmStatus) -> list[str]:
         out.append(f"cfs quota {st.quota_us} us != planned {want_quota} us")
     if plan.realtime is not None:
         want = f"{plan.realtime.policy}:{plan.realtime.priority}"
-        if any(s != want for s in st.vcpu_sched):
+        if st.vcpu_sched and any(s != want for s in st.vcpu_sched):
             out.append(f"vCPU scheduling {st.vcpu_sched} != planned {want}")
     return out
 
@@ -120,6 +146,10 @@ def _ready(virt: Virt, plan: VmPlan) -> bool:
             return marker in Path(plan.serial_log).read_text(errors="replace")
         except OSError:
             return False
+    return _agent_answers(virt, plan)
+
+
+def _agent_answers(virt: Virt, plan: VmPlan) -> bool:
     try:
         virt.agent(plan.domain, "guest-ping", timeout=1)
     except Exception:  # noqa: BLE001 - not answering is the answer
@@ -134,9 +164,10 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def cockpit_status(virt: Virt, plan: Plan) -> list[VmStatus]:
+def cockpit_status(virt: Virt, plan: Plan, remote: bool = False) -> list[VmStatus]:
     states = {d.name: d.state for d in virt.domains()}
-    return [vm_status(virt, p, states) for p in plan.vms.values()]
+    one = remote_vm_status if remote else vm_status
+    return [one(virt, p, states) for p in plan.vms.values()]
 
 
 def add_history(

@@ -46,6 +46,14 @@ def _without_namespace(meta: KvmctlMetadata) -> str:
 
 
 @dataclass(frozen=True)
+class InForce:
+    vcpus: list[frozenset[int]]
+    emulator: frozenset[int]
+    shares: int | None
+    quota_us: int | None
+
+
+@dataclass(frozen=True)
 class DomainInfo:
     name: str
     active: bool
@@ -192,6 +200,24 @@ class Virt:
             return
         with _mapped(f"cannot undefine domain '{name}'"):
             dom.undefineFlags(_UNDEFINE)
+
+    # --- what is in force, as libvirtd reads it on its host ------------------------
+
+    def in_force(self, name: str) -> InForce:
+        """Affinity of the vCPU threads (read by libvirtd from the threads
+        themselves), the emulator pinning and the cgroup's shares and quota. For
+        hosts kvmctl cannot look at directly; locally /proc is read instead."""
+        dom = self._get(name)
+        with _mapped(f"cannot read the CPU tuning of domain '{name}'"):
+            _info, cpumaps = dom.vcpus()
+            emulator = dom.emulatorPinInfo(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            sched = dom.schedulerParametersFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        return InForce(
+            vcpus=[frozenset(i for i, on in enumerate(m) if on) for m in cpumaps],
+            emulator=frozenset(i for i, on in enumerate(emulator) if on),
+            shares=sched.get("cpu_shares"),
+            quota_us=sched.get("vcpu_quota"),
+        )
 
     # --- live tuning -------------------------------------------------------------
 

@@ -12,14 +12,23 @@ import typer
 from kvmctl import cockpit
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
 from kvmctl.commands._output import print_json, print_table
-from kvmctl.errors import UsageError
+from kvmctl.errors import HostError, UsageError
 from kvmctl.overview import overview
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.plan import Plan
+from kvmctl.spec import load_spec
 from kvmctl.status import VmStatus
 
 SpecArg = Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)]
+HostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--host",
+        help="Only the VMs the spec places on this host (hosts:), on the connection -c: "
+        "kvmctl running on that host. Without it a multi-host spec goes to every host's URI.",
+    ),
+]
 
 
 def _progress() -> cockpit.Progress:
@@ -96,44 +105,59 @@ def plan(
             "--facts", help="Plan for the host described by this facts JSON (no host access)."
         ),
     ] = None,
+    host: HostOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show what each VM gets (vCPU -> pCPU, emulator, memory, shares/cap, order) and the diff."""
-    session = cockpit.open_session(file, connect, facts_file=facts)
-    p = session.plan
-    if json_out:
-        print_json(_plan_json(p))
+    if facts is not None:
+        sessions = [cockpit.open_session(file, connect, facts_file=facts, host=host)]
     else:
-        print_table(
-            f"plan for '{p.set_name}' ({'KVM' if p.virt_type == 'kvm' else 'TCG emulation'})",
-            [
-                "vm",
-                "cpu",
-                "vcpu->pcpu",
-                "emulator",
-                "memory",
-                "shares",
-                "cap",
-                "realtime",
-                "level",
-                "change",
-            ],
-            _plan_rows(p),
-        )
-        for b in p.bridge_actions:
-            typer.echo(f"bridge {b.bridge} ({b.network}): {b.kind}")
-        for line in p.warnings + p.notes:
-            typer.echo(f"note: {line}")
-        for line in p.problems:
-            typer.echo(f"problem: {line}")
-    if p.problems:
+        sessions = cockpit.open_sessions(load_spec(file), connect, host)
+    multi = len(sessions) > 1 or sessions[0].host is not None
+    if json_out:
+        plans = [_plan_json(s.plan) | {"host": s.host, "uri": s.uri} for s in sessions]
+        print_json({"set": sessions[0].spec.name, "hosts": plans} if multi else plans[0])
+    else:
+        for session in sessions:
+            _print_plan(session.plan, f" on {session.host} ({session.uri})" if multi else "")
+    if any(s.plan.problems for s in sessions):
         raise typer.Exit(3)
 
 
+def _print_plan(p: Plan, where: str) -> None:
+    print_table(
+        f"plan for '{p.set_name}'{where} ({'KVM' if p.virt_type == 'kvm' else 'TCG emulation'})",
+        [
+            "vm",
+            "cpu",
+            "vcpu->pcpu",
+            "emulator",
+            "memory",
+            "shares",
+            "cap",
+            "realtime",
+            "level",
+            "change",
+        ],
+        _plan_rows(p),
+    )
+    for b in p.bridge_actions:
+        typer.echo(f"bridge {b.bridge} ({b.network}): {b.kind}")
+    for line in p.warnings + p.notes:
+        typer.echo(f"note: {line}")
+    for line in p.problems:
+        typer.echo(f"problem: {line}")
+
+
 @app.command()
-def apply(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt = False) -> None:
+def apply(
+    file: SpecArg,
+    connect: ConnectOpt = DEFAULT_URI,
+    host: HostOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Create or update the cockpit: preflight, then define and start VMs in depends_on order."""
-    result = cockpit.apply(file, connect, progress=_progress())
+    result = cockpit.apply(file, connect, progress=_progress(), host=host)
     if json_out:
         print_json(
             {
@@ -147,6 +171,7 @@ def apply(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt = 
                         "ready_at": o.ready_at,
                         "ready_seconds": o.ready_seconds,
                         "notes": o.notes,
+                        "host": result.hosts.get(name),
                     }
                     for name, o in result.outcomes.items()
                 },
@@ -159,23 +184,30 @@ def apply(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt = 
         return
     for name, o in result.outcomes.items():
         ready = f", ready in {o.ready_seconds:.1f} s" if o.ready_seconds is not None else ""
-        typer.echo(f"{name}: {o.action}{ready}")
+        where = f" on {result.hosts[name]}" if name in result.hosts else ""
+        typer.echo(f"{name}{where}: {o.action}{ready}")
         for note in o.notes:
             typer.echo(f"  {note}")
     typer.echo(f"cockpit '{result.set_name}' applied in {result.seconds:.1f} s")
 
 
 @app.command()
-def status(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt = False) -> None:
+def status(
+    file: SpecArg,
+    connect: ConnectOpt = DEFAULT_URI,
+    host: HostOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """State, readiness, uptime, planned vs actual pCPUs, hugepages and shares/cap of every VM."""
-    session, rows = overview(file, connect)
+    spec, rows = overview(file, connect, host)
     if json_out:
-        print_json({"set": session.spec.name, "vms": [r.as_dict() for r in rows]})
+        print_json({"set": spec.name, "vms": [r.as_dict() for r in rows]})
         return
     print_table(
-        f"cockpit '{session.spec.name}'",
+        f"cockpit '{spec.name}'",
         [
             "vm",
+            "host",
             "state",
             "ready",
             "uptime",
@@ -193,6 +225,7 @@ def status(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt =
         [
             [
                 r.vm,
+                r.host or "-",
                 r.state,
                 {True: "yes", False: "no", None: "-"}[r.ready],
                 f"{r.uptime_s:.0f}s" if r.uptime_s is not None else "",
@@ -200,9 +233,7 @@ def status(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt =
                 " ".join(r.vcpus_actual),
                 f"{r.emulator_actual or '-'} (plan {r.emulator_planned})",
                 " ".join(r.vcpu_sched),
-                f"{(r.hugepages_actual_kib or 0) // 1024}/{r.hugepages_planned_kib // 1024} MiB"
-                if r.hugepages_planned_kib
-                else "-",
+                _hugepages_cell(r),
                 r.shares if r.shares is not None else "",
                 r.quota_us if r.quota_us is not None else "",
                 "-" if r.restarts is None else r.restarts,
@@ -214,6 +245,13 @@ def status(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt =
     )
 
 
+def _hugepages_cell(r: VmStatus) -> str:
+    if not r.hugepages_planned_kib:
+        return "-"
+    actual = "?" if r.hugepages_actual_kib is None else r.hugepages_actual_kib // 1024
+    return f"{actual}/{r.hugepages_planned_kib // 1024} MiB"
+
+
 def _snapshots_cell(r: VmStatus) -> str:
     if not r.snapshots:
         return "0"
@@ -222,9 +260,14 @@ def _snapshots_cell(r: VmStatus) -> str:
 
 
 @app.command()
-def destroy(file: SpecArg, connect: ConnectOpt = DEFAULT_URI, json_out: JsonOpt = False) -> None:
+def destroy(
+    file: SpecArg,
+    connect: ConnectOpt = DEFAULT_URI,
+    host: HostOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Stop and remove the set's domains, volumes and bridges (only what kvmctl created for it)."""
-    result = cockpit.destroy(file, connect, progress=_progress())
+    result = cockpit.destroy(file, connect, progress=_progress(), host=host)
     if json_out:
         print_json(result.__dict__)
         return
@@ -243,10 +286,15 @@ def xml(
         Path | None, typer.Option("--facts", help="Host facts JSON (no host access).")
     ] = None,
 ) -> None:
-    """Print the libvirt domain XML kvmctl would define for one VM."""
-    session = cockpit.open_session(file, connect, facts_file=facts)
+    """Print the libvirt domain XML kvmctl would define for one VM (on its host:)."""
+    spec = load_spec(file)
+    if vm not in spec.vms:
+        raise UsageError(f"no VM '{vm}' in {file} (known: {', '.join(spec.vms)})")
+    host = spec.vms[vm].host
+    if host is not None and facts is None:
+        connect = spec.hosts[host].uri
+    session = cockpit.open_session(spec, connect, facts_file=facts, host=host)
     vm_plan = session.plan.vms.get(vm)
     if vm_plan is None:
-        known = ", ".join(session.spec.vms)
-        raise UsageError(f"no VM '{vm}' in {file} (known: {known})")
+        raise HostError(f"VM '{vm}' cannot be placed", session.plan.problems)
     typer.echo(build_domain(vm_plan, session.facts.rt_group_sched).to_xml(), nl=False)

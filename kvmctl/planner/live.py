@@ -35,14 +35,21 @@ class LiveState:
         return {d.vm: d for d in self.domains if d.set_name == set_name and d.vm}
 
     def foreign_dedicated(
-        self, set_name: str, planned: frozenset[str] | None = None
+        self,
+        set_name: str,
+        elsewhere: frozenset[str] | None = None,
+        arriving: frozenset[str] | None = None,
     ) -> dict[int, str]:
         """CPUs dedicated to running domains this plan does not place: those of
-        *other* sets, and with `planned` given, the set's own VMs outside it
-        (a VM migrating to a host where others of its set run already)."""
+        *other* sets, those of the set's VMs in `elsewhere` (placed on another
+        host, yet running here), and with `arriving` given, every VM of the set
+        outside it (a VM migrating to a host where others of its set run)."""
         out: dict[int, str] = {}
         for d in self.domains:
-            own = d.set_name == set_name and (planned is None or d.vm in planned)
+            if arriving is not None:
+                own = d.set_name == set_name and d.vm in arriving
+            else:
+                own = d.set_name == set_name and d.vm not in (elsewhere or frozenset())
             if d.active and d.set_name is not None and not own:
                 for cpu in d.dedicated_cpus:
                     out[cpu] = d.name

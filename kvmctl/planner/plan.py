@@ -120,6 +120,9 @@ class Plan:
     problems: list[str]  # the host cannot satisfy this plan: preflight fails, exit 3
     warnings: list[str]
     notes: list[str]
+    # VMs of the spec placed on another host whose domain is here (moved by a
+    # migration): left alone, neither deleted nor counted as this host's.
+    strays: tuple[str, ...] = ()
 
     @property
     def changes(self) -> list[Action]:
@@ -145,8 +148,12 @@ def make_plan(
     local = spec.model_copy(update={"vms": vms}) if len(vms) != len(spec.vms) else spec
     # A VM arriving by migration joins its set's VMs already there, whose CPUs
     # stay theirs; a whole-set apply re-places all of them.
+    # VMs of the set placed on other hosts keep the CPUs they hold here too.
+    others = frozenset(spec.vms) - frozenset(vms)
     placed = place(
-        local, facts, live.foreign_dedicated(spec.name, frozenset(vms) if arriving else None)
+        local,
+        facts,
+        live.foreign_dedicated(spec.name, others, frozenset(vms) if arriving else None),
     )
     budgets, rt_problems = resources.realtime_budgets(vms, facts, spec.host.rt_budget)
     nics = plan_nics(local)
@@ -185,6 +192,8 @@ def make_plan(
         {n: (p.domain, p.fingerprint) for n, p in vm_plans.items()},
         live,
     )
+    strays = tuple(a.vm for a in actions if a.kind == "delete" and a.vm in spec.vms)
+    actions = [a for a in actions if a.vm not in strays]
     to_start = {a.vm for a in actions if a.kind in ("create", "restart")}
     problems = list(placed.problems) + rt_problems
     problems += resources.check_memory({n: vms[n] for n in sorted(to_start)}, facts)
@@ -206,7 +215,16 @@ def make_plan(
         housekeeping=placed.housekeeping,
         problems=problems,
         warnings=warnings,
-        notes=placed.notes,
+        notes=placed.notes + [_stray_note(spec, vm) for vm in strays],
+        strays=strays,
+    )
+
+
+def _stray_note(spec: Cockpit, vm: str) -> str:
+    where = f"host '{spec.vms[vm].host}'" if spec.vms[vm].host else "the VMs without host:"
+    return (
+        f"VM '{vm}' runs here but the spec places it with {where}: left alone (moved by "
+        "`kvmctl migrate`? set its host: to where it runs, or migrate it back)"
     )
 
 

@@ -91,6 +91,9 @@ class HostSection(Model):
 
 class HostRef(Model):
     uri: str = Field(min_length=1)
+    # How VMs run there. Unset: KVM when that host's libvirt offers it (a host
+    # kvmctl runs on is probed with a booted guest instead; see `kvmctl doctor`).
+    virt_type: Literal["kvm", "qemu"] | None = None
 
 
 # --- networks ----------------------------------------------------------------

@@ -50,6 +50,34 @@ def _hosts(spec: Cockpit) -> Iterator[Problem]:
         if vm.host is not None and vm.host not in spec.hosts:
             known = ", ".join(sorted(spec.hosts)) or "none are declared under hosts:"
             yield (("vms", name, "host"), f"unknown host '{vm.host}' (known: {known})")
+    seen: dict[str, str] = {}
+    for name, ref in spec.hosts.items():
+        uri = ref.uri.rstrip("/")
+        if uri in seen:
+            yield (
+                ("hosts", name, "uri"),
+                f"{ref.uri} is already host '{seen[uri]}': one host, one name (two plans "
+                "would hand out the same CPUs)",
+            )
+        seen.setdefault(uri, name)
+    # Hosts are applied one after the other, each waiting for its VMs to be
+    # ready, so depends_on across hosts must point one way only.
+    graph: dict[str, set[str]] = {}
+    for vm in spec.vms.values():
+        for dep in vm.depends_on:
+            if dep in spec.vms and spec.vms[dep].host != vm.host:
+                graph.setdefault(_host_key(vm.host), set()).add(_host_key(spec.vms[dep].host))
+    cycle = find_cycle({h: sorted(deps) for h, deps in graph.items()})
+    if cycle:
+        yield (
+            ("vms",),
+            "depends_on crosses hosts both ways: " + " -> ".join(cycle) + " (hosts start one "
+            "after the other, so a VM may only depend on VMs of hosts that start before its own)",
+        )
+
+
+def _host_key(host: str | None) -> str:
+    return host if host is not None else "(no host:)"
 
 
 def _networks(spec: Cockpit) -> Iterator[Problem]:
