@@ -109,14 +109,20 @@ def _libvirt_objects(prefix: str) -> dict[str, list[str]]:
     return {"domains": domains, "volumes": sorted(volumes)}
 
 
-def sweep(prefix: str) -> list[str]:
+def sweep(prefix: str, uri: str = URI) -> list[str]:
     """Last-resort cleanup: stop and undefine every domain named with `prefix`,
-    delete its volumes in pool `kvmctl` and the links named with `prefix`.
-    Returns what it removed (empty when `kvmctl destroy` left nothing behind)."""
+    delete its volumes in pool `kvmctl` and, on this host, the links named with
+    `prefix`. Returns what it removed (empty when `kvmctl destroy` left nothing
+    behind). `uri` may be a lab host's."""
     from pyroute2 import IPRoute
 
     removed: list[str] = []
-    conn = libvirt.open(URI)
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError:
+        if uri == URI:
+            raise
+        return removed  # a lab that is gone took everything with it
     try:
         for dom in conn.listAllDomains():
             if not dom.name().startswith(prefix):
@@ -144,6 +150,8 @@ def sweep(prefix: str) -> list[str]:
             pass
     finally:
         conn.close()
+    if uri != URI:
+        return removed
     with IPRoute() as ipr:
         for link in sorted(os.listdir("/sys/class/net")):
             if link.startswith(prefix):

@@ -1,0 +1,179 @@
+"""A set spread over two hosts ("many chips, many screens"): this host and a
+lab host (kvmctl.testing) reached only through its libvirt, over the lab's
+private veth. plan/apply/status/destroy go across both."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from kvmctl.host import threads
+from kvmctl.planner.cpuset import format_cpuset
+from kvmctl.testing.lab import LabState
+from tests.integration.cockpit_helpers import URI, kvmctl, kvmctl_json, sweep, write_spec
+from tests.integration.ops_helpers import guest_run
+
+pytestmark = pytest.mark.integration
+
+SPEC = """\
+name: {name}
+host: {{housekeeping_cpus: [0]}}
+hosts:
+  lab: {{uri: "{lab_uri}", virt_type: qemu}}
+networks:
+  bus: {{bridge: {name}b, subnet: 10.253.{net}.0/24}}
+vms:
+  cluster:
+    criticality: safety
+    cpu: {{placement: dedicated}}
+    memory: {{size: 128MiB}}
+    disk: {{size: 16MiB}}
+    networks: [bus]
+    ready: {{probe: agent, timeout: 90s}}
+  ivi:
+    host: lab
+    depends_on: [cluster]
+    cpu: {{placement: shared, shares: 512, limit: 50%}}
+    memory: {{size: 128MiB, hugepages: 2MiB}}
+    disk: {{size: 16MiB}}
+    networks: {ivi_networks}
+    ready: {ivi_ready}
+"""
+
+
+class TwoHostSet:
+    def __init__(self, tmp: Path, lab: LabState):
+        self.name = f"kvt-mh-{secrets.token_hex(3)}"
+        self.lab = lab
+        self.tmp = tmp
+        self.spec = self.write()
+
+    def write(
+        self, ivi_networks: str = "[]", ivi_ready: str = "{probe: agent, timeout: 90s}"
+    ) -> Path:
+        text = SPEC.format(
+            name=self.name,
+            lab_uri=self.lab.uri,
+            net=secrets.randbelow(200) + 20,
+            ivi_networks=ivi_networks,
+            ivi_ready=ivi_ready,
+        )
+        return write_spec(self.tmp, text)
+
+    def domains(self, uri: str) -> dict[str, int]:
+        conn = libvirt.open(uri)
+        try:
+            return {
+                d.name(): d.state()[0]
+                for d in conn.listAllDomains()
+                if d.name().startswith(self.name)
+            }
+        finally:
+            conn.close()
+
+    def volumes(self, uri: str) -> list[str]:
+        conn = libvirt.open(uri)
+        try:
+            pool = conn.storagePoolLookupByName("kvmctl")
+            pool.refresh(0)
+            return sorted(
+                v.name() for v in pool.listAllVolumes(0) if v.name().startswith(self.name)
+            )
+        except libvirt.libvirtError:
+            return []
+        finally:
+            conn.close()
+
+    def nothing_anywhere(self) -> None:
+        assert self.domains(URI) == {} and self.domains(self.lab.uri) == {}
+        assert self.volumes(URI) == [] and self.volumes(self.lab.uri) == []
+        assert not Path(f"/sys/class/net/{self.name}b").exists()
+
+
+@pytest.fixture
+def two(tmp_path: Path, kvmctl_lab: LabState) -> Iterator[TwoHostSet]:
+    s = TwoHostSet(tmp_path, kvmctl_lab)
+    try:
+        yield s
+    finally:
+        sweep(s.name)
+        sweep(s.name, kvmctl_lab.uri)
+
+
+def test_a_set_over_two_hosts_applies_in_order_reads_back_and_goes(two: TwoHostSet) -> None:
+    plan = kvmctl_json("plan", str(two.spec))
+    by_host = {h["host"]: h for h in plan["hosts"]}
+    assert [v["vm"] for v in by_host[None]["vms"]] == ["cluster"]
+    assert [v["vm"] for v in by_host["lab"]["vms"]] == ["ivi"]
+    assert by_host["lab"]["virt_type"] == "qemu" and by_host["lab"]["uri"] == two.lab.uri
+
+    applied = kvmctl_json("apply", str(two.spec))
+    vms = applied["vms"]
+    assert vms["cluster"]["host"] == URI and vms["ivi"]["host"] == "lab"
+    # ivi depends on cluster: its host is applied once cluster answers.
+    assert vms["ivi"]["started_at"] >= vms["cluster"]["ready_at"]
+    assert two.domains(URI) == {f"{two.name}-cluster": libvirt.VIR_DOMAIN_RUNNING}
+    ivi = f"{two.name}-ivi"
+    assert two.domains(two.lab.uri) == {ivi: libvirt.VIR_DOMAIN_RUNNING}
+    assert guest_run(ivi, "/bin/cat", "/proc/cmdline", uri=two.lab.uri)  # the guest answers
+
+    # What is in force on the lab, read where it lives: the lab QEMU's threads
+    # and cgroup; status (through the lab's libvirt) reports the same.
+    pid = threads.qemu_pid(ivi, str(two.lab.path("/run/libvirt/qemu")))
+    assert pid is not None
+    proc = threads.inspect(pid)
+    planned = by_host["lab"]["vms"][0]["vcpus"]
+    assert [format_cpuset(t.affinity) for t in proc.vcpus] == list(planned.values())
+    assert proc.hugetlb_kib == 128 * 1024
+    vdir = threads.cgroup_dir(proc.vcpus[0].tid, "cpu", pid)
+    assert vdir is not None and int((vdir / "cpu.cfs_quota_us").read_text()) == 50_000
+
+    status = {r["vm"]: r for r in kvmctl_json("status", str(two.spec))["vms"]}
+    assert status["ivi"]["host"] == "lab" and status["cluster"]["host"] is None
+    assert status["ivi"]["vcpus_actual"] == list(planned.values())
+    assert status["ivi"]["quota_us"] == 50_000 and status["ivi"]["shares"] == 512
+    assert status["ivi"]["ready"] is True and status["ivi"]["drift"] == []
+    assert status["cluster"]["drift"] == []
+
+    again = kvmctl_json("apply", str(two.spec))
+    assert again["changed"] is False
+
+    gone = kvmctl_json("destroy", str(two.spec))
+    assert sorted(gone["domains"]) == [f"{two.name}-cluster", ivi]
+    two.nothing_anywhere()
+
+
+def test_preflight_covers_every_host_before_anything_is_created(two: TwoHostSet) -> None:
+    """The bridge is missing on the lab: exit 3 naming it, nothing created on
+    this host either (not even cluster, whose host is fine)."""
+    two.spec = two.write(ivi_networks="[bus]")
+    run = kvmctl("apply", str(two.spec))
+    assert run.returncode == 3, run.stderr
+    assert f"bridge '{two.name}b' of network 'bus' is missing on lab" in run.stderr
+    assert "--host lab" in run.stderr
+    two.nothing_anywhere()
+
+
+def test_a_failing_second_host_rolls_back_the_first(two: TwoHostSet) -> None:
+    """cluster is created and ready here, then ivi never gets ready on the lab:
+    exit 1, and this run's work is undone on both hosts."""
+    two.spec = two.write(ivi_ready='{probe: "serial:NEVER-PRINTED", timeout: 3s}')
+    run = kvmctl("apply", str(two.spec))
+    assert run.returncode == 1, run.stderr
+    assert f"what this run did on {URI} was rolled back" in run.stderr, run.stderr
+    two.nothing_anywhere()
+
+
+def test_one_host_alone_is_planned_on_the_given_connection(two: TwoHostSet) -> None:
+    """`--host lab` is kvmctl running on the lab host (as the Ansible cockpit
+    role runs it): only ivi, planned on -c."""
+    plan = kvmctl_json("plan", str(two.spec), "--host", "lab")
+    (only,) = plan["hosts"]
+    assert (only["host"], only["uri"]) == ("lab", URI)
+    assert [v["vm"] for v in only["vms"]] == ["ivi"]
+    run = kvmctl("plan", str(two.spec), "--host", "nowhere")
+    assert run.returncode == 2 and "no host 'nowhere'" in run.stderr
