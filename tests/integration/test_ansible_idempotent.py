@@ -18,27 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.ansible_helpers import ANSIBLE_DIR, BIN, ansible_env, recaps
+
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE_DIR = REPO / "ansible"
-BIN = Path(sys.executable).parent
-RECAP = re.compile(
-    r"^localhost\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
-    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
-    re.MULTILINE,
-)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-    )
-    return env
 
 
 def _playbook_argv() -> list[str]:
@@ -48,10 +30,6 @@ def _playbook_argv() -> list[str]:
         str(ANSIBLE_DIR / "inventory" / "localhost.ini"),
         str(ANSIBLE_DIR / "site.yml"),
     ]
-
-
-def _recaps(output: str) -> list[dict[str, int]]:
-    return [{k: int(v) for k, v in m.groupdict().items()} for m in RECAP.finditer(output)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,18 +42,28 @@ def _needs_root() -> None:
 
 def test_second_run_changes_nothing() -> None:
     first = subprocess.run(
-        _playbook_argv(), env=_env(), capture_output=True, text=True, timeout=600, check=False
+        _playbook_argv(),
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
 
     second = subprocess.run(
-        _playbook_argv(), env=_env(), capture_output=True, text=True, timeout=120, check=False
+        _playbook_argv(),
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
-    recaps = _recaps(second.stdout)
-    assert len(recaps) == 1, second.stdout[-4000:]
-    assert recaps[0]["failed"] == 0
-    assert recaps[0]["changed"] == 0, "second run changed something:\n" + "\n".join(
+    recap = recaps(second.stdout)
+    assert len(recap) == 1, second.stdout[-4000:]
+    assert recap[0]["failed"] == 0
+    assert recap[0]["changed"] == 0, "second run changed something:\n" + "\n".join(
         line
         for line in second.stdout.splitlines()
         if line.startswith("changed:") or line.startswith("TASK")
@@ -121,7 +109,7 @@ echo "hugepage-guest started"
 
 def test_mounts_hugetlbfs_and_restarts_a_running_libvirtd(tmp_path: Path) -> None:
     for tool in ("unshare", "virtlogd", "libvirtd", "virsh", "findmnt"):
-        if shutil.which(tool, path=_env()["PATH"] + ":/usr/sbin:/sbin") is None:
+        if shutil.which(tool, path=ansible_env()["PATH"] + ":/usr/sbin:/sbin") is None:
             pytest.skip(f"{tool} not installed")
     script = tmp_path / "ns.sh"
     script.write_text(NAMESPACE_SCRIPT)
@@ -142,7 +130,7 @@ def test_mounts_hugetlbfs_and_restarts_a_running_libvirtd(tmp_path: Path) -> Non
         *_playbook_argv(),
     ]
     result = subprocess.run(
-        argv, env=_env(), capture_output=True, text=True, timeout=600, check=False
+        argv, env=ansible_env(), capture_output=True, text=True, timeout=600, check=False
     )
     playbook_output = out.read_text() if out.exists() else ""
     assert result.returncode == 0, result.stdout + result.stderr + playbook_output[-4000:]
@@ -153,5 +141,5 @@ def test_mounts_hugetlbfs_and_restarts_a_running_libvirtd(tmp_path: Path) -> Non
     assert re.search(
         r"RUNNING HANDLER \[kvm_host : Restart libvirtd \(plain daemon\)\]", playbook_output
     )
-    recap = _recaps(playbook_output)
+    recap = recaps(playbook_output)
     assert recap and recap[0]["failed"] == 0
