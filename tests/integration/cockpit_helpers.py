@@ -41,7 +41,7 @@ def kvmctl_json(*args: str) -> Any:
 
 def host_snapshot(prefix: str) -> dict[str, list[str]]:
     """Domains and volumes whose names start with `prefix`, and every network link."""
-    return {**_libvirt_objects(prefix), "links": sorted(os.listdir("/sys/class/net"))}
+    return {**libvirt_objects(prefix), "links": sorted(os.listdir("/sys/class/net"))}
 
 
 def qemu(domain: str) -> threads.QemuProcess:
@@ -85,13 +85,24 @@ def set_snapshot(prefix: str) -> dict[str, list[str]]:
     """Like `host_snapshot(prefix)`, but safe beside tests running alongside:
     only links named with `prefix` count."""
     links = sorted(link for link in os.listdir("/sys/class/net") if link.startswith(prefix))
-    return {**_libvirt_objects(prefix), "links": links}
+    return {**libvirt_objects(prefix), "links": links}
 
 
-def _libvirt_objects(prefix: str) -> dict[str, list[str]]:
+def domain_states(prefix: str, uri: str = URI) -> dict[str, int]:
+    """State of each domain named with `prefix` on `uri` (this host or a lab)."""
+    conn = libvirt.open(uri)
+    try:
+        return {
+            d.name(): d.state()[0] for d in conn.listAllDomains() if d.name().startswith(prefix)
+        }
+    finally:
+        conn.close()
+
+
+def libvirt_objects(prefix: str, uri: str = URI) -> dict[str, list[str]]:
     """Domains and volumes named with `prefix`; a pool busy with someone else's
     volume is waited for instead of failing the refresh."""
-    conn = libvirt.open(URI)
+    conn = libvirt.open(uri)
     try:
         domains = sorted(d.name() for d in conn.listAllDomains() if d.name().startswith(prefix))
         volumes: list[str] = []

@@ -20,7 +20,7 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from tests.integration.cockpit_helpers import REPO, URI, kvmctl, write_spec
+from tests.integration.cockpit_helpers import REPO, URI, kvmctl, sweep, write_spec
 
 
 def agent(
@@ -226,36 +226,4 @@ def applied_set(directory: Path, set_name: str, spec_text: str) -> Iterator[Path
         yield path
     finally:
         kvmctl("destroy", str(path), timeout=120)
-        assert sweep_set(set_name) == []
-
-
-def sweep_set(prefix: str) -> list[str]:
-    """Last resort: stop and undefine the set's domains and delete their volumes."""
-    removed: list[str] = []
-    conn = libvirt.open(URI)
-    try:
-        for dom in conn.listAllDomains():
-            if not dom.name().startswith(prefix):
-                continue
-            try:
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefineFlags(
-                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                )
-                removed.append(dom.name())
-            except libvirt.libvirtError:
-                pass
-        try:
-            pool = conn.storagePoolLookupByName("kvmctl")
-            for vol in pool.listAllVolumes(0):
-                if vol.name().startswith(prefix):
-                    vol.delete(0)
-                    removed.append(vol.name())
-        except libvirt.libvirtError:
-            pass
-    finally:
-        conn.close()
-    return removed
+        assert sweep(set_name) == []

@@ -12,7 +12,7 @@ import libvirt
 import pytest
 
 from tests.integration.ansible_helpers import BIN, playbook, recaps
-from tests.integration.cockpit_helpers import URI, sweep, write_spec
+from tests.integration.cockpit_helpers import URI, domain_states, sweep, write_spec
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +34,7 @@ vms:
 
 
 def domains(prefix: str) -> dict[str, int]:
-    conn = libvirt.open(URI)
-    try:
-        return {
-            d.name(): d.state()[0] for d in conn.listAllDomains() if d.name().startswith(prefix)
-        }
-    finally:
-        conn.close()
+    return domain_states(prefix)
 
 
 @pytest.fixture

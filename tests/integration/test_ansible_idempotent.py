@@ -18,18 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ansible_helpers import ANSIBLE_DIR, BIN, ansible_env, recaps
+from tests.integration.ansible_helpers import ANSIBLE_DIR, BIN, ansible_env, playbook, recaps
 
 pytestmark = pytest.mark.integration
 
 
+LOCALHOST = ANSIBLE_DIR / "inventory" / "localhost.ini"
+
+
 def _playbook_argv() -> list[str]:
-    return [
-        str(BIN / "ansible-playbook"),
-        "-i",
-        str(ANSIBLE_DIR / "inventory" / "localhost.ini"),
-        str(ANSIBLE_DIR / "site.yml"),
-    ]
+    return [str(BIN / "ansible-playbook"), "-i", str(LOCALHOST), str(ANSIBLE_DIR / "site.yml")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,24 +39,10 @@ def _needs_root() -> None:
 
 
 def test_second_run_changes_nothing() -> None:
-    first = subprocess.run(
-        _playbook_argv(),
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    first = playbook(LOCALHOST, "site.yml")
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
 
-    second = subprocess.run(
-        _playbook_argv(),
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    second = playbook(LOCALHOST, "site.yml", timeout=120)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     recap = recaps(second.stdout)
     assert len(recap) == 1, second.stdout[-4000:]

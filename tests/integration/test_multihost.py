@@ -14,7 +14,15 @@ import pytest
 from kvmctl.host import threads
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.testing.lab import LabState
-from tests.integration.cockpit_helpers import URI, kvmctl, kvmctl_json, sweep, write_spec
+from tests.integration.cockpit_helpers import (
+    URI,
+    domain_states,
+    kvmctl,
+    kvmctl_json,
+    libvirt_objects,
+    sweep,
+    write_spec,
+)
 from tests.integration.ops_helpers import guest_run
 
 pytestmark = pytest.mark.integration
@@ -65,28 +73,10 @@ class TwoHostSet:
         return write_spec(self.tmp, text)
 
     def domains(self, uri: str) -> dict[str, int]:
-        conn = libvirt.open(uri)
-        try:
-            return {
-                d.name(): d.state()[0]
-                for d in conn.listAllDomains()
-                if d.name().startswith(self.name)
-            }
-        finally:
-            conn.close()
+        return domain_states(self.name, uri)
 
     def volumes(self, uri: str) -> list[str]:
-        conn = libvirt.open(uri)
-        try:
-            pool = conn.storagePoolLookupByName("kvmctl")
-            pool.refresh(0)
-            return sorted(
-                v.name() for v in pool.listAllVolumes(0) if v.name().startswith(self.name)
-            )
-        except libvirt.libvirtError:
-            return []
-        finally:
-            conn.close()
+        return libvirt_objects(self.name, uri)["volumes"]
 
     def nothing_anywhere(self) -> None:
         assert self.domains(URI) == {} and self.domains(self.lab.uri) == {}

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from kvmctl.supervise import supervisor_state
-from tests.integration.cockpit_helpers import REPO, URI, kvmctl, kvmctl_json, write_spec
+from tests.integration.cockpit_helpers import REPO, URI, kvmctl, kvmctl_json, sweep, write_spec
 from tests.integration.ops_helpers import (
     SupervisorProcess,
     counter,
@@ -34,7 +34,6 @@ from tests.integration.ops_helpers import (
     kill_qemu,
     libvirtd_pid,
     qemu_pid,
-    sweep_set,
     tool,
     wait_until,
 )
@@ -85,7 +84,7 @@ def sup(spec: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Superv
             proc.terminate()
         ensure_libvirtd()
         kvmctl("destroy", str(spec), timeout=120)
-        leftovers = sweep_set(SET)
+        leftovers = sweep(SET)
         assert leftovers == [], f"kvmctl destroy left {leftovers}"
 
 
