@@ -11,7 +11,7 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kvmctl import history, images, remote
+from kvmctl import applied, history, images, remote
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.apply import Applier, ApplyResult, Progress, destroy_domain
@@ -142,6 +142,7 @@ def apply(
 ) -> ApplyResult:
     """Preflight every host, then apply them one after the other. When a host
     fails, what this run did on the hosts before it is undone as well."""
+    path = None if isinstance(spec, Cockpit) else Path(spec)
     spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
     with set_lock(spec.name):
         sessions = open_sessions(spec, uri, host)
@@ -149,7 +150,10 @@ def apply(
         with ExitStack() as stack:
             local = any(not s.remote for s in sessions)
             netlink = stack.enter_context(Netlink()) if local else None
-            return _apply_hosts(sessions, netlink, progress)
+            result = _apply_hosts(sessions, netlink, progress)
+        if path is not None:
+            applied.remember(spec.name, path, sessions[0].plan.spec_hash)
+        return result
 
 
 def _apply_hosts(
@@ -282,6 +286,8 @@ def destroy(
             if not group.remote:
                 _destroy_bridges(spec.name, say, result)
     history.forget(spec.name)  # the durations of snapshots that went with the domains
+    if host is None:
+        applied.forget(spec.name)
     return result
 
 

@@ -671,3 +671,17 @@ def domain_events(libvirt_conn: libvirt.virConnect) -> Iterator[
             stop()
         except libvirt.libvirtError:
             pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _applied_specs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Which spec each test set was applied from (kvmctl.applied) is recorded in
+    a directory of the session's, not in /var/lib/kvmctl: sets a test removes
+    by sweeping leave no record behind."""
+    old = os.environ.get("KVMCTL_SPECS_DIR")
+    os.environ["KVMCTL_SPECS_DIR"] = str(tmp_path_factory.mktemp("applied-specs"))
+    yield
+    if old is None:
+        os.environ.pop("KVMCTL_SPECS_DIR", None)
+    else:
+        os.environ["KVMCTL_SPECS_DIR"] = old

@@ -1,0 +1,87 @@
+"""Which spec file each set was last applied from, so verbs that act on one
+VM (`kvmctl migrate VM --to URI`) can find the spec behind a domain without
+being told. ``$KVMCTL_SPECS_DIR/<set>.json`` (default /var/lib/kvmctl/specs):
+
+    {"set": "demo", "path": "/home/me/cockpit.yaml", "spec_hash": "...", "at": 1718000000.0}
+
+Only the path is kept, not a copy: the spec stays the user's file, and a
+verb that reads it again sees their current version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import suppress
+from pathlib import Path
+
+from kvmctl.adapters.virt import Virt
+from kvmctl.errors import UsageError
+
+DEFAULT_SPECS_DIR = "/var/lib/kvmctl/specs"
+
+
+def specs_dir() -> Path:
+    return Path(os.environ.get("KVMCTL_SPECS_DIR", DEFAULT_SPECS_DIR))
+
+
+def remember(set_name: str, path: Path, spec_hash: str) -> None:
+    record = {
+        "set": set_name,
+        "path": str(path.resolve()),
+        "spec_hash": spec_hash,
+        "at": time.time(),
+    }
+    directory = specs_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{set_name}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(directory / f"{set_name}.json")
+
+
+def forget(set_name: str) -> None:
+    with suppress(FileNotFoundError):
+        (specs_dir() / f"{set_name}.json").unlink()
+
+
+def spec_of(set_name: str) -> Path:
+    """The spec file `set_name` was last applied from; UsageError when unknown."""
+    try:
+        record = json.loads((specs_dir() / f"{set_name}.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(
+            f"no spec on record for cockpit '{set_name}' (it is recorded by `kvmctl apply`): "
+            "pass the spec file"
+        ) from None
+    path = Path(record["path"])
+    if not path.is_file():
+        raise UsageError(
+            f"cockpit '{set_name}' was applied from {path}, which is gone: pass the spec file"
+        )
+    return path
+
+
+def find_vms(virt: Virt, names: list[str]) -> tuple[Path, list[str]]:
+    """(spec file, VM names) for VMs named by domain name or VM name on this
+    connection. All must belong to one set."""
+    owned = [d for d in virt.domains() if d.meta is not None]
+    sets: set[str] = set()
+    vms: list[str] = []
+    for name in names:
+        hits = [d for d in owned if name in (d.name, d.meta.vm_name)]  # type: ignore[union-attr]
+        if not hits:
+            raise UsageError(
+                f"no kvmctl domain or VM named '{name}' on {virt.conn.getURI()} "
+                "(name the domain, or pass the spec file first)"
+            )
+        if len(hits) > 1:
+            domains = ", ".join(sorted(d.name for d in hits))
+            raise UsageError(f"'{name}' is a VM of several cockpits ({domains}): name the domain")
+        meta = hits[0].meta
+        assert meta is not None
+        sets.add(meta.set_name)
+        vms.append(meta.vm_name)
+    if len(sets) > 1:
+        raise UsageError(f"the VMs belong to different cockpits ({', '.join(sorted(sets))})")
+    return spec_of(sets.pop()), vms
