@@ -72,6 +72,7 @@ class Applier:
         pool_path: str,
         host_cpus: int,
         progress: Progress | None = None,
+        on_this_host: bool = True,
     ):
         self.virt = virt
         self.plan = plan
@@ -79,6 +80,8 @@ class Applier:
         self.rt_by_thread = rt_by_thread
         self.pool_path = pool_path
         self.host_cpus = host_cpus
+        # A remote host's QEMU threads are out of reach: only libvirt applies there.
+        self.on_this_host = on_this_host
         self.progress = progress or (lambda _vm, _what: None)
         self.journal = Journal()
         self.notes: list[str] = []
@@ -313,6 +316,24 @@ class Applier:
         new = build_domain(plan, self.rt_by_thread)
         self.virt.define(new.to_xml())
         self._retune(plan.domain, new)
+        if self.on_this_host:
+            self._resched(plan)
+
+    def _resched(self, plan: VmPlan) -> None:
+        """vCPU scheduling as planned: real-time set again where it was lost
+        (a migration does not carry it, a `chrt` may undo it), or taken away."""
+        pid = threads.qemu_pid(plan.domain)
+        if pid is None:
+            raise ApplyError(f"cannot find the QEMU process of '{plan.domain}'")
+        if plan.realtime is None:
+            rt.set_policy(threads.inspect(pid), "other", 0)
+            return
+        if not self.rt_by_thread:
+            rt.set_policy(threads.inspect(pid), plan.realtime.policy, plan.realtime.priority)
+            return
+        steps: list[rt.RtStep] = []
+        self.journal.record(f"real-time budgets of {plan.domain}", lambda: rt.undo(steps))
+        self._realtime(plan, steps)
 
     def _retune(self, name: str, dom: Domain) -> None:
         """Make the running domain's tunables those of `dom`."""

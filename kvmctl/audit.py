@@ -24,7 +24,7 @@ from kvmctl.planner.diff import Action
 from kvmctl.planner.plan import Plan, VmPlan
 
 # Checks `kvmctl apply` repairs live: pins, shares, cap.
-_TUNABLE_SUFFIXES = (" affinity", " quota", "cpu.shares")
+_TUNABLE_SUFFIXES = (" affinity", " quota", "cpu.shares", " sched")
 
 
 @dataclass(frozen=True)

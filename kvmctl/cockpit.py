@@ -173,6 +173,7 @@ def _apply_hosts(
             pool_path=session.options.pool_path,
             host_cpus=max(session.facts.cpu_ids, default=0) + 1,
             progress=progress,
+            on_this_host=not session.remote,
         )
         try:
             results.append(applier.run(commit=False))

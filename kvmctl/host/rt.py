@@ -18,7 +18,7 @@ from kvmctl.errors import HostError
 from kvmctl.host.threads import QemuProcess, cgroup_dir
 
 RUNTIME = "cpu.rt_runtime_us"
-POLICIES = {"fifo": os.SCHED_FIFO, "rr": os.SCHED_RR}
+POLICIES = {"fifo": os.SCHED_FIFO, "rr": os.SCHED_RR, "other": os.SCHED_OTHER}
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,13 @@ def make_realtime(
         vdir = cgroup_dir(thread.tid, "cpu", qemu.pid)
         if vdir is not None and vdir != domain_dir:
             _write(vdir, vcpu_runtime_us, steps)
+    set_policy(qemu, policy, priority)
+
+
+def set_policy(qemu: QemuProcess, policy: str, priority: int) -> None:
+    """Schedule every vCPU thread of `qemu` with `policy` ("other" for none).
+    Where RT group scheduling is on, real-time needs the budgets first."""
+    for thread in qemu.vcpus:
         try:
             os.sched_setscheduler(thread.tid, POLICIES[policy], os.sched_param(priority))
         except OSError as err:

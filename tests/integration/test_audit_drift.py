@@ -116,3 +116,41 @@ def test_nic_off_its_bridge_is_flagged(applied: Path) -> None:
     finally:
         subprocess.run(["ip", "link", "set", dev, "master", BRIDGE], check=True)
     assert audit(applied)[0] == 0
+
+
+RT_SET = f"kvt-ar-{TOKEN}"
+RT_SPEC = f"""
+name: {RT_SET}
+vms:
+  c:
+    criticality: safety
+    cpu: {{placement: dedicated, realtime: {{policy: fifo, priority: 10}}}}
+    memory: {{size: 128MiB}}
+    image: {{builtin: test-guest-rt}}
+    disk: {{size: 16MiB}}
+    ready: {{probe: agent, timeout: 90s}}
+"""
+
+
+def test_lost_real_time_is_flagged_then_set_again_live(tmp_path: Path) -> None:
+    """A vCPU thread taken off SCHED_FIFO (as a migration leaves it, or a chrt)
+    is drift; `kvmctl apply` makes it real-time again in the running QEMU."""
+    with applied_set(tmp_path, RT_SET, RT_SPEC) as spec:
+        dom = f"{RT_SET}-c"
+        before = qemu(dom)
+        assert [t.policy for t in before.vcpus] == ["fifo"]
+        tid = before.vcpus[0].tid
+        subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True, capture_output=True)
+        assert qemu(dom).vcpus[0].policy == "other"
+
+        code, report = audit(spec)
+        assert code == 1
+        drifted = [(c["item"], c["planned"], c["actual"]) for c in report["checks"] if not c["ok"]]
+        assert drifted == [("vcpu0 sched", "fifo:10", "other")]
+
+        result = kvmctl_json("apply", str(spec))
+        assert result["vms"]["c"]["action"] == "update-live"
+        after = qemu(dom)
+        assert after.pid == before.pid  # not restarted
+        assert [(t.policy, t.priority) for t in after.vcpus] == [("fifo", 10)]
+        assert audit(spec)[0] == 0

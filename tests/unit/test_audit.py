@@ -122,7 +122,7 @@ def test_a_stopped_vm_is_one_drift() -> None:
     assert [c.item for c in drift(checks)] == ["QEMU process"]
 
 
-def test_only_pins_shares_and_caps_are_repaired_by_apply() -> None:
+def test_only_pins_scheduling_shares_and_caps_are_repaired_by_apply() -> None:
     wrong = replace(
         good(),
         vcpus=(ThreadObs(frozenset({0}), "other", 0),),
@@ -130,7 +130,7 @@ def test_only_pins_shares_and_caps_are_repaired_by_apply() -> None:
         nic_bridges={},
     )
     tunable = {c.item for c in drift(compare(CLUSTER, wrong)) if c.tunable}
-    assert tunable == {"vcpu0 affinity"}
+    assert tunable == {"vcpu0 affinity", "vcpu0 sched"}
     ivi = {
         c.item
         for c in drift(compare(IVI, replace(good(IVI), shares=1, vcpu_quota_us=(5,))))
@@ -150,7 +150,8 @@ def test_repair_actions_turn_unchanged_into_update_live() -> None:
         compare(CLUSTER, replace(good(), vcpus=(ThreadObs(CLUSTER.placement.vcpu_pins[0]),)))
     )
     out = repair_actions(actions, {"ivi": pinned, "cluster": rt_only, "new": pinned})
-    assert [a.kind for a in out] == ["unchanged", "update-live", "create"]
+    assert [a.kind for a in out] == ["update-live", "update-live", "create"]
+    assert out[0].reasons == ("drift: vcpu0 sched other (planned fifo:10)",)
     assert out[1].reasons[0].startswith("drift: vcpu0 affinity 0 (planned ")
     assert repair_actions(actions, {}) == actions
 
