@@ -16,7 +16,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from kvmctl.adapters.virt import Virt
+from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.errors import UsageError
 
 DEFAULT_SPECS_DIR = "/var/lib/kvmctl/specs"
@@ -85,3 +85,19 @@ def find_vms(virt: Virt, names: list[str]) -> tuple[Path, list[str]]:
     if len(sets) > 1:
         raise UsageError(f"the VMs belong to different cockpits ({', '.join(sorted(sets))})")
     return spec_of(sets.pop()), vms
+
+
+def spec_and_vms(targets: list[str], uri: str) -> tuple[Path | None, list[str]]:
+    """Command-line targets: `SPEC [VM...]`, or VMs alone (domain or VM names
+    on `uri`) whose spec is found through the record `kvmctl apply` left.
+    (None, []) when there are no targets."""
+    if not targets:
+        return None, []
+    first = Path(targets[0])
+    if first.suffix in (".yaml", ".yml") or first.is_file():
+        return first, targets[1:]
+    virt = Virt(open_connection(uri))
+    try:
+        return find_vms(virt, targets)
+    finally:
+        virt.close()

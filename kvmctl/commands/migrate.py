@@ -1,4 +1,7 @@
-"""`kvmctl migrate FILE [VM...] --to URI`: live-migrate VMs of a cockpit.
+"""`kvmctl migrate [FILE] VM... --to URI`: live-migrate VMs of a cockpit.
+
+Without FILE the VMs are looked up by VM or domain name on the source, and the
+spec is the one their set was last applied from (kvmctl.applied).
 
 Also `kvmctl migrate --all FILE --to URI` (the whole set) and
 `kvmctl migrate --abort FILE VM` (cancel a running job from elsewhere).
@@ -7,12 +10,11 @@ Also `kvmctl migrate --all FILE --to URI` (the whole set) and
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kvmctl import migration
+from kvmctl import applied, migration
 from kvmctl.adapters.migration import JobProgress
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
 from kvmctl.commands._output import console, print_json
@@ -77,9 +79,14 @@ class _Throttle:
 
 @app.command()
 def migrate(
-    file: Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)],
-    vms: Annotated[
-        list[str] | None, typer.Argument(help="VMs to move (default with --all: every VM).")
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="[SPEC] VM...: the cockpit spec, then VMs to move; or only VMs (VM or domain "
+            "names) of a set applied here, whose spec kvmctl apply recorded. --all SPEC moves all.",
+            metavar="[SPEC] VM...",
+            show_default=False,
+        ),
     ] = None,
     to: Annotated[
         str | None,
@@ -129,6 +136,9 @@ def migrate(
     as_json: JsonOpt = False,
 ) -> None:
     """Live-migrate VMs to another host: destination checked first, pins re-planned there."""
+    file, vms = applied.spec_and_vms(targets or [], connect)
+    if file is None:
+        raise UsageError("name the VMs to move (or the spec and --all)")
     if abort:
         if not vms or len(vms) != 1:
             raise UsageError("--abort takes the spec and exactly one VM")
