@@ -35,6 +35,20 @@ def _plans(example: str, cpus: int, kvm: str):  # type: ignore[no-untyped-def]
     return plan
 
 
+@pytest.mark.parametrize("host", ["soc-a", "soc-b"])
+def test_two_socs_golden_per_host(host: str, regenerate: bool) -> None:
+    """Each SoC of the multi-host example is planned on its own facts: both
+    hand out their CPU 1 (cluster on soc-a, ivi on soc-b)."""
+    plan = make_plan(
+        load_spec(ROOT / "examples" / "cockpit-two-socs.yaml"), facts(cpus=2), host=host
+    )
+    assert plan.problems == []
+    assert sorted(plan.vms) == {"soc-a": ["cluster", "hud"], "soc-b": ["ivi", "passenger"]}[host]
+    for name, vm_plan in plan.vms.items():
+        xml = build_domain(vm_plan, rt_by_thread=True).to_xml()
+        assert_golden(GOLDEN / "cockpit-two-socs" / f"{name}.xml", xml, regenerate)
+
+
 @pytest.mark.parametrize(("example", "cpus", "kvm"), CASES)
 def test_domain_xml_golden(
     example: str, cpus: int, kvm: str, regenerate: bool, tmp_path: Path
