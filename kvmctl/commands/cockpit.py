@@ -119,7 +119,8 @@ def plan(
         print_json({"set": sessions[0].spec.name, "hosts": plans} if multi else plans[0])
     else:
         for session in sessions:
-            _print_plan(session.plan, f" on {session.host} ({session.uri})" if multi else "")
+            where = f" on {session.host or 'this connection'} ({session.uri})"
+            _print_plan(session.plan, where if multi else "")
     if any(s.plan.problems for s in sessions):
         raise typer.Exit(3)
 
