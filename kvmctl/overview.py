@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from kvmctl import history
-from kvmctl.cockpit import Session, open_sessions
+from kvmctl.cockpit import Session, open_session
+from kvmctl.errors import KvmctlError
+from kvmctl.planner.hosts import host_groups
+from kvmctl.planner.plan import domain_name
 from kvmctl.snapshot import snapshot_summary
 from kvmctl.spec import Cockpit, load_spec
 from kvmctl.status import VmStatus, add_history, cockpit_status
@@ -19,9 +22,31 @@ from kvmctl.supervise import supervisor_state
 def overview(
     spec: Cockpit | str | Path, uri: str, host: str | None = None
 ) -> tuple[Cockpit, list[VmStatus]]:
-    """Status rows of the set on each of its hosts (or only `host`, on `uri`)."""
+    """Status rows of the set on each of its hosts (or only `host`, on `uri`).
+    In a multi-host set a host that cannot be reached gives its VMs the state
+    `unreachable` instead of failing the whole status."""
     spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
-    return spec, [row for s in open_sessions(spec, uri, host) for row in gather(s)]
+    groups = host_groups(spec, uri, host)
+    if len(groups) == 1:
+        return spec, gather(open_session(spec, groups[0].uri, host=groups[0].name))
+    rows: list[VmStatus] = []
+    for group in groups:
+        try:
+            session = open_session(spec, group.uri, host=group.name)
+        except KvmctlError as err:
+            rows += [
+                VmStatus(
+                    vm=vm,
+                    domain=domain_name(spec.name, vm),
+                    state="unreachable",
+                    host=group.name,
+                    drift=[f"{group.label} ({group.uri}): {err}"],
+                )
+                for vm in group.vms
+            ]
+            continue
+        rows += gather(session)
+    return spec, rows
 
 
 def gather(session: Session, supervisor: dict[str, Any] | None = None) -> list[VmStatus]:

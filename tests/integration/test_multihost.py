@@ -61,11 +61,14 @@ class TwoHostSet:
         self.spec = self.write()
 
     def write(
-        self, ivi_networks: str = "[]", ivi_ready: str = "{probe: agent, timeout: 90s}"
+        self,
+        ivi_networks: str = "[]",
+        ivi_ready: str = "{probe: agent, timeout: 90s}",
+        lab_uri: str | None = None,
     ) -> Path:
         text = SPEC.format(
             name=self.name,
-            lab_uri=self.lab.uri,
+            lab_uri=lab_uri or self.lab.uri,
             net=secrets.randbelow(200) + 20,
             ivi_networks=ivi_networks,
             ivi_ready=ivi_ready,
@@ -155,6 +158,21 @@ def test_a_failing_second_host_rolls_back_the_first(two: TwoHostSet) -> None:
     run = kvmctl("apply", str(two.spec))
     assert run.returncode == 1, run.stderr
     assert f"what this run did on {URI} was rolled back" in run.stderr, run.stderr
+    two.nothing_anywhere()
+
+
+def test_an_unreachable_host_is_a_state_in_status_and_stops_apply(two: TwoHostSet) -> None:
+    """The lab's address on a port nobody listens on: status still shows this
+    host's VM and calls the other unreachable; apply creates nothing."""
+    gone = f"qemu+tcp://{two.lab.lab_address}:1/system"
+    two.spec = two.write(lab_uri=gone)
+    rows = {r["vm"]: r for r in kvmctl_json("status", str(two.spec))["vms"]}
+    assert (rows["cluster"]["host"], rows["cluster"]["state"]) == (None, "absent")
+    assert (rows["ivi"]["host"], rows["ivi"]["state"]) == ("lab", "unreachable")
+    assert rows["ivi"]["drift"][0].startswith(f"lab ({gone}): ")
+    run = kvmctl("apply", str(two.spec))
+    assert run.returncode == 3, run.stderr
+    assert gone in run.stderr
     two.nothing_anywhere()
 
 
