@@ -82,6 +82,8 @@ def open_session(
         with Netlink() as nl:
             live = read_live(virt, nl.bridges)
     plan = make_plan(spec, facts, live, options, host=host)
+    if is_remote(uri) and facts.kvm_reason:
+        plan = replace(plan, warnings=[*plan.warnings, f"KVM on {uri}: {facts.kvm_reason}"])
     return Session(spec, uri, facts, plan, virt, options, host, is_remote(uri))
 
 

@@ -11,21 +11,83 @@ them.
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import time
+from contextlib import suppress
+from pathlib import Path
+
 from kvmctl.adapters import destination
 from kvmctl.adapters.virt import Virt
+from kvmctl.host import kvmprobe
 from kvmctl.host.facts import HostFacts, VirtType
+from kvmctl.host.kvmprobe import run_dir
 from kvmctl.planner.networks import bridge_alias
 from kvmctl.planner.plan import Plan
 from kvmctl.spec import Cockpit
 
 
 def facts(virt: Virt, wanted: VirtType | None) -> HostFacts:
-    """HostFacts from the remote libvirtd. Without a booted probe there, KVM is
-    taken as usable when that libvirt offers KVM domains; a spec's
-    `hosts.NAME.virt_type` says otherwise for hosts where it is not."""
-    if wanted is None:
-        wanted = "kvm" if "kvm" in destination.identity(virt.conn).machines else "qemu"
-    return destination.facts(virt.conn, wanted)
+    """HostFacts from the remote libvirtd. KVM is used there when a probe guest
+    booted under it reaches user space (kvmctl.host.kvmprobe's test, through
+    libvirt), unless the spec's `hosts.NAME.virt_type` says which."""
+    if wanted is not None:
+        return destination.facts(virt.conn, wanted)
+    virt_type, reason = kvm_verdict(virt)
+    found = destination.facts(virt.conn, virt_type)
+    return found.model_copy(update={"kvm_reason": reason})
+
+
+PROBE_TTL_S = 600.0  # a remote host's verdict is reused this long (it has no boot id to key on)
+
+
+def kvm_verdict(virt: Virt) -> tuple[VirtType, str]:
+    ident = destination.identity(virt.conn)
+    if "kvm" not in ident.machines:
+        return "qemu", "libvirt there offers no KVM"
+    cache = run_dir() / "remote-kvm.json"
+    cached = _cached(cache, ident.host_uuid)
+    if cached is not None:
+        return cached
+    image, problem = kvmprobe.locate_image()
+    if image is None:
+        return "qemu", f"KVM is offered there but no probe guest could be booted: {problem}"
+    name = f"kvmctl-probe-kvm-{os.getpid()}-{secrets.token_hex(3)}"
+    xml = kvmprobe.probe_domain_xml(name, "kvm", image, None)
+    seconds, why = virt.boots(xml, name, kvmprobe.PROBE_MARKER, kvmprobe.DEFAULT_TIMEOUT)
+    if seconds is not None:
+        verdict: tuple[VirtType, str] = (
+            "kvm",
+            f"a probe guest reached user space under KVM there in {seconds:.1f} s",
+        )
+    else:
+        verdict = ("qemu", f"a probe guest failed under KVM there ({why}): TCG is used")
+    _store(cache, ident.host_uuid, verdict)
+    return verdict
+
+
+def _cached(path: Path, host_uuid: str) -> tuple[VirtType, str] | None:
+    try:
+        entry = json.loads(path.read_text())[host_uuid]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if time.time() - float(entry["at"]) > PROBE_TTL_S or entry["virt_type"] not in ("kvm", "qemu"):
+        return None
+    return entry["virt_type"], f"{entry['reason']} (probed {time.time() - entry['at']:.0f} s ago)"
+
+
+def _store(path: Path, host_uuid: str, verdict: tuple[VirtType, str]) -> None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    doc[host_uuid] = {"virt_type": verdict[0], "reason": verdict[1], "at": time.time()}
+    with suppress(OSError):  # no cache then: the next look probes again
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(path)
 
 
 def bridges(virt: Virt, spec: Cockpit) -> dict[str, str | None]:

@@ -21,6 +21,7 @@ from lxml import etree
 
 from kvmctl.adapters.events import ensure_event_loop
 from kvmctl.adapters.libvirt import open_virconnect
+from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.errors import ApplyError, HostError
 from kvmctl.xml.metadata import KVMCTL_NS, KVMCTL_PREFIX, KvmctlMetadata, read_kvmctl_metadata
 
@@ -200,6 +201,29 @@ class Virt:
             return
         with _mapped(f"cannot undefine domain '{name}'"):
             dom.undefineFlags(_UNDEFINE)
+
+    # --- throw-away guests ----------------------------------------------------------
+
+    def boots(self, xml: str, name: str, marker: str, timeout: float) -> tuple[float | None, str]:
+        """Start a transient, auto-destroyed domain and watch its console for
+        `marker` through libvirt (works for a remote host). Returns (seconds to
+        the marker or None, why not). The domain is gone when this returns."""
+        t0 = time.monotonic()
+        flags = libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY
+        try:
+            dom = self.conn.createXML(xml, flags)
+        except libvirt.libvirtError as err:
+            return None, f"libvirt could not start it: {(err.get_error_message() or '').strip()}"
+        try:
+            with ReadyWatch(self.conn, name, f"serial:{marker}") as watch:
+                dom.resume()
+                try:
+                    return watch.wait(timeout) - t0, ""
+                except NotReady as err:
+                    return None, str(err)
+        finally:
+            with suppress(libvirt.libvirtError):
+                dom.destroy()
 
     # --- what is in force, as libvirtd reads it on its host ------------------------
 

@@ -90,10 +90,12 @@ def probe_domain_xml(
     name: str,
     virt_type: VirtType,
     image: ProbeImage,
-    serial_log: Path,
+    serial_log: Path | None,
     memory_mib: int = PROBE_MEMORY_MIB,
 ) -> str:
-    """A transient, disk-less guest: direct kernel boot, serial console to a file.
+    """A transient, disk-less guest: direct kernel boot, serial console to a
+    file (`serial_log`), or to a pty read through libvirt for a host that is
+    not this one (None).
 
     No `<cpu>` element: host-passthrough aborts QEMU on some nested hosts
     ("failed to set MSR 0x10a"), and QEMU's default model runs everywhere.
@@ -117,7 +119,11 @@ def probe_domain_xml(
         on_reboot="destroy",
         on_crash="destroy",
         devices=Devices(
-            serials=(Serial(type="file", source_path=str(serial_log), target_port=0),),
+            serials=(
+                Serial(type="file", source_path=str(serial_log), target_port=0)
+                if serial_log is not None
+                else Serial(type="pty", target_port=0),
+            ),
             memballoon=MemBalloon(model="none"),
         ),
     )

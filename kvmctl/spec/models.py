@@ -91,8 +91,8 @@ class HostSection(Model):
 
 class HostRef(Model):
     uri: str = Field(min_length=1)
-    # How VMs run there. Unset: KVM when that host's libvirt offers it (a host
-    # kvmctl runs on is probed with a booted guest instead; see `kvmctl doctor`).
+    # How VMs run there. Unset: KVM when a probe guest booted under it there
+    # reaches user space (kvmctl.remote), as `kvmctl doctor` judges this host.
     virt_type: Literal["kvm", "qemu"] | None = None
 
 

@@ -176,6 +176,22 @@ def test_an_unreachable_host_is_a_state_in_status_and_stops_apply(two: TwoHostSe
     two.nothing_anywhere()
 
 
+def test_a_remote_hosts_kvm_is_probed_by_booting_a_guest_there(two: TwoHostSet) -> None:
+    """Without virt_type the lab's KVM is judged by a probe guest booted
+    through its libvirt. The lab runs on this machine, so the verdict must be
+    this host's own; the probe guest is gone afterwards."""
+    two.spec.write_text(two.spec.read_text().replace(", virt_type: qemu", ""))
+    plans = {h["host"]: h for h in kvmctl_json("plan", str(two.spec))["hosts"]}
+    assert plans["lab"]["virt_type"] == plans[None]["virt_type"]
+    (probe,) = [w for w in plans["lab"]["warnings"] if w.startswith(f"KVM on {two.lab.uri}: ")]
+    assert "probe guest" in probe
+    conn = libvirt.open(two.lab.uri)
+    try:
+        assert [d.name() for d in conn.listAllDomains() if "probe" in d.name()] == []
+    finally:
+        conn.close()
+
+
 def test_one_host_alone_is_planned_on_the_given_connection(two: TwoHostSet) -> None:
     """`--host lab` is kvmctl running on the lab host (as the Ansible cockpit
     role runs it): only ivi, planned on -c."""

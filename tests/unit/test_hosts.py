@@ -4,6 +4,8 @@ what kvmctl refuses to half-do on a host it reaches only through libvirt."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kvmctl.errors import SpecError, UsageError
@@ -180,3 +182,22 @@ def test_unknown_hugepages_are_not_drift() -> None:
     assert drift(plan, st) == []
     st.hugepages_actual_kib = 0
     assert drift(plan, st) == ["hugepages 0 KiB != planned 262144 KiB"]
+
+
+def test_remote_kvm_verdicts_are_kept_ten_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvmctl import remote
+
+    cache = tmp_path / "remote-kvm.json"
+    assert remote._cached(cache, "uuid-a") is None
+    remote._store(cache, "uuid-a", ("qemu", "a probe guest failed"))
+    remote._store(cache, "uuid-b", ("kvm", "reached user space"))
+    virt_type, reason = remote._cached(cache, "uuid-a") or ("", "")
+    assert virt_type == "qemu" and reason.startswith("a probe guest failed (probed ")
+    assert (remote._cached(cache, "uuid-b") or ("",))[0] == "kvm"
+    later = remote.time.time() + remote.PROBE_TTL_S + 1
+    monkeypatch.setattr(remote.time, "time", lambda: later)
+    assert remote._cached(cache, "uuid-a") is None
+    cache.write_text("not json")
+    assert remote._cached(cache, "uuid-a") is None
