@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -35,3 +36,14 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     sys.stdout.write("\t".join(columns) + "\n")
     for row in rows:
         sys.stdout.write("\t".join("" if v is None else str(v) for v in row) + "\n")
+
+
+def progress_lines() -> Callable[[str, str], None]:
+    """A progress callback (vm, what) printing timed lines on stderr."""
+    t0 = time.monotonic()
+
+    def say(vm: str, what: str) -> None:
+        sys.stderr.write(f"[{time.monotonic() - t0:6.1f}s] {vm}: {what}\n")
+        sys.stderr.flush()
+
+    return say

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +9,7 @@ import typer
 
 from kvmctl import cockpit
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
-from kvmctl.commands._output import print_json, print_table
+from kvmctl.commands._output import print_json, print_table, progress_lines
 from kvmctl.errors import HostError, UsageError
 from kvmctl.overview import overview
 from kvmctl.planner.cpuset import format_cpuset
@@ -29,16 +27,6 @@ HostOpt = Annotated[
         "kvmctl running on that host. Without it a multi-host spec goes to every host's URI.",
     ),
 ]
-
-
-def _progress() -> cockpit.Progress:
-    t0 = time.monotonic()
-
-    def say(vm: str, what: str) -> None:
-        sys.stderr.write(f"[{time.monotonic() - t0:6.1f}s] {vm}: {what}\n")
-        sys.stderr.flush()
-
-    return say
 
 
 def _plan_rows(plan: Plan) -> list[list[object]]:
@@ -158,7 +146,7 @@ def apply(
     json_out: JsonOpt = False,
 ) -> None:
     """Create or update the cockpit: preflight, then define and start VMs in depends_on order."""
-    result = cockpit.apply(file, connect, progress=_progress(), host=host)
+    result = cockpit.apply(file, connect, progress=progress_lines(), host=host)
     if json_out:
         print_json(
             {
@@ -268,7 +256,7 @@ def destroy(
     json_out: JsonOpt = False,
 ) -> None:
     """Stop and remove the set's domains, volumes and bridges (only what kvmctl created for it)."""
-    result = cockpit.destroy(file, connect, progress=_progress(), host=host)
+    result = cockpit.destroy(file, connect, progress=progress_lines(), host=host)
     if json_out:
         print_json(result.__dict__)
         return

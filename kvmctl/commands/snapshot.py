@@ -12,8 +12,6 @@ so the second positional is the group's name.
 
 from __future__ import annotations
 
-import sys
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +20,7 @@ import typer
 
 from kvmctl import snapshot as api
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
-from kvmctl.commands._output import print_json, print_table
+from kvmctl.commands._output import print_json, print_table, progress_lines
 from kvmctl.errors import UsageError
 
 snapshot_app = typer.Typer(
@@ -40,16 +38,6 @@ SecondArg = Annotated[
     str | None, typer.Argument(metavar="[NAME]", help="Snapshot name (not with --all).")
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every VM of the set (a group snapshot).")]
-
-
-def _progress() -> api.Progress:
-    t0 = time.monotonic()
-
-    def say(vm: str, what: str) -> None:
-        sys.stderr.write(f"[{time.monotonic() - t0:6.1f}s] {vm}: {what}\n")
-        sys.stderr.flush()
-
-    return say
 
 
 def _target(first: str, second: str | None, all_vms: bool, verb: str) -> tuple[str | None, str]:
@@ -109,7 +97,12 @@ def create(
     vm, name = _target(first, second, all_vms, "create")
     if vm is None:
         group = api.create_group(
-            file, connect, name, disk_only=disk_only, freeze=not no_freeze, progress=_progress()
+            file,
+            connect,
+            name,
+            disk_only=disk_only,
+            freeze=not no_freeze,
+            progress=progress_lines(),
         )
         m = group.manifest
         if json_out:
@@ -136,7 +129,7 @@ def create(
         name,
         disk_only=disk_only,
         freeze=False if no_freeze else None,
-        progress=_progress(),
+        progress=progress_lines(),
     )
     if json_out:
         print_json(result.__dict__)
@@ -218,9 +211,9 @@ def revert(
     """Bring a VM (or with --all every VM, in depends_on order) back to a snapshot."""
     vm, name = _target(first, second, all_vms, "revert")
     if vm is None:
-        result = api.revert_group(file, connect, name, force=force, progress=_progress())
+        result = api.revert_group(file, connect, name, force=force, progress=progress_lines())
     else:
-        result = api.revert(file, connect, vm, name, force=force, progress=_progress())
+        result = api.revert(file, connect, vm, name, force=force, progress=progress_lines())
     if json_out:
         print_json(
             {
@@ -255,9 +248,9 @@ def delete(
     """Delete a snapshot (a disk-only one is merged back first), or a whole group."""
     vm, name = _target(first, second, all_vms, "delete")
     if vm is None:
-        result = api.delete_group(file, connect, name, progress=_progress())
+        result = api.delete_group(file, connect, name, progress=progress_lines())
     else:
-        result = api.delete(file, connect, vm, name, progress=_progress())
+        result = api.delete(file, connect, vm, name, progress=progress_lines())
     if json_out:
         print_json(result.__dict__)
         return

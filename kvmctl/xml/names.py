@@ -20,7 +20,7 @@ DOMAIN_NAME_MAX = 64
 VOLUME_NAME_MAX = 255
 
 
-def _check(kind: str, name: str, max_len: int) -> str:
+def check_name(kind: str, name: object, max_len: int) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
     if len(name) > max_len:
@@ -35,16 +35,16 @@ def _check(kind: str, name: str, max_len: int) -> str:
 
 def validate_domain_name(name: str) -> str:
     """Return `name` if kvmctl may create a domain (or pool) with it."""
-    return _check("domain", name, DOMAIN_NAME_MAX)
+    return check_name("domain", name, DOMAIN_NAME_MAX)
 
 
 def validate_pool_name(name: str) -> str:
-    return _check("storage pool", name, DOMAIN_NAME_MAX)
+    return check_name("storage pool", name, DOMAIN_NAME_MAX)
 
 
 def validate_volume_name(name: str) -> str:
     """Volume names become file names inside the pool directory."""
-    return _check("volume", name, VOLUME_NAME_MAX)
+    return check_name("volume", name, VOLUME_NAME_MAX)
 
 
 def validate_ifname(name: str) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from lxml import etree
 
 from kvmctl.xml.base import parse_xml
+from kvmctl.xml.names import check_name
 
 SnapshotKind = Literal["internal", "external", "no", "manual"]
 _KINDS = ("internal", "external", "no", "manual")
@@ -31,22 +32,12 @@ _KINDS = ("internal", "external", "no", "manual")
 # Snapshot names end up in file names (overlays, manifests), libvirt metadata
 # file names and command lines people copy: a conservative set only.
 SNAPSHOT_NAME_MAX = 64
-_SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _DISK_TARGET = re.compile(r"[a-z]{2,4}[a-z0-9]*")
 
 
 def validate_snapshot_name(name: object) -> str:
     """Return `name` if kvmctl accepts it as a snapshot (or group) name."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"snapshot name must be a non-empty string, got {name!r}")
-    if len(name) > SNAPSHOT_NAME_MAX:
-        raise ValueError(f"snapshot name {name!r} is longer than {SNAPSHOT_NAME_MAX} characters")
-    if not _SNAPSHOT_NAME.fullmatch(name):
-        raise ValueError(
-            f"snapshot name {name!r} may only contain letters, digits and '_.+-', "
-            "and must start with a letter or digit"
-        )
-    return name
+    return check_name("snapshot", name, SNAPSHOT_NAME_MAX)
 
 
 def _check_path(path: str) -> str:
