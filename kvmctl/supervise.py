@@ -44,7 +44,7 @@ from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.adapters.virt import Virt
 from kvmctl.apply import Applier, VmOutcome
 from kvmctl.cockpit import open_session
-from kvmctl.errors import HostError, KvmctlError
+from kvmctl.errors import HostError, KvmctlError, UsageError
 from kvmctl.host import threads
 from kvmctl.planner.diff import Action
 from kvmctl.planner.domain import on_crash_for
@@ -143,6 +143,7 @@ class Supervisor:
         spec_path: Path,
         uri: str,
         *,
+        host: str | None = None,
         out: IO[str] | None = None,
         directory: Path | None = None,
         backoff: float = 1.0,
@@ -150,12 +151,15 @@ class Supervisor:
     ):
         self.spec_path = Path(spec_path)
         self.uri = uri
+        self.host = host  # the spec's host: whose VMs are watched (None: those without)
         self.out = out or sys.stdout
         self.directory = directory or state_dir()
         self.spec: Cockpit = load_spec(self.spec_path)
         self.set_name = self.spec.name
         self.vms: dict[str, VmWatch] = {}
         for name, vm in self.spec.vms.items():
+            if vm.host != host:
+                continue  # another host's supervisor watches it
             r = vm.restart
             self.vms[name] = VmWatch(
                 name=name,
@@ -164,6 +168,12 @@ class Supervisor:
                 depends_on=list(vm.depends_on),
                 probe=vm.ready.probe,
                 ready_timeout=vm.ready.timeout,
+            )
+        if not self.vms:
+            where = f"on host '{host}'" if host else "without host:"
+            raise UsageError(
+                f"cockpit '{self.set_name}' has no VMs {where} to supervise (--host NAME picks "
+                "the VMs of one host)"
             )
         self.by_domain = {w.domain: w for w in self.vms.values()}
         self.events: queue.Queue[DomainEvent | _Note] = queue.Queue()
@@ -535,7 +545,7 @@ class Supervisor:
         """Start a defined, stopped domain the way `kvmctl apply` does, from the
         spec as it is now; `hung`: it runs but never became ready, so it is
         powered off first. None when there was nothing to start."""
-        session = open_session(self.spec_path, self.uri)
+        session = open_session(self.spec_path, self.uri, host=self.host)
         virt = session.virt
         assert virt is not None
         try:
@@ -562,11 +572,12 @@ class Supervisor:
                 result = Applier(
                     virt,
                     single,
-                    netlink=nl,
+                    netlink=None if session.remote else nl,
                     rt_by_thread=session.facts.rt_group_sched,
                     pool_path=session.options.pool_path,
                     host_cpus=max(session.facts.cpu_ids, default=0) + 1,
                     progress=lambda vm, what: self.log("progress", vm, what=what),
+                    on_this_host=not session.remote,
                 ).run()
             return result.outcomes[w.name]
         finally:

@@ -29,6 +29,15 @@ ConnectOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+HostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--host",
+        help="Only the VMs the spec places on this host (hosts:), through -c: kvmctl "
+        "running on that host. Without it plan/apply/status/destroy go to every host's URI; "
+        "other verbs take the VMs without host:.",
+    ),
+]
 
 
 def _version(value: bool) -> None:

@@ -9,13 +9,13 @@ import typer
 
 from kvmctl import cockpit
 from kvmctl.audit import AuditReport, audit_plan
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, app
 from kvmctl.commands._output import print_json, print_table
 from kvmctl.status import STATE_NAMES
 
 
-def run_audit(file: Path, uri: str) -> AuditReport:
-    session = cockpit.open_session(file, uri)
+def run_audit(file: Path, uri: str, host: str | None = None) -> AuditReport:
+    session = cockpit.open_session(file, uri, host=host)
     assert session.virt is not None
     states = {d.name: STATE_NAMES.get(d.state, "?") for d in session.virt.domains()}
     return audit_plan(session.plan, states)
@@ -25,6 +25,7 @@ def run_audit(file: Path, uri: str) -> AuditReport:
 def audit(
     file: Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)],
     connect: ConnectOpt = DEFAULT_URI,
+    host: HostOpt = None,
     json_out: JsonOpt = False,
     all_checks: Annotated[
         bool, typer.Option("--all", help="List every check, not only the drifted ones.")
@@ -33,9 +34,9 @@ def audit(
     """Compare what runs with the plan: thread pins, RT policy, hugepages, cgroup
     shares/quota, NIC bridges. Exit status 1 when anything drifted.
 
-    `kvmctl apply` repairs drifted pins, shares and caps live.
+    `kvmctl apply` repairs drifted pins, vCPU scheduling, shares and caps live.
     """
-    report = run_audit(file, connect)
+    report = run_audit(file, connect, host)
     if json_out:
         print_json(report.as_dict())
     else:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from kvmctl import cockpit
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, app
 from kvmctl.commands._output import print_json, print_table, progress_lines
 from kvmctl.errors import HostError, UsageError
 from kvmctl.overview import overview
@@ -19,14 +19,6 @@ from kvmctl.spec import load_spec
 from kvmctl.status import VmStatus
 
 SpecArg = Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)]
-HostOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--host",
-        help="Only the VMs the spec places on this host (hosts:), on the connection -c: "
-        "kvmctl running on that host. Without it a multi-host spec goes to every host's URI.",
-    ),
-]
 
 
 def _plan_rows(plan: Plan) -> list[list[object]]:

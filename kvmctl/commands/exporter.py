@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from kvmctl.cockpit import open_session
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, app
 from kvmctl.exporter import CockpitCollector, parse_listen, serve
 from kvmctl.spec import load_spec
 
@@ -21,6 +21,7 @@ DEFAULT_LISTEN = "127.0.0.1:9477"
 def exporter(
     file: Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)],
     connect: ConnectOpt = DEFAULT_URI,
+    on_host: HostOpt = None,
     listen: Annotated[
         str, typer.Option("--listen", help="HOST:PORT to serve /metrics on ([::1]:PORT for IPv6).")
     ] = DEFAULT_LISTEN,
@@ -33,7 +34,7 @@ def exporter(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())
     spec = load_spec(file)
-    session = open_session(spec, connect)
+    session = open_session(spec, connect, host=on_host)
     try:
         if not stop.is_set():  # asked to stop while the session opened
             serve(CockpitCollector(session), host, port, stop)

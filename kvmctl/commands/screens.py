@@ -11,7 +11,7 @@ import psutil
 import typer
 
 from kvmctl import cockpit
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, app
 from kvmctl.commands._output import print_json, print_table
 from kvmctl.errors import HostError, KvmctlError
 from kvmctl.host import threads
@@ -68,6 +68,7 @@ def screens(
         Path, typer.Option("--output", "-o", help="PNG file to write.", show_default=False)
     ],
     connect: ConnectOpt = DEFAULT_URI,
+    host: HostOpt = None,
     watch: Annotated[
         float | None,
         typer.Option("--watch", help="Rewrite the picture every N seconds until interrupted."),
@@ -80,7 +81,7 @@ def screens(
         import PIL  # noqa: F401
     except ImportError:
         raise HostError("kvmctl screens needs Pillow: pip install pillow") from None
-    session = cockpit.open_session(file, connect)
+    session = cockpit.open_session(file, connect, host=host)
     try:
         while True:
             tiles = _tiles(session)

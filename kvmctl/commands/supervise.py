@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, app
 from kvmctl.errors import UsageError
 from kvmctl.spec.units import parse_duration
 from kvmctl.supervise import Supervisor
@@ -25,6 +25,7 @@ def _duration(text: str, option: str) -> float:
 def supervise(
     file: Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)],
     connect: ConnectOpt = DEFAULT_URI,
+    host: HostOpt = None,
     state_dir: Annotated[
         Path | None,
         typer.Option(
@@ -50,6 +51,7 @@ def supervise(
     sup = Supervisor(
         file,
         connect,
+        host=host,
         directory=state_dir,
         backoff=_duration(backoff, "--backoff"),
         backoff_max=_duration(backoff_max, "--backoff-max"),

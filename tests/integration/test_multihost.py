@@ -4,7 +4,9 @@ private veth. plan/apply/status/destroy go across both."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from tests.integration.cockpit_helpers import (
     sweep,
     write_spec,
 )
-from tests.integration.ops_helpers import guest_run
+from tests.integration.ops_helpers import SupervisorProcess, guest_run
 
 pytestmark = pytest.mark.integration
 
@@ -190,6 +192,33 @@ def test_a_remote_hosts_kvm_is_probed_by_booting_a_guest_there(two: TwoHostSet) 
         assert [d.name() for d in conn.listAllDomains() if "probe" in d.name()] == []
     finally:
         conn.close()
+
+
+def test_a_supervisor_per_host_restarts_its_own_vm_there(two: TwoHostSet, tmp_path: Path) -> None:
+    """`kvmctl supervise --host lab` (as it would run on that SoC) watches only
+    the lab's VM and restarts it there when its QEMU is killed."""
+    kvmctl_json("apply", str(two.spec))
+    ivi = f"{two.name}-ivi"
+    lab_run = str(two.lab.path("/run/libvirt/qemu"))
+    state = tmp_path / "sup"
+    state.mkdir()
+    sup = SupervisorProcess(two.spec, state, "--host", "lab", "-c", two.lab.uri)
+    try:
+        started = sup.wait(30, event="supervising")
+        assert sorted(started["vms"]) == ["ivi"]
+        sup.wait(30, event="observed", vm="ivi")
+        old = threads.qemu_pid(ivi, lab_run)
+        assert old is not None
+        mark = sup.mark()
+        os.kill(old, signal.SIGKILL)
+        sup.wait(120, since=mark, event="restarted", vm="ivi")
+        new = threads.qemu_pid(ivi, lab_run)
+        assert new is not None and new != old
+        assert two.domains(two.lab.uri) == {ivi: libvirt.VIR_DOMAIN_RUNNING}
+        assert two.domains(URI) == {f"{two.name}-cluster": libvirt.VIR_DOMAIN_RUNNING}
+    finally:
+        sup.terminate()
+    kvmctl_json("destroy", str(two.spec))
 
 
 def test_one_host_alone_is_planned_on_the_given_connection(two: TwoHostSet) -> None:
