@@ -27,6 +27,12 @@ def specs_dir() -> Path:
 
 
 def remember(set_name: str, path: Path, spec_hash: str) -> None:
+    """Best effort: an apply that worked is not failed by its record."""
+    with suppress(OSError):
+        _write(set_name, path, spec_hash)
+
+
+def _write(set_name: str, path: Path, spec_hash: str) -> None:
     record = {
         "set": set_name,
         "path": str(path.resolve()),
