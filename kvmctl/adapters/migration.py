@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ import libvirt_qemu
 from kvmctl.adapters.virt import Virt
 from kvmctl.planner.migration import Policy
 
+# QEMU switches at its next look at the job, a few ms after the request.
+POSTCOPY_SWITCH_SECONDS = 2.0
 COMPRESSION_METHODS = {"zlib": "zlib", "zstd": "zstd", "xbzrle": "xbzrle"}
 
 
@@ -84,7 +87,8 @@ class JobProgress:
     dirty_rate: int  # pages per second
     iteration: int
     expected_downtime_ms: int | None
-    postcopy: bool
+    postcopy: bool  # the guest runs on the destination, pages fetched on demand
+    postcopy_requests: int = 0  # pages the destination asked for on a fault
 
     @classmethod
     def from_stats(cls, stats: dict[str, Any], postcopy: bool) -> JobProgress:
@@ -97,6 +101,7 @@ class JobProgress:
             iteration=int(stats.get("memory_iteration", 0)),
             expected_downtime_ms=int(stats["downtime"]) if "downtime" in stats else None,
             postcopy=postcopy,
+            postcopy_requests=int(stats.get("memory_postcopy_requests", 0)),
         )
 
 
@@ -115,7 +120,8 @@ class MigrationJob:
         self.dom = virt._get(name)
         self.transfer = transfer
         self.error: libvirt.libvirtError | None = None
-        self.postcopy_started = False
+        self.postcopy_started = False  # kvmctl asked for the switch
+        self.in_postcopy = False  # the source was seen paused for post-copy
         self._done = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(flags, params), name=f"migrate-{name}", daemon=True
@@ -146,7 +152,16 @@ class MigrationJob:
             return None
         if info.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
             return None
-        return JobProgress.from_stats(info, self.postcopy_started)
+        if self.postcopy_started and not self.in_postcopy:
+            self.in_postcopy = self._paused_for_postcopy()
+        return JobProgress.from_stats(info, self.in_postcopy)
+
+    def _paused_for_postcopy(self) -> bool:
+        try:
+            status, reason = self.dom.state()
+        except libvirt.libvirtError:
+            return False
+        return status == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY
 
     def set_max_downtime(self, ms: int) -> None:
         try:
@@ -195,11 +210,19 @@ class MigrationJob:
         return json.loads(reply).get("return")
 
     def start_postcopy(self) -> bool:
+        """Ask QEMU to switch to post-copy, then watch the source closely for
+        the switch: the post-copy phase of a small guest can be shorter than
+        the caller's poll."""
         try:
             self.dom.migrateStartPostCopy()
         except libvirt.libvirtError:
             return False
         self.postcopy_started = True
+        deadline = time.monotonic() + POSTCOPY_SWITCH_SECONDS
+        while not self.in_postcopy and time.monotonic() < deadline:
+            self.in_postcopy = self._paused_for_postcopy()
+            if self.in_postcopy or self._done.wait(0.01):
+                break
         return True
 
 
