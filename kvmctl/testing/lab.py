@@ -97,11 +97,6 @@ def list_labs() -> list[LabState]:
     return [s for s in found if s is not None]
 
 
-def lab_for_uri(uri: str) -> LabState | None:
-    """The lab whose libvirt URI this is, if it runs on this machine."""
-    return next((s for s in list_labs() if s.uri == uri.rstrip("/")), None)
-
-
 def _run(*argv: str) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
