@@ -20,8 +20,9 @@ import libvirt_qemu
 from kvmctl.adapters.virt import Virt
 from kvmctl.planner.migration import Policy
 
-# QEMU switches at its next look at the job, a few ms after the request.
-POSTCOPY_SWITCH_SECONDS = 2.0
+# Events come through libvirt's event loop thread, a little after the job's
+# own reply may have.
+EVENT_GRACE_SECONDS = 0.5
 COMPRESSION_METHODS = {"zlib": "zlib", "zstd": "zstd", "xbzrle": "xbzrle"}
 
 
@@ -117,18 +118,42 @@ class MigrationJob:
     """A running `migrateToURI3`; `wait()` returns once it has ended."""
 
     def __init__(self, virt: Virt, name: str, transfer: Transfer, flags: int, params: dict):
+        self.conn = virt.conn
         self.dom = virt._get(name)
         self.transfer = transfer
         self.error: libvirt.libvirtError | None = None
         self.postcopy_started = False  # kvmctl asked for the switch
-        self.in_postcopy = False  # the source was seen paused for post-copy
+        self.in_postcopy = False  # the source paused for post-copy (event or state)
         self._done = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(flags, params), name=f"migrate-{name}", daemon=True
         )
+        self._callback: int | None = None
 
     def start(self) -> None:
+        # The post-copy phase of a small guest can be shorter than a poll:
+        # the source's lifecycle event says it happened, whenever we look.
+        with suppress(libvirt.libvirtError):
+            self._callback = self.conn.domainEventRegisterAny(
+                self.dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
+            )
         self._thread.start()
+
+    def _lifecycle(self, _conn: Any, _dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        if (
+            event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED
+            and detail == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY
+        ):
+            self.in_postcopy = True
+
+    def close(self) -> None:
+        """After the job: stop listening to the domain's events."""
+        if self._callback is not None:
+            if self.postcopy_started and not self.in_postcopy:
+                time.sleep(EVENT_GRACE_SECONDS)  # let a queued event arrive
+            with suppress(libvirt.libvirtError):
+                self.conn.domainEventDeregisterAny(self._callback)
+            self._callback = None
 
     def _run(self, flags: int, params: dict) -> None:
         try:
@@ -210,19 +235,11 @@ class MigrationJob:
         return json.loads(reply).get("return")
 
     def start_postcopy(self) -> bool:
-        """Ask QEMU to switch to post-copy, then watch the source closely for
-        the switch: the post-copy phase of a small guest can be shorter than
-        the caller's poll."""
         try:
             self.dom.migrateStartPostCopy()
         except libvirt.libvirtError:
             return False
         self.postcopy_started = True
-        deadline = time.monotonic() + POSTCOPY_SWITCH_SECONDS
-        while not self.in_postcopy and time.monotonic() < deadline:
-            self.in_postcopy = self._paused_for_postcopy()
-            if self.in_postcopy or self._done.wait(0.01):
-                break
         return True
 
 

@@ -80,6 +80,8 @@ def run_one(
         job.abort()
         job.wait(ABORT_GRACE_SECONDS)
         reason = "interrupted (Ctrl-C)"
+    finally:
+        job.close()
     result.seconds = round(time.monotonic() - started, 3)
     result.postcopy = job.in_postcopy
     if job.in_postcopy:
