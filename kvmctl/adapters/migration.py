@@ -35,6 +35,9 @@ class Transfer:
     copy_disks: tuple[str, ...]  # target devs copied over NBD; () = shared storage
     keep_source: bool
     tls: bool
+    # Every writable disk not copied is one the destination sees as the very
+    # same file, by kvmctl's marker (kvmctl.adapters.shared_storage).
+    shared_proven: bool = False
 
 
 def flags(policy: Policy, transfer: Transfer) -> int:
@@ -48,6 +51,11 @@ def flags(policy: Policy, transfer: Transfer) -> int:
         value |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     if transfer.copy_disks:
         value |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    if transfer.shared_proven:
+        # libvirt refuses a disk on a local file system type ("Migration
+        # without shared storage is unsafe"): it knows NFS, GFS2, Ceph and
+        # the like by statfs, not a directory both hosts mount otherwise.
+        value |= libvirt.VIR_MIGRATE_UNSAFE
     if transfer.tls:
         value |= libvirt.VIR_MIGRATE_TLS
     if policy.auto_converge:

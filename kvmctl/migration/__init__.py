@@ -81,7 +81,12 @@ def migrate(
         order = migration_order(spec, names)
         prepared, notes = prepare(spec, order, source, dest, request, plan_options(spec))
         report = MigrationReport(request.dest_uri, notes=notes + _host_side_notes(prepared))
-        _ensure_pools(source, dest, {c.pool for p in prepared.values() for c in p.copies})
+        _ensure_pools(
+            source,
+            dest,
+            {c.pool for p in prepared.values() for c in p.copies}
+            | {pool for p in prepared.values() for pool in p.shared_pools},
+        )
         for name in order:
             result = run_one(prepared[name], source, dest, progress)
             report.results.append(result)
@@ -107,7 +112,8 @@ def migrate(
 
 def _ensure_pools(source: Virt, dest: Virt, pools: set[str]) -> None:
     """Disks copied over NBD land in a volume libvirt creates in the pool of the
-    same name on the destination: define it there as it is here."""
+    same name on the destination, and a disk on shared storage is found there
+    through that pool: define it there as it is here."""
     for pool in sorted(pools):
         xml = source.pool_xml(pool)
         if xml is not None:

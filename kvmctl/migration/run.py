@@ -169,6 +169,8 @@ def _finish(
     result.pins["emulator"] = format_cpuset(pins.emulator)
     if not prepared.transfer.keep_source:
         for copy in prepared.copies:
+            if copy.pool in prepared.shared_pools:
+                continue  # never: that file is the destination's disk now
             # The disk now lives on the destination; the source copy is stale.
             with suppress(KvmctlError):
                 source.delete_volume(copy.pool, copy.volume)

@@ -556,3 +556,56 @@ def test_safety_vm_refuses_postcopy(mig: MigSet) -> None:
     assert "post-copy is refused for a safety VM" in run.stderr
     assert source_state(mig.domain) == libvirt.VIR_DOMAIN_RUNNING
     assert lab_domains(mig.lab, mig.name) == {}
+
+
+def source_volumes(prefix: str) -> list[str]:
+    conn = libvirt.open(URI)
+    try:
+        pool = conn.storagePoolLookupByName("kvmctl")
+        pool.refresh(0)
+        return sorted(v.name() for v in pool.listAllVolumes(0) if v.name().startswith(prefix))
+    finally:
+        conn.close()
+
+
+def test_move_on_shared_storage_keeps_the_disk_in_place(
+    tmp_path: Path, kvmctl_lab_factory: Callable[..., LabState]
+) -> None:
+    """A lab that sees this host's volume directory (as over NFS): kvmctl
+    finds the storage shared, moves the guest without copying its disk,
+    refuses --copy-storage (a disk copied onto itself), and deletes nothing
+    after the move: the destination runs on that very file."""
+    lab = kvmctl_lab_factory(shared_storage=True)
+    s = MigSet(tmp_path, lab)
+    try:
+        s.apply()
+        guest_run(s.domain, "/bin/sh", "-c", "echo on-shared-disk > /data/marker; sync")
+        tool(s.domain, "counter", "start")
+        volumes = source_volumes(s.name)
+        assert volumes, "the set has no volume here"
+
+        run = s.migrate("--copy-storage")
+        assert run.returncode == 3, run.stderr
+        assert "migrate without --copy-storage" in run.stderr
+        assert source_state(s.domain) == libvirt.VIR_DOMAIN_RUNNING
+        assert lab_domains(lab, s.name) == {}
+
+        before = counter(s.domain)
+        run = s.migrate("--json")
+        assert run.returncode == 0, run.stderr
+        result = json.loads(run.stdout)["vms"][0]
+        assert result["status"] == "completed", result
+        assert source_state(s.domain) is None
+        assert lab_domains(lab, s.name) == {s.domain: libvirt.VIR_DOMAIN_RUNNING}
+        # Nothing deleted, nothing copied: the same files, seen from both hosts.
+        assert source_volumes(s.name) == volumes
+        assert lab_volumes(lab, s.name) == volumes
+        assert not any(v.startswith(".kvmctl-shared-") for v in source_volumes(""))
+        uri = lab.uri
+        assert guest_run(s.domain, "/bin/cat", "/data/marker", uri=uri).strip() == "on-shared-disk"
+        guest_run(s.domain, "/bin/sh", "-c", "echo written-there > /data/after; sync", uri=uri)
+        assert guest_run(s.domain, "/bin/cat", "/data/after", uri=uri).strip() == "written-there"
+        after = counter(s.domain, uri=uri)
+        assert after > before
+    finally:
+        s.cleanup()
