@@ -4,7 +4,8 @@
 
 A lab host (kvmctl.testing) is started; one 256 MiB hugepage-backed test
 guest (shared CPU, 64 MiB disk copied over NBD) is applied here and moved to
-the lab four times:
+the lab four times, then twice more to a second lab that shares this host's
+volume directory (as over NFS), so that no disk is copied:
 
 - idle guest, `kvmctl migrate` (its policy: downtime limit by criticality,
   auto-converge, post-copy when pre-copy stops converging);
@@ -13,7 +14,10 @@ the lab four times:
 - the same two with the guest dirtying `--dirty-mbps` MB/s of memory, both
   capped at `--bandwidth` MiB/s so that the stream is slower than the dirtying:
   the plain job is watched for `--patience` seconds and aborted if it has not
-  converged by then.
+  converged by then;
+- idle guest on shared storage, `kvmctl migrate` and the plain job (no disk
+  copy, `--unsafe` for libvirt's file system type check, which kvmctl's
+  shared-storage probe answers itself).
 
 Times and downtimes are libvirt's completed-job statistics on the
 destination. Absolute TCG figures are not representative; the comparison is.
@@ -72,11 +76,13 @@ def remove_from_lab(lab: LabState, domain: str) -> None:
         conn.close()
 
 
-def kvmctl_move(spec: Path, lab: LabState, bandwidth: int | None) -> dict[str, object]:
+def kvmctl_move(
+    spec: Path, lab: LabState, bandwidth: int | None, copy_storage: bool
+) -> dict[str, object]:
     request = migration.Request(
         dest_uri=lab.uri,
         migrate_uri=None,
-        copy_storage=True,
+        copy_storage=copy_storage,
         overrides=Overrides(bandwidth_mibps=bandwidth),
     )
     report = migration.migrate(spec, ["a"], SOURCE, request, insecure=True)
@@ -91,7 +97,13 @@ def kvmctl_move(spec: Path, lab: LabState, bandwidth: int | None) -> dict[str, o
 
 
 def one_case(
-    spec: Path, name: str, lab: LabState, dirty: int, bandwidth: int | None, patience: float
+    spec: Path,
+    name: str,
+    lab: LabState,
+    dirty: int,
+    bandwidth: int | None,
+    patience: float,
+    copy_storage: bool = True,
 ) -> tuple[dict, dict]:
     domain = f"{name}-a"
     out = []
@@ -102,9 +114,9 @@ def one_case(
             time.sleep(3)
         try:
             if mover == "kvmctl":
-                out.append(kvmctl_move(spec, lab, bandwidth))
+                out.append(kvmctl_move(spec, lab, bandwidth, copy_storage))
             else:
-                out.append(plain_move(domain, lab, bandwidth, patience))
+                out.append(plain_move(domain, lab, bandwidth, patience, copy_storage))
         finally:
             cockpit.destroy(spec, SOURCE)
             remove_from_lab(lab, domain)
@@ -139,6 +151,9 @@ def main() -> None:
             idle = one_case(spec, name, lab, 0, None, args.patience)
             print(f"idle: kvmctl {fmt(idle[0])}; plain {fmt(idle[1])}", flush=True)
             dirty = one_case(spec, name, lab, args.dirty_mbps, args.bandwidth, args.patience)
+        with LabHost(shared_storage=True) as lab:
+            shared = one_case(spec, name, lab, 0, None, args.patience, copy_storage=False)
+            print(f"idle, shared: kvmctl {fmt(shared[0])}; plain {fmt(shared[1])}", flush=True)
     finally:
         spec.unlink(missing_ok=True)
     lines = [
@@ -149,10 +164,16 @@ def main() -> None:
         f"dirtying {args.dirty_mbps} MB/s, {args.bandwidth} MiB/s cap, plain virsh defaults: "
         f"{fmt(dirty[1])}",
     ]
-    if idle[0].get("downtime_ms") and idle[1].get("downtime_ms"):
-        lines.append(
-            f"idle downtime kvmctl / plain: {idle[0]['downtime_ms'] / idle[1]['downtime_ms']:.2f}"
-        )
+    lines += [
+        f"idle 256 MiB hugepage guest, shared storage, kvmctl policy: {fmt(shared[0])}",
+        f"idle 256 MiB hugepage guest, shared storage, plain virsh defaults: {fmt(shared[1])}",
+    ]
+    for label, pair in (("disk copied", idle), ("shared storage", shared)):
+        if pair[0].get("downtime_ms") and pair[1].get("downtime_ms"):
+            lines.append(
+                f"idle downtime kvmctl / plain, {label}: "
+                f"{pair[0]['downtime_ms'] / pair[1]['downtime_ms']:.2f}"
+            )
     block = "\n".join(lines)
     print(block)
     head = (
@@ -161,8 +182,8 @@ def main() -> None:
     )
     record(
         "migrate",
-        "Live migration to a lab host (kvmctl.testing), disks copied over NBD; "
-        "libvirt's completed-job statistics on the destination.",
+        "Live migration to a lab host (kvmctl.testing), disks copied over NBD unless "
+        "shared; libvirt's completed-job statistics on the destination.",
         f"{head}\n\n```\n{block}\n```\n",
     )
 

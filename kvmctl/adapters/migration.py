@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,9 @@ import libvirt_qemu
 from kvmctl.adapters.virt import Virt
 from kvmctl.planner.migration import Policy
 
+# Events come through libvirt's event loop thread, a little after the job's
+# own reply may have.
+EVENT_GRACE_SECONDS = 0.5
 COMPRESSION_METHODS = {"zlib": "zlib", "zstd": "zstd", "xbzrle": "xbzrle"}
 
 
@@ -31,6 +35,9 @@ class Transfer:
     copy_disks: tuple[str, ...]  # target devs copied over NBD; () = shared storage
     keep_source: bool
     tls: bool
+    # Every writable disk not copied is one the destination sees as the very
+    # same file, by kvmctl's marker (kvmctl.adapters.shared_storage).
+    shared_proven: bool = False
 
 
 def flags(policy: Policy, transfer: Transfer) -> int:
@@ -44,6 +51,11 @@ def flags(policy: Policy, transfer: Transfer) -> int:
         value |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     if transfer.copy_disks:
         value |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    if transfer.shared_proven:
+        # libvirt refuses a disk on a local file system type ("Migration
+        # without shared storage is unsafe"): it knows NFS, GFS2, Ceph and
+        # the like by statfs, not a directory both hosts mount otherwise.
+        value |= libvirt.VIR_MIGRATE_UNSAFE
     if transfer.tls:
         value |= libvirt.VIR_MIGRATE_TLS
     if policy.auto_converge:
@@ -84,7 +96,8 @@ class JobProgress:
     dirty_rate: int  # pages per second
     iteration: int
     expected_downtime_ms: int | None
-    postcopy: bool
+    postcopy: bool  # the guest runs on the destination, pages fetched on demand
+    postcopy_requests: int = 0  # pages the destination asked for on a fault
 
     @classmethod
     def from_stats(cls, stats: dict[str, Any], postcopy: bool) -> JobProgress:
@@ -97,6 +110,7 @@ class JobProgress:
             iteration=int(stats.get("memory_iteration", 0)),
             expected_downtime_ms=int(stats["downtime"]) if "downtime" in stats else None,
             postcopy=postcopy,
+            postcopy_requests=int(stats.get("memory_postcopy_requests", 0)),
         )
 
 
@@ -112,17 +126,42 @@ class MigrationJob:
     """A running `migrateToURI3`; `wait()` returns once it has ended."""
 
     def __init__(self, virt: Virt, name: str, transfer: Transfer, flags: int, params: dict):
+        self.conn = virt.conn
         self.dom = virt._get(name)
         self.transfer = transfer
         self.error: libvirt.libvirtError | None = None
-        self.postcopy_started = False
+        self.postcopy_started = False  # kvmctl asked for the switch
+        self.in_postcopy = False  # the source paused for post-copy (event or state)
         self._done = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(flags, params), name=f"migrate-{name}", daemon=True
         )
+        self._callback: int | None = None
 
     def start(self) -> None:
+        # The post-copy phase of a small guest can be shorter than a poll:
+        # the source's lifecycle event says it happened, whenever we look.
+        with suppress(libvirt.libvirtError):
+            self._callback = self.conn.domainEventRegisterAny(
+                self.dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
+            )
         self._thread.start()
+
+    def _lifecycle(self, _conn: Any, _dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        if (
+            event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED
+            and detail == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY
+        ):
+            self.in_postcopy = True
+
+    def close(self) -> None:
+        """After the job: stop listening to the domain's events."""
+        if self._callback is not None:
+            if self.postcopy_started and not self.in_postcopy:
+                time.sleep(EVENT_GRACE_SECONDS)  # let a queued event arrive
+            with suppress(libvirt.libvirtError):
+                self.conn.domainEventDeregisterAny(self._callback)
+            self._callback = None
 
     def _run(self, flags: int, params: dict) -> None:
         try:
@@ -146,7 +185,16 @@ class MigrationJob:
             return None
         if info.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
             return None
-        return JobProgress.from_stats(info, self.postcopy_started)
+        if self.postcopy_started and not self.in_postcopy:
+            self.in_postcopy = self._paused_for_postcopy()
+        return JobProgress.from_stats(info, self.in_postcopy)
+
+    def _paused_for_postcopy(self) -> bool:
+        try:
+            status, reason = self.dom.state()
+        except libvirt.libvirtError:
+            return False
+        return status == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY
 
     def set_max_downtime(self, ms: int) -> None:
         try:

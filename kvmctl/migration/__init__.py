@@ -8,7 +8,7 @@ the destination, the rest (the failed one included) on the source.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kvmctl import history
@@ -23,7 +23,6 @@ from kvmctl.planner.migration import migration_order
 from kvmctl.planner.plan import domain_name
 from kvmctl.setlock import set_lock
 from kvmctl.spec import Cockpit, load_spec
-from kvmctl.testing.lab import lab_for_uri
 
 __all__ = ["MigrationFailed", "MigrationReport", "Request", "abort", "migrate"]
 
@@ -72,16 +71,22 @@ def migrate(
             f"(it has {', '.join(sorted(spec.vms))})"
         )
     if request.migrate_uri is None:
-        lab = lab_for_uri(request.dest_uri)
-        uri = lab.migrate_uri if lab else default_migrate_uri(request.dest_uri)
-        request = Request(**{**request.__dict__, "migrate_uri": uri})
+        # The stream goes to the address the destination libvirtd answers on
+        # (for a lab host: its veth address), not to whatever its hostname
+        # resolves to.
+        request = replace(request, migrate_uri=default_migrate_uri(request.dest_uri))
     with set_lock(spec.name):
         source = Virt(open_connection(source_uri))
         dest = Virt(open_connection(request.dest_uri))
         order = migration_order(spec, names)
         prepared, notes = prepare(spec, order, source, dest, request, plan_options(spec))
         report = MigrationReport(request.dest_uri, notes=notes + _host_side_notes(prepared))
-        _ensure_pools(source, dest, {c.pool for p in prepared.values() for c in p.copies})
+        _ensure_pools(
+            source,
+            dest,
+            {c.pool for p in prepared.values() for c in p.copies}
+            | {pool for p in prepared.values() for pool in p.shared_pools},
+        )
         for name in order:
             result = run_one(prepared[name], source, dest, progress)
             report.results.append(result)
@@ -107,7 +112,8 @@ def migrate(
 
 def _ensure_pools(source: Virt, dest: Virt, pools: set[str]) -> None:
     """Disks copied over NBD land in a volume libvirt creates in the pool of the
-    same name on the destination: define it there as it is here."""
+    same name on the destination, and a disk on shared storage is found there
+    through that pool: define it there as it is here."""
     for pool in sorted(pools):
         xml = source.pool_xml(pool)
         if xml is not None:

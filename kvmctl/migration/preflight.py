@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmctl.adapters import destination
+from kvmctl.adapters import destination, shared_storage
 from kvmctl.adapters import migration as job_api
 from kvmctl.adapters.migration import Transfer
 from kvmctl.adapters.virt import Virt
@@ -43,6 +43,7 @@ class Prepared:
     dest_xml: str
     persist_xml: str
     copies: tuple[DiskCopy, ...]
+    shared_pools: tuple[str, ...] = ()  # pools both hosts see: their disks stay put
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def prepare(
     planned = plan_destination(spec, names, facts, live, options)
     problems += planned.problems
     bridges = destination.interfaces(dest.conn)
+    sharing: dict[str, shared_storage.Sharing] = {}
     out: dict[str, Prepared] = {}
     for name in names:
         vm_plan = planned.vms.get(name)
@@ -107,7 +109,7 @@ def prepare(
             for nic in (vm_plan.nics if vm_plan else ())
             if nic.bridge not in bridges
         ]
-        copies, disk_problems = _disks(name, live_xml, source, dest, request.copy_storage)
+        copies, shared, disk_problems = _disks(name, live_xml, source, dest, request, sharing)
         problems += disk_problems
         if vm_plan is None:
             continue
@@ -119,6 +121,7 @@ def prepare(
             copy_disks=tuple(c.target for c in copies),
             keep_source=request.keep_source,
             tls=request.tls,
+            shared_proven=bool(shared),
         )
         out[name] = Prepared(
             vm=name,
@@ -129,6 +132,7 @@ def prepare(
             dest_xml=retarget(live_xml, planned_dom),
             persist_xml=retarget(inactive, planned_dom),
             copies=tuple(copies),
+            shared_pools=tuple(sorted(shared)),
         )
     if problems:
         raise HostError(
@@ -150,11 +154,18 @@ def _running(source: Virt, set_name: str, name: str) -> str:
 
 
 def _disks(
-    name: str, xml: str, source: Virt, dest: Virt, copy_storage: bool
-) -> tuple[list[DiskCopy], list[str]]:
-    """Writable disks: copied over NBD (--copy-storage) into a volume the
-    destination's pool has room for, or already there (shared storage)."""
+    name: str,
+    xml: str,
+    source: Virt,
+    dest: Virt,
+    request: Request,
+    sharing: dict[str, shared_storage.Sharing],
+) -> tuple[list[DiskCopy], set[str], list[str]]:
+    """Writable disks: on storage both hosts share (they stay where they
+    are), copied over NBD (--copy-storage) into a volume the destination's
+    pool has room for, or already there. `sharing` caches the probe per pool."""
     copies: list[DiskCopy] = []
+    shared: set[str] = set()
     problems: list[str] = []
     for disk in parse_xml(xml).findall("devices/disk"):
         src = disk.find("source")
@@ -169,13 +180,37 @@ def _disks(
                 "kvmctl cannot check or copy it"
             )
             continue
-        present = dest.volume_exists(pool, volume)
-        if readonly or not copy_storage:
-            if not present:
-                hint = "" if readonly else "; pass --copy-storage to copy it"
+        if pool not in sharing:
+            sharing[pool] = shared_storage.probe(source, dest, pool)
+        if sharing[pool].problem:
+            problems.append(f"VM '{name}': {sharing[pool].problem}")
+            continue
+        if sharing[pool].shared:
+            shared.add(pool)
+            if request.copy_storage and not readonly:
+                # Copying a disk onto itself, then deleting "the source copy",
+                # would destroy the very file the guest runs on.
                 problems.append(
-                    f"VM '{name}': disk {target} ({pool}/{volume}) is not on the destination{hint}"
+                    f"VM '{name}': disk {target} ({pool}/{volume}) is on storage the "
+                    "destination shares: migrate without --copy-storage"
                 )
+            continue
+        present = dest.volume_exists(pool, volume)
+        if readonly:
+            if not present:
+                problems.append(
+                    f"VM '{name}': read-only disk {target} ({pool}/{volume}) is not on the "
+                    "destination"
+                )
+            continue
+        if not request.copy_storage:
+            # A same-named volume on storage that is not shared is another
+            # file: the guest would go on with a stale disk.
+            problems.append(
+                f"VM '{name}': disk {target} ({pool}/{volume}) is not on storage the "
+                "destination shares; pass --copy-storage to copy it"
+                + (" (the volume of that name there is another file: remove it)" if present else "")
+            )
             continue
         if present:
             problems.append(
@@ -191,4 +226,4 @@ def _disks(
                 f"disk {target} needs {capacity // 1024**2} MiB"
             )
         copies.append(DiskCopy(target, pool, volume, capacity))
-    return copies, problems
+    return copies, shared, problems

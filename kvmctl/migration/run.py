@@ -40,7 +40,8 @@ class MigrationResult:
     downtime_ms: int | None = None
     bytes_moved: int | None = None
     iterations: int | None = None
-    postcopy: bool = False
+    postcopy: bool = False  # the guest ran on the destination before all its memory had
+    postcopy_requests: int | None = None  # pages it then fetched from the source on a fault
     pins: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     source_state: str | None = None  # after a failure: where the guest is
@@ -71,21 +72,26 @@ def run_one(
     job.set_max_downtime(policy.max_downtime_ms)
     started = time.monotonic()
     reason = None
+    seen: list[JobProgress] = []
     try:
         job.start()
-        reason = _watch(job, prepared, dest, started, progress)
+        reason = _watch(job, prepared, dest, started, seen, progress)
     except KeyboardInterrupt:
         job.abort()
         job.wait(ABORT_GRACE_SECONDS)
         reason = "interrupted (Ctrl-C)"
+    finally:
+        job.close()
     result.seconds = round(time.monotonic() - started, 3)
-    result.postcopy = job.postcopy_started
+    result.postcopy = job.in_postcopy
+    if job.in_postcopy:
+        result.postcopy_requests = max((p.postcopy_requests for p in seen), default=0)
     if job.error is None and reason is None:
-        return _finish(prepared, source, dest, result)
+        return _finish(prepared, source, dest, result, seen[-1] if seen else None)
     lost = reason == DESTINATION_LOST
     aborted = (reason is not None and not lost) or job_api.was_aborted(job.error)
     result.status = "aborted" if aborted and not lost else "failed"
-    result.error = reason or job_api.message(job.error)
+    result.error = reason or _explain(job_api.message(job.error))
     result.source_state = _recover(prepared, source, dest, job.postcopy_started)
     return result
 
@@ -95,12 +101,12 @@ def _watch(
     prepared: Prepared,
     dest: Virt,
     started: float,
+    history: list[JobProgress],
     progress: ProgressFn | None,
 ) -> str | None:
-    """Poll the job until it ends; steer it by the policy. Returns why kvmctl
-    aborted it, if it did."""
+    """Poll the job until it ends, recording its progress in `history`; steer
+    it by the policy. Returns why kvmctl aborted it, if it did."""
     policy = prepared.policy
-    history: list[JobProgress] = []
     downtime_set = False
     reason = None
     lost_at: float | None = None
@@ -138,21 +144,33 @@ def _watch(
 
 
 def _finish(
-    prepared: Prepared, source: Virt, dest: Virt, result: MigrationResult
+    prepared: Prepared,
+    source: Virt,
+    dest: Virt,
+    result: MigrationResult,
+    last: JobProgress | None,
 ) -> MigrationResult:
     result.status = "completed"
     stats = job_api.arrived_stats(dest, prepared.domain)
-    if stats:
+    if stats.get("data_processed"):
         result.downtime_ms = _int(stats.get("downtime"))
         result.bytes_moved = _int(stats.get("data_processed"))
         result.iterations = _int(stats.get("memory_iteration"))
         if stats.get("time_elapsed"):
             result.seconds = round(int(stats["time_elapsed"]) / 1000, 3)
+    elif last is not None:
+        # After post-copy libvirt keeps no completed statistics on the
+        # destination: the source's last look at the job (a lower bound) is
+        # what there is.
+        result.bytes_moved = last.data_processed
+        result.iterations = last.iteration
     pins = prepared.plan.placement
     result.pins = {f"vcpu{i}": format_cpuset(c) for i, c in enumerate(pins.vcpu_pins)}
     result.pins["emulator"] = format_cpuset(pins.emulator)
     if not prepared.transfer.keep_source:
         for copy in prepared.copies:
+            if copy.pool in prepared.shared_pools:
+                continue  # never: that file is the destination's disk now
             # The disk now lives on the destination; the source copy is stale.
             with suppress(KvmctlError):
                 source.delete_volume(copy.pool, copy.volume)
@@ -181,6 +199,18 @@ def _recover(prepared: Prepared, source: Virt, dest: Virt, postcopy: bool) -> st
             if dest.volume_exists(copy.pool, copy.volume):
                 dest.delete_volume(copy.pool, copy.volume)
     return "running on the source"
+
+
+def _explain(error: str) -> str:
+    if "Postcopy is not supported" in error:
+        # QEMU before 8.1 opens userfaultfd with the syscall, which the kernel
+        # refuses to a process without CAP_SYS_PTRACE (libvirt drops it) while
+        # vm.unprivileged_userfaultfd is 0, the default.
+        return (
+            f"{error}: the destination's QEMU may not use userfaultfd; allow it there "
+            "(sysctl vm.unprivileged_userfaultfd=1) or migrate without post-copy"
+        )
+    return error
 
 
 def _int(value: object) -> int | None:

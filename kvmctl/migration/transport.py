@@ -41,4 +41,6 @@ def default_migrate_uri(uri: str) -> str | None:
     libvirtd was reached at (the destination's own hostname may not resolve, or
     resolve to another network, from the source)."""
     host = urlsplit(uri).hostname
-    return f"tcp://{host}" if host else None
+    if not host:
+        return None  # a local URI: libvirt picks the address itself
+    return f"tcp://[{host}]" if ":" in host else f"tcp://{host}"

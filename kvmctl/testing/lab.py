@@ -2,9 +2,10 @@
 
 The lab host is a libvirtd + virtlogd pair in a network namespace of its own
 and a private mount namespace in which libvirt's directories (and kvmctl's
-volume directory, so disks are not shared with this host) are bind-mounted
-from a private tree. It has its own host UUID and a plain-TCP listener that is
-reachable only over a veth pair to this host: nothing listens anywhere else.
+volume directory, so disks are not shared with this host, unless the lab is
+made with shared storage) are bind-mounted from a private tree. It has its
+own host UUID and a plain-TCP listener that is reachable only over a veth
+pair to this host: nothing listens anywhere else.
 
 Everything the lab makes is recorded in a state file under the run directory
 as soon as it exists, so `LabHost.down()` (or `kvmctl lab down`) removes it
@@ -31,14 +32,16 @@ from kvmctl.errors import HostError, KvmctlError
 from kvmctl.host.kvmprobe import run_dir
 
 # libvirt's per-host directories, made private inside the lab's mount namespace.
-PRIVATE_DIRS = (
+LIBVIRT_DIRS = (
     "/run/libvirt",
     "/var/lib/libvirt",
     "/etc/libvirt",
     "/var/log/libvirt",
     "/var/cache/libvirt",
-    "/var/lib/kvmctl/volumes",
 )
+# kvmctl's volume directory: private too, unless the lab shares this host's
+# storage (as two hosts mounting the same NFS export would).
+VOLUMES_DIR = "/var/lib/kvmctl/volumes"
 LAB_NET = ipaddress.IPv4Network("10.251.0.0/16")
 TCP_PORT = 16509
 READY_TIMEOUT = 30.0
@@ -56,6 +59,11 @@ class LabState:
     prefix: int
     host_uuid: str
     pids: dict[str, int] = field(default_factory=dict)  # daemon -> PID
+    shared_storage: bool = False  # VOLUMES_DIR is this host's, not a private one
+
+    @property
+    def private_dirs(self) -> tuple[str, ...]:
+        return LIBVIRT_DIRS if self.shared_storage else (*LIBVIRT_DIRS, VOLUMES_DIR)
 
     @property
     def uri(self) -> str:
@@ -95,11 +103,6 @@ def load_state(name: str) -> LabState | None:
 def list_labs() -> list[LabState]:
     found = [load_state(p.stem) for p in sorted(labs_dir().glob("*.json"))]
     return [s for s in found if s is not None]
-
-
-def lab_for_uri(uri: str) -> LabState | None:
-    """The lab whose libvirt URI this is, if it runs on this machine."""
-    return next((s for s in list_labs() if s.uri == uri.rstrip("/")), None)
 
 
 def _run(*argv: str) -> None:
@@ -148,7 +151,7 @@ def _start_script(state: LabState) -> str:
         # cgroup hierarchies libvirt needs for pinning, shares and caps.
         f"mount --rbind {state.path('/cgroup')} /sys/fs/cgroup",
     ]
-    for absolute in PRIVATE_DIRS:
+    for absolute in state.private_dirs:
         lines.append(f"mkdir -p {absolute}")
         lines.append(f"mount --bind {state.path(absolute)} {absolute}")
     lines += [
@@ -170,7 +173,7 @@ def _enter_script(state: LabState) -> str:
 
 
 def _prepare_tree(state: LabState) -> None:
-    for absolute in PRIVATE_DIRS:
+    for absolute in state.private_dirs:
         state.path(absolute).mkdir(parents=True, exist_ok=True)
     etc = state.path("/etc/libvirt")
     # The host's driver settings (qemu.conf, hugetlbfs, user) carry over; only
@@ -204,10 +207,14 @@ def _wait_listening(address: str, port: int, timeout: float) -> None:
 
 
 class LabHost:
-    """`with LabHost() as lab:` gives a running second libvirt host (`lab.uri`)."""
+    """`with LabHost() as lab:` gives a running second libvirt host (`lab.uri`).
 
-    def __init__(self, name: str | None = None):
+    With `shared_storage=True` the lab sees this host's volume directory
+    (like NFS-shared storage), so a VM moves there without --copy-storage."""
+
+    def __init__(self, name: str | None = None, shared_storage: bool = False):
         self.name = name or f"lab{secrets.token_hex(3)}"
+        self.shared_storage = shared_storage
         self.state: LabState | None = None
 
     def __enter__(self) -> LabState:
@@ -234,6 +241,7 @@ class LabHost:
             lab_address=str(hosts[1]),
             prefix=subnet.prefixlen,
             host_uuid=str(uuid.uuid4()),
+            shared_storage=self.shared_storage,
         )
         self.state = state
         _save(state)

@@ -6,7 +6,8 @@ Fixtures for users' own CI as much as for kvmctl's tests:
   `kvmctl.testing.lab`): `kvmctl_lab.uri` is its libvirt URI, reachable only
   over the lab's own veth. Needs root.
 - `kvmctl_lab_factory`: a fresh lab per call, for tests that break it (kill its
-  libvirtd, cut its link); all removed after the test.
+  libvirtd, cut its link) or need one that shares this host's storage
+  (`kvmctl_lab_factory(shared_storage=True)`); all removed after the test.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ def kvmctl_lab() -> Iterator[LabState]:
 
 
 @pytest.fixture
-def kvmctl_lab_factory() -> Iterator[Callable[[], LabState]]:
+def kvmctl_lab_factory() -> Iterator[Callable[..., LabState]]:
     made: list[LabHost] = []
 
-    def make() -> LabState:
-        lab = LabHost()
+    def make(shared_storage: bool = False) -> LabState:
+        lab = LabHost(shared_storage=shared_storage)
         made.append(lab)
         return lab.up()
 

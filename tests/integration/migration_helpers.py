@@ -14,10 +14,20 @@ from kvmctl.testing.lab import LabState
 SOURCE = "qemu:///system"
 
 
-def plain_move(domain: str, lab: LabState, bandwidth: int | None, patience: float) -> dict:
+def plain_move(
+    domain: str,
+    lab: LabState,
+    bandwidth: int | None,
+    patience: float,
+    copy_storage: bool = True,
+) -> dict:
     """What `virsh migrate --live --p2p --persistent --undefinesource
     --copy-storage-all --migrateuri tcp://LAB [--bandwidth N]` does, on a
-    destination prepared as kvmctl prepares it (its storage pool defined)."""
+    destination prepared as kvmctl prepares it (its storage pool defined).
+
+    Without `copy_storage` (a lab with shared storage) it is `--unsafe`
+    instead of `--copy-storage-all`: libvirt takes the lab's shared directory
+    for local storage by its file system type, as kvmctl tells it otherwise."""
     source_pool = Virt(open_connection(SOURCE)).pool_xml("kvmctl")
     assert source_pool is not None
     Virt(open_connection(lab.uri)).ensure_pool(source_pool, "kvmctl")
@@ -28,8 +38,8 @@ def plain_move(domain: str, lab: LabState, bandwidth: int | None, patience: floa
         | libvirt.VIR_MIGRATE_PEER2PEER
         | libvirt.VIR_MIGRATE_PERSIST_DEST
         | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-        | libvirt.VIR_MIGRATE_NON_SHARED_DISK
     )
+    flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK if copy_storage else libvirt.VIR_MIGRATE_UNSAFE
     params: dict[str, object] = {libvirt.VIR_MIGRATE_PARAM_URI: lab.migrate_uri}
     if bandwidth:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import libvirt
@@ -37,6 +38,7 @@ vms:
     disk: {{size: 64MiB}}
     networks: {networks}
     ready: {{probe: agent, timeout: 90s}}
+    migration: {migration}
 """
 
 
@@ -48,6 +50,7 @@ def spec_text(name: str, **kw: object) -> str:
         "criticality": "normal",
         "placement": "shared",
         "networks": "[]",
+        "migration": "{}",
     }
     values.update(kw)
     return SPEC.format(**values)
@@ -487,5 +490,122 @@ def test_whole_set_moves_dependants_first_and_all_arrive(
             f"{s.name}-base": libvirt.VIR_DOMAIN_RUNNING,
         }
         assert source_state(f"{s.name}-app") is None and source_state(f"{s.name}-base") is None
+    finally:
+        s.cleanup()
+
+
+def test_postcopy_takes_over_when_precopy_stops_converging(mig: MigSet) -> None:
+    """A guest dirtying 64 MB/s behind a 16 MiB/s cap never converges in
+    pre-copy: kvmctl's own switch (`postcopy_due`) moves it to post-copy and
+    the guest arrives, its memory and disk intact, and keeps running.
+
+    Post-copy needs userfaultfd in the destination's QEMU: without it the job
+    fails at once with the remedy named, and the guest stays here."""
+    mig.spec.write_text(spec_text(mig.name, migration="{postcopy: true}"))
+    mig.apply()
+    guest_run(mig.domain, "/bin/sh", "-c", "echo through-postcopy > /data/marker; sync")
+    tool(mig.domain, "counter", "start")
+    tool(mig.domain, "dirty", "64", "600", wait=False)
+    time.sleep(2)
+    args = ("--copy-storage", "--bandwidth", "16MB/s", "--no-auto-converge", "--json")
+
+    with unprivileged_userfaultfd(False):
+        run = mig.migrate(*args)
+    assert run.returncode == 1, run.stderr
+    assert "vm.unprivileged_userfaultfd" in json.loads(run.stdout)["vms"][0]["error"]
+    assert source_state(mig.domain) == libvirt.VIR_DOMAIN_RUNNING
+    assert lab_domains(mig.lab, mig.name) == {}
+
+    before = counter(mig.domain)
+    with unprivileged_userfaultfd(True):
+        run = mig.migrate(*args, timeout=400)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)["vms"][0]
+    assert result["status"] == "completed", result
+    # Seen by kvmctl on the source: paused for post-copy while the job ran.
+    assert result["postcopy"] is True, result
+    assert result["iterations"] >= 4, result  # postcopy_due's passes, not a timeout
+    assert lab_domains(mig.lab, mig.name) == {mig.domain: libvirt.VIR_DOMAIN_RUNNING}
+    assert source_state(mig.domain) is None
+
+    uri = mig.lab.uri
+    assert guest_run(mig.domain, "/bin/cat", "/data/marker", uri=uri).strip() == "through-postcopy"
+    after = counter(mig.domain, uri=uri)
+    assert after > before
+    wait_until(lambda: counter(mig.domain, uri=uri) > after, 10, "the counter to go on")
+
+
+@contextmanager
+def unprivileged_userfaultfd(allowed: bool) -> Iterator[None]:
+    """The kernel setting post-copy needs on the destination (here: this
+    machine's kernel, which the lab shares), set for the block and restored."""
+    knob = Path("/proc/sys/vm/unprivileged_userfaultfd")
+    old = knob.read_text().strip()
+    knob.write_text("1" if allowed else "0")
+    try:
+        yield
+    finally:
+        knob.write_text(old)
+
+
+def test_safety_vm_refuses_postcopy(mig: MigSet) -> None:
+    mig.spec.write_text(spec_text(mig.name, criticality="safety"))
+    mig.apply()
+    run = mig.migrate("--copy-storage", "--on-timeout", "postcopy", "--timeout", "5s")
+    assert run.returncode == 2, run.stderr
+    assert "post-copy is refused for a safety VM" in run.stderr
+    assert source_state(mig.domain) == libvirt.VIR_DOMAIN_RUNNING
+    assert lab_domains(mig.lab, mig.name) == {}
+
+
+def source_volumes(prefix: str) -> list[str]:
+    conn = libvirt.open(URI)
+    try:
+        pool = conn.storagePoolLookupByName("kvmctl")
+        pool.refresh(0)
+        return sorted(v.name() for v in pool.listAllVolumes(0) if v.name().startswith(prefix))
+    finally:
+        conn.close()
+
+
+def test_move_on_shared_storage_keeps_the_disk_in_place(
+    tmp_path: Path, kvmctl_lab_factory: Callable[..., LabState]
+) -> None:
+    """A lab that sees this host's volume directory (as over NFS): kvmctl
+    finds the storage shared, moves the guest without copying its disk,
+    refuses --copy-storage (a disk copied onto itself), and deletes nothing
+    after the move: the destination runs on that very file."""
+    lab = kvmctl_lab_factory(shared_storage=True)
+    s = MigSet(tmp_path, lab)
+    try:
+        s.apply()
+        guest_run(s.domain, "/bin/sh", "-c", "echo on-shared-disk > /data/marker; sync")
+        tool(s.domain, "counter", "start")
+        volumes = source_volumes(s.name)
+        assert volumes, "the set has no volume here"
+
+        run = s.migrate("--copy-storage")
+        assert run.returncode == 3, run.stderr
+        assert "migrate without --copy-storage" in run.stderr
+        assert source_state(s.domain) == libvirt.VIR_DOMAIN_RUNNING
+        assert lab_domains(lab, s.name) == {}
+
+        before = counter(s.domain)
+        run = s.migrate("--json")
+        assert run.returncode == 0, run.stderr
+        result = json.loads(run.stdout)["vms"][0]
+        assert result["status"] == "completed", result
+        assert source_state(s.domain) is None
+        assert lab_domains(lab, s.name) == {s.domain: libvirt.VIR_DOMAIN_RUNNING}
+        # Nothing deleted, nothing copied: the same files, seen from both hosts.
+        assert source_volumes(s.name) == volumes
+        assert lab_volumes(lab, s.name) == volumes
+        assert not any(v.startswith(".kvmctl-shared-") for v in source_volumes(""))
+        uri = lab.uri
+        assert guest_run(s.domain, "/bin/cat", "/data/marker", uri=uri).strip() == "on-shared-disk"
+        guest_run(s.domain, "/bin/sh", "-c", "echo written-there > /data/after; sync", uri=uri)
+        assert guest_run(s.domain, "/bin/cat", "/data/after", uri=uri).strip() == "written-there"
+        after = counter(s.domain, uri=uri)
+        assert after > before
     finally:
         s.cleanup()

@@ -3,6 +3,9 @@ transport checks (pure)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from kvmctl.errors import UsageError
@@ -175,3 +178,24 @@ def test_transport_refusals(uri: str, insecure: bool, words: str) -> None:
 def test_authenticated_transports_pass(uri: str) -> None:
     assert check_destination(uri, "qemu:///system", False) == uri
     assert default_migrate_uri(uri) == "tcp://h"
+
+
+@pytest.mark.parametrize(
+    ("uri", "stream"),
+    [
+        ("qemu+tcp://10.251.0.2/system", "tcp://10.251.0.2"),  # a lab host: its veth
+        ("qemu+ssh://root@soc-b:2222/system", "tcp://soc-b"),  # not ssh's user or port
+        ("qemu+tls://[fd00::2]/system", "tcp://[fd00::2]"),
+        ("qemu:///system", None),
+    ],
+)
+def test_the_stream_goes_where_the_destination_libvirtd_was_reached(
+    uri: str, stream: str | None
+) -> None:
+    assert default_migrate_uri(uri) == stream
+
+
+def test_migration_does_not_import_the_testing_package() -> None:
+    code = "import sys, kvmctl.migration; print('kvmctl.testing' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
