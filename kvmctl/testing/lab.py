@@ -305,17 +305,20 @@ def kill_libvirtd(state: LabState) -> None:
     _save(state)
 
 
+def inside(state: LabState) -> list[str]:
+    """The command prefix that runs a program on the lab host: in its mount
+    and network namespaces (its /run/libvirt, its libvirtd on qemu:///system),
+    as kvmctl runs on a second machine."""
+    anchor = state.pids["virtlogd"]  # lives as long as the lab, in both namespaces
+    return ["nsenter", f"--target={anchor}", "--mount", "--net", "--"]
+
+
 def start_libvirtd(state: LabState) -> None:
     """Start the lab's libvirtd again inside the lab's namespaces."""
-    anchor = state.pids["virtlogd"]  # still in the lab's mount and network namespaces
     pidfile = state.path("/run/libvirt") / "lab-libvirtd.pid"
     pidfile.unlink(missing_ok=True)
     _run(
-        "nsenter",
-        f"--target={anchor}",
-        "--mount",
-        "--net",
-        "--",
+        *inside(state),
         "libvirtd",
         "-d",
         "--listen",

@@ -4,9 +4,12 @@ private veth. plan/apply/status/destroy go across both."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +18,10 @@ import pytest
 
 from kvmctl.host import threads
 from kvmctl.planner.cpuset import format_cpuset
+from kvmctl.testing import lab as labs
 from kvmctl.testing.lab import LabState
 from tests.integration.cockpit_helpers import (
+    REPO,
     URI,
     domain_states,
     kvmctl,
@@ -230,3 +235,50 @@ def test_one_host_alone_is_planned_on_the_given_connection(two: TwoHostSet) -> N
     assert [v["vm"] for v in only["vms"]] == ["ivi"]
     run = kvmctl("plan", str(two.spec), "--host", "nowhere")
     assert run.returncode == 2 and "no host 'nowhere'" in run.stderr
+
+
+RT_SPEC = """\
+name: {name}
+host: {{housekeeping_cpus: [0]}}
+hosts:
+  lab: {{uri: "{lab_uri}", virt_type: qemu}}
+vms:
+  c:
+{host}    criticality: safety
+    cpu: {{placement: dedicated, realtime: {{policy: fifo, priority: 10}}}}
+    memory: {{size: 128MiB}}
+    image: {{builtin: test-guest-rt}}
+    disk: {{size: 16MiB}}
+    ready: {{probe: agent, timeout: 90s}}
+"""
+
+
+def test_a_migrated_vm_gets_real_time_back_from_kvmctl_on_its_new_host(two: TwoHostSet) -> None:
+    """libvirt does not carry kvmctl's per-thread real-time policy: the VM
+    arrives SCHED_OTHER. Named by its VM name alone, it is moved; kvmctl run on
+    the lab host (its namespaces, its own libvirt), with the spec now placing
+    the VM there, makes it FIFO 10 again in the running QEMU."""
+    text = RT_SPEC.format(name=two.name, lab_uri=two.lab.uri, host="")
+    spec = write_spec(two.tmp, text)
+    kvmctl_json("apply", str(spec))
+    dom = f"{two.name}-c"
+    run = kvmctl("migrate", "c", "--to", two.lab.uri, "--insecure", "--copy-storage")
+    assert run.returncode == 0, run.stderr
+    lab_run = str(two.lab.path("/run/libvirt/qemu"))
+    pid = threads.qemu_pid(dom, lab_run)
+    assert pid is not None
+    assert [t.policy for t in threads.inspect(pid).vcpus] == ["other"]
+
+    spec.write_text(RT_SPEC.format(name=two.name, lab_uri=two.lab.uri, host="    host: lab\n"))
+    there = subprocess.run(
+        [*labs.inside(two.lab), sys.executable, "-m", "kvmctl.cli", "apply", str(spec)]
+        + ["--host", "lab", "-c", "qemu:///system", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert there.returncode == 0, there.stderr
+    assert json.loads(there.stdout)["vms"]["c"]["action"] == "update-live"
+    vcpus = threads.inspect(pid).vcpus  # the same QEMU, not restarted
+    assert [(t.policy, t.priority) for t in vcpus] == [("fifo", 10)]
