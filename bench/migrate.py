@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/migrate.py [--dirty-mbps 64] [--bandwidth 32] [--patience 90]
 
-A lab host (kvmctl.testing) is started; one 256 MiB hugepage-backed test
-guest (shared CPU, 64 MiB disk copied over NBD) is applied here and moved to
-the lab four times, then twice more to a second lab that shares this host's
-volume directory (as over NFS), so that no disk is copied:
+One 256 MiB hugepage-backed test guest (shared CPU, 64 MiB disk) is applied
+here and moved twice to a lab host (kvmctl.testing) that shares this host's
+volume directory (as over NFS: no disk copied), then four times to a lab
+with storage of its own (disk copied over NBD):
 
 - idle guest, `kvmctl migrate` (its policy: downtime limit by criticality,
   auto-converge, post-copy when pre-copy stops converging);
@@ -147,13 +147,14 @@ def main() -> None:
     spec = Path(f"/tmp/{name}.yaml")
     spec.write_text(SPEC.format(name=name))
     try:
+        with LabHost(shared_storage=True) as lab:
+            shared = one_case(spec, name, lab, 0, None, args.patience, copy_storage=False)
+            print(f"idle, shared: kvmctl {fmt(shared[0])}; plain {fmt(shared[1])}", flush=True)
         with LabHost() as lab:
             idle = one_case(spec, name, lab, 0, None, args.patience)
             print(f"idle: kvmctl {fmt(idle[0])}; plain {fmt(idle[1])}", flush=True)
             dirty = one_case(spec, name, lab, args.dirty_mbps, args.bandwidth, args.patience)
-        with LabHost(shared_storage=True) as lab:
-            shared = one_case(spec, name, lab, 0, None, args.patience, copy_storage=False)
-            print(f"idle, shared: kvmctl {fmt(shared[0])}; plain {fmt(shared[1])}", flush=True)
+            print(f"dirty: kvmctl {fmt(dirty[0])}; plain {fmt(dirty[1])}", flush=True)
     finally:
         spec.unlink(missing_ok=True)
     lines = [

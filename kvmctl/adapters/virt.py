@@ -364,19 +364,24 @@ class Virt:
             if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
                 return None  # no pool, no volume
             raise ApplyError(f"cannot look up pool '{pool}': {err.get_error_message()}") from None
-        # A file made outside libvirt (or by a killed run) shows after a refresh.
+        # A file made outside libvirt (or by a killed run) shows after a
+        # refresh; so does one deleted by another host's libvirtd on shared
+        # storage, which this pool still lists until then.
         for refresh in (False, True):
             if refresh:
                 with _mapped(f"cannot refresh storage pool '{pool}'"):
                     p.refresh(0)
             try:
-                return p.storageVolLookupByName(name)
+                vol = p.storageVolLookupByName(name)
+                if not refresh:
+                    vol.info()  # stats the file: fails for a listed file that is gone
+                return vol
             except libvirt.libvirtError as err:
-                if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    raise ApplyError(
-                        f"cannot look up volume '{name}' in pool '{pool}': "
-                        f"{err.get_error_message()}"
-                    ) from None
+                if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL or not refresh:
+                    continue  # not listed, or listed but gone: look after a refresh
+                raise ApplyError(
+                    f"cannot look up volume '{name}' in pool '{pool}': {err.get_error_message()}"
+                ) from None
         return None
 
     def create_volume(self, pool: str, xml: str) -> None:

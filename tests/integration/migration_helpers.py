@@ -30,7 +30,12 @@ def plain_move(
     for local storage by its file system type, as kvmctl tells it otherwise."""
     source_pool = Virt(open_connection(SOURCE)).pool_xml("kvmctl")
     assert source_pool is not None
-    Virt(open_connection(lab.uri)).ensure_pool(source_pool, "kvmctl")
+    there = Virt(open_connection(lab.uri))
+    there.ensure_pool(source_pool, "kvmctl")
+    if not copy_storage:
+        # A shared pool lists a file made by the other host only after a
+        # refresh (`virsh pool-refresh`), else: "no storage vol with matching name".
+        there.conn.storagePoolLookupByName("kvmctl").refresh(0)
     conn = libvirt.open(SOURCE)
     dom = conn.lookupByName(domain)
     flags = (
