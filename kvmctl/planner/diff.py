@@ -29,7 +29,7 @@ RESTART_GROUPS = (
     "watchdog",
     "virt-type",
 )
-LIVE_GROUPS = ("shares", "cap", "pins", "iotune", "labels")
+LIVE_GROUPS = ("shares", "cap", "pins", "iotune", "labels", "rt-budget")
 
 
 @dataclass(frozen=True)

@@ -293,7 +293,19 @@ def _with_fingerprint(plan: VmPlan) -> VmPlan:
     settings = {
         "vcpus": vm.vcpus,
         "cpu-mode": vm.cpu.placement,
-        "realtime": None if plan.realtime is None else plan.realtime.__dict__,
+        # Policy and priority need the domain XML (vcpusched) at start; the
+        # RT budgets are host-derived and set live by thread, so a host with
+        # other budgets (a migration's destination) changes no restart group.
+        "realtime": None
+        if plan.realtime is None
+        else {"policy": plan.realtime.policy, "priority": plan.realtime.priority},
+        "rt-budget": None
+        if plan.realtime is None
+        else [
+            plan.realtime.period_us,
+            plan.realtime.domain_runtime_us,
+            plan.realtime.vcpu_runtime_us,
+        ],
         "memory": vm.memory.model_dump(mode="json"),
         "image": [
             vm.image.model_dump(mode="json"),
