@@ -24,16 +24,35 @@ def _check(name: str) -> str:
 
 
 @lab_app.command("up")
-def up(name: NameArg = "lab", as_json: JsonOpt = False) -> None:
+def up(
+    name: NameArg = "lab",
+    shared_storage: Annotated[
+        bool,
+        typer.Option(
+            "--shared-storage",
+            help="Let the lab see this host's volume directory (as NFS would): VMs move "
+            "without --copy-storage.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Start a libvirtd in its own network and mount namespaces, reachable over a veth."""
-    state = labs.LabHost(_check(name)).up()
+    state = labs.LabHost(_check(name), shared_storage=shared_storage).up()
     if as_json:
-        print_json({"name": state.name, "uri": state.uri, "migrate_uri": state.migrate_uri})
+        print_json(
+            {
+                "name": state.name,
+                "uri": state.uri,
+                "migrate_uri": state.migrate_uri,
+                "shared_storage": state.shared_storage,
+            }
+        )
         return
+    copy = "" if state.shared_storage else " --copy-storage"
     console().print(
         f"lab '{state.name}' is up: {state.uri} (plain TCP on a private veth, no "
-        f"authentication: test only). Try: kvmctl migrate FILE VM --to {state.uri} "
-        f"--insecure --copy-storage; remove it with: kvmctl lab down {state.name}"
+        f"authentication: test only). Try: kvmctl migrate VM --to {state.uri} "
+        f"--insecure{copy}; remove it with: kvmctl lab down {state.name}"
     )
 
 

@@ -108,7 +108,11 @@ def migrate(
     ] = False,
     migrate_uri: Annotated[
         str | None,
-        typer.Option("--migrate-uri", help="Where the destination QEMU listens (tcp://ADDR)."),
+        typer.Option(
+            "--migrate-uri",
+            help="Where the destination QEMU listens (tcp://ADDR); default: the --to URI's "
+            "host, as reached from here.",
+        ),
     ] = None,
     max_downtime: Annotated[
         str | None, typer.Option("--max-downtime", help="e.g. 50ms (default by criticality).")
