@@ -274,6 +274,21 @@ def _network(facts: HostFacts) -> list[Check]:
     return [bridges, vlan]
 
 
+def _postcopy(facts: HostFacts) -> Check:
+    if facts.userfaultfd_unprivileged is None:
+        return Check("postcopy", "ok", "not known (no /proc/sys/vm/unprivileged_userfaultfd)")
+    if facts.userfaultfd_unprivileged:
+        return Check(
+            "postcopy", "ok", "QEMU may use userfaultfd: post-copy migrations can land here"
+        )
+    return Check(
+        "postcopy",
+        "warn",
+        "vm.unprivileged_userfaultfd is 0: post-copy migrations to this host fail (QEMU < 8.1 "
+        "runs unprivileged); the kvm_host role sets it with kvm_host_postcopy: true",
+    )
+
+
 def run_checks(
     facts: HostFacts, kvm: KvmVerdict | None = None, memlock_source: str = ""
 ) -> list[Check]:
@@ -287,6 +302,7 @@ def run_checks(
         _memlock(facts, memlock_source),
         *_cgroups(facts),
         *_network(facts),
+        _postcopy(facts),
     ]
 
 

@@ -70,6 +70,9 @@ class HostFacts(_Frozen):
     rt_runtime_us_root: int | None = None
     bridges: list[str] = Field(default_factory=list)
     vlan_supported: bool = False
+    # vm.unprivileged_userfaultfd: QEMU before 8.1, running as an unprivileged
+    # user, can receive a post-copy migration only when it is 1. None: unknown.
+    userfaultfd_unprivileged: bool | None = None
 
     @property
     def cpu_ids(self) -> list[int]:

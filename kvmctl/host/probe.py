@@ -279,6 +279,11 @@ def vlan_supported(root: Path = Path("/"), release: str | None = None) -> bool:
     return any((moddir / "kernel/net/8021q").glob("8021q.ko*"))
 
 
+def userfaultfd_unprivileged(root: Path = Path("/")) -> bool | None:
+    text = _read(_under(root, "/proc/sys/vm/unprivileged_userfaultfd"), default="").strip()
+    return None if not text.isdigit() else text != "0"
+
+
 # --- daemons ------------------------------------------------------------------------
 
 
@@ -434,6 +439,7 @@ def probe(
         rt_runtime_us_root=rt_budget,
         bridges=read_bridges(root),
         vlan_supported=vlan_supported(root),
+        userfaultfd_unprivileged=userfaultfd_unprivileged(root),
     )
     return Probe(facts=facts, kvm=verdict, memlock_source=memlock_source)
 
@@ -482,5 +488,6 @@ __all__ = [
     "read_hugepages",
     "read_isolated",
     "read_rt_budget",
+    "userfaultfd_unprivileged",
     "vlan_supported",
 ]

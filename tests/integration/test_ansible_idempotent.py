@@ -127,3 +127,20 @@ def test_mounts_hugetlbfs_and_restarts_a_running_libvirtd(tmp_path: Path) -> Non
     )
     recap = recaps(playbook_output)
     assert recap and recap[0]["failed"] == 0
+
+
+def test_postcopy_opt_in_allows_userfaultfd_and_converges() -> None:
+    """kvm_host_postcopy=true sets vm.unprivileged_userfaultfd to 1 (the knob
+    post-copy destinations need), then changes nothing; the knob is put back."""
+    knob = Path("/proc/sys/vm/unprivileged_userfaultfd")
+    before = knob.read_text().strip()
+    extra = ("-e", "kvm_host_postcopy=true", "-e", "kvm_host_persist=false")
+    try:
+        first = playbook(LOCALHOST, "site.yml", *extra)
+        assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+        assert knob.read_text().strip() == "1"
+        second = playbook(LOCALHOST, "site.yml", *extra, timeout=120)
+        assert second.returncode == 0, second.stdout[-4000:]
+        assert [r["changed"] for r in recaps(second.stdout)] == [0]
+    finally:
+        knob.write_text(before + "\n")

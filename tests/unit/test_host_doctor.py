@@ -197,3 +197,16 @@ def test_no_kvm_and_no_tcg_fails() -> None:
     verdict = KvmVerdict("absent", "/dev/kvm does not exist, and no TCG", "qemu", blocking=True)
     check = by_name(host(kvm="absent", kvm_reason=verdict.reason), verdict)["kvm"]
     assert check.status == "fail"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "status", "says"),
+    [
+        (True, "ok", "post-copy migrations can land here"),
+        (False, "warn", "vm.unprivileged_userfaultfd is 0"),
+        (None, "ok", "not known"),
+    ],
+)
+def test_postcopy_destination_readiness(allowed: bool | None, status: str, says: str) -> None:
+    check = by_name(host(userfaultfd_unprivileged=allowed))["postcopy"]
+    assert check.status == status and says in check.detail

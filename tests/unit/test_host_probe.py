@@ -279,3 +279,12 @@ def test_stale_pid_file_is_not_a_running_daemon(tmp_path: Path) -> None:
     write(tmp_path, "/proc/4242/comm", "bash\n")  # the PID was reused
     assert hp.daemon_pid("libvirtd", tmp_path) is None
     assert hp.daemons_running(tmp_path) == {"libvirtd": False, "virtlogd": False}
+
+
+@pytest.mark.parametrize(("text", "allowed"), [("0\n", False), ("1\n", True), (None, None)])
+def test_unprivileged_userfaultfd(tmp_path: Path, text: str | None, allowed: bool | None) -> None:
+    if text is not None:
+        knob = tmp_path / "proc/sys/vm/unprivileged_userfaultfd"
+        knob.parent.mkdir(parents=True)
+        knob.write_text(text)
+    assert hp.userfaultfd_unprivileged(tmp_path) is allowed
