@@ -78,7 +78,7 @@ def find_vms(virt: Virt, names: list[str]) -> tuple[Path, list[str]]:
         hits = [d for d in owned if name in (d.name, d.meta.vm_name)]  # type: ignore[union-attr]
         if not hits:
             raise UsageError(
-                f"no kvmctl domain or VM named '{name}' on {virt.conn.getURI()} "
+                f"no kvmctl domain or VM named '{name}' on {virt.uri} "
                 "(name the domain, or pass the spec file first)"
             )
         if len(hits) > 1:

@@ -325,11 +325,16 @@ class Applier:
         pid = threads.qemu_pid(plan.domain)
         if pid is None:
             raise ApplyError(f"cannot find the QEMU process of '{plan.domain}'")
-        if plan.realtime is None:
-            rt.set_policy(threads.inspect(pid), "other", 0)
-            return
-        if not self.rt_by_thread:
-            rt.set_policy(threads.inspect(pid), plan.realtime.policy, plan.realtime.priority)
+        qemu = threads.inspect(pid)
+        want = (
+            ("other", 0)
+            if plan.realtime is None
+            else (plan.realtime.policy, plan.realtime.priority)
+        )
+        as_planned = all((t.policy, t.priority) == want for t in qemu.vcpus)
+        if plan.realtime is None or not self.rt_by_thread:
+            if not as_planned:
+                rt.set_policy(qemu, *want)
             return
         steps: list[rt.RtStep] = []
         self.journal.record(f"real-time budgets of {plan.domain}", lambda: rt.undo(steps))

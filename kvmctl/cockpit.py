@@ -38,6 +38,10 @@ class Session:
     host: str | None = None  # the spec's host: these VMs are planned for
     remote: bool = False  # reached through libvirt only (see planner.hosts.is_remote)
 
+    def close(self) -> None:
+        if self.virt is not None:
+            self.virt.close()
+
 
 def plan_options(spec: Cockpit) -> PlanOptions:
     """Plan options from the built images' manifests, where they are built
@@ -67,6 +71,8 @@ def open_session(
     is read through its libvirt alone (kvmctl.remote)."""
     if not isinstance(spec, Cockpit):
         spec = load_spec(spec)
+    if host is not None and host not in spec.hosts:
+        host_groups(spec, uri, host)  # raises the UsageError naming the known hosts
     options = plan_options(spec)
     wanted = spec.hosts[host].virt_type if host is not None else None
     if facts_file is not None:
@@ -74,13 +80,17 @@ def open_session(
         plan = make_plan(spec, facts, LiveState(), options, host=host)
         return Session(spec, uri, facts, plan, None, options, host)
     virt = Virt(open_connection(uri))
-    if is_remote(uri):
-        facts = remote.facts(virt, wanted)
-        live = read_live(virt, lambda: remote.bridges(virt, spec))
-    else:
-        facts = _virt_type(probe_host(uri), wanted)
-        with Netlink() as nl:
-            live = read_live(virt, nl.bridges)
+    try:
+        if is_remote(uri):
+            facts = remote.facts(virt, wanted)
+            live = read_live(virt, lambda: remote.bridges(virt, spec, host))
+        else:
+            facts = _virt_type(probe_host(uri), wanted)
+            with Netlink() as nl:
+                live = read_live(virt, nl.bridges)
+    except BaseException:
+        virt.close()
+        raise
     plan = make_plan(spec, facts, live, options, host=host)
     if is_remote(uri) and facts.kvm_reason:
         plan = replace(plan, warnings=[*plan.warnings, f"KVM on {uri}: {facts.kvm_reason}"])
@@ -132,8 +142,20 @@ def preflight(session: Session) -> None:
 def open_sessions(spec: Cockpit, uri: str, host: str | None = None) -> list[Session]:
     """One session per host the spec's VMs run on, in the order they are
     applied (kvmctl.planner.hosts); VMs without host: are planned on `uri`.
-    With `host`, only that host's VMs, planned on `uri`."""
-    return [open_session(spec, g.uri, host=g.name) for g in host_groups(spec, uri, host)]
+    With `host`, only that host's VMs, planned on `uri`. The caller closes them."""
+    sessions: list[Session] = []
+    try:
+        for group in host_groups(spec, uri, host):
+            sessions.append(open_session(spec, group.uri, host=group.name))
+    except BaseException:
+        close_all(sessions)
+        raise
+    return sessions
+
+
+def close_all(sessions: list[Session]) -> None:
+    for session in sessions:
+        session.close()
 
 
 def apply(
@@ -148,8 +170,9 @@ def apply(
     spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
     with set_lock(spec.name):
         sessions = open_sessions(spec, uri, host)
-        preflight_all(sessions)
         with ExitStack() as stack:
+            stack.callback(close_all, sessions)
+            preflight_all(sessions)
             local = any(not s.remote for s in sessions)
             netlink = stack.enter_context(Netlink()) if local else None
             result = _apply_hosts(sessions, netlink, progress)
@@ -280,24 +303,36 @@ def destroy(
     say = progress or (lambda _vm, _what: None)
     result = DestroyResult([], [], [])
     with set_lock(spec.name):
-        for group in host_groups(spec, uri, host):
+        # Dependants first: the reverse of the order hosts are applied in.
+        for group in reversed(host_groups(spec, uri, host)):
             virt = Virt(open_connection(group.uri))
             try:
-                _destroy_domains(virt, spec.name, say, result)
+                # With --host only that host's part goes: a VM the spec places
+                # elsewhere (moved here by a migration) stays.
+                keep = set(spec.vms) - set(group.vms) if host is not None else set()
+                _destroy_domains(virt, spec.name, keep, say, result)
             finally:
                 virt.close()
             if not group.remote:
                 _destroy_bridges(spec.name, say, result)
-    history.forget(spec.name)  # the durations of snapshots that went with the domains
     if host is None:
+        history.forget(spec.name)  # the durations of snapshots that went with the domains
         applied.forget(spec.name)
     return result
 
 
 def _destroy_domains(
-    virt: Virt, set_name: str, say: Callable[[str, str], None], result: DestroyResult
+    virt: Virt,
+    set_name: str,
+    keep: set[str],
+    say: Callable[[str, str], None],
+    result: DestroyResult,
 ) -> None:
-    owned = [d for d in virt.domains() if d.meta and d.meta.set_name == set_name]
+    owned = [
+        d
+        for d in virt.domains()
+        if d.meta and d.meta.set_name == set_name and d.meta.vm_name not in keep
+    ]
     for info in sorted(owned, key=lambda d: d.name):
         say(info.meta.vm_name if info.meta else info.name, "destroying")
         result.volumes += destroy_domain(virt, info.name)

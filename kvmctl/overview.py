@@ -27,9 +27,9 @@ def overview(
     `unreachable` instead of failing the whole status."""
     spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
     groups = host_groups(spec, uri, host)
-    if len(groups) == 1:
-        return spec, gather(open_session(spec, groups[0].uri, host=groups[0].name))
     rows: list[VmStatus] = []
+    if len(groups) == 1:
+        return spec, _gather_closed(open_session(spec, groups[0].uri, host=groups[0].name))
     for group in groups:
         try:
             session = open_session(spec, group.uri, host=group.name)
@@ -45,8 +45,15 @@ def overview(
                 for vm in group.vms
             ]
             continue
-        rows += gather(session)
+        rows += _gather_closed(session)
     return spec, rows
+
+
+def _gather_closed(session: Session) -> list[VmStatus]:
+    try:
+        return gather(session)
+    finally:
+        session.close()
 
 
 def gather(session: Session, supervisor: dict[str, Any] | None = None) -> list[VmStatus]:

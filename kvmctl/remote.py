@@ -5,8 +5,8 @@ them, and what kvmctl cannot do there from afar.
 kvmctl makes bridges (pyroute2), NIC shaping (tc) and thread-level real-time
 budgets (cgroup files) on the machine it runs on. On a remote host those are
 the job of kvmctl running there (`kvmctl apply FILE --host NAME`, which the
-Ansible `cockpit` role does), so preflight names them instead of half-doing
-them.
+Ansible `cockpit` role does): preflight names missing bridges and NIC shaping
+instead of half-doing them, and real-time falls back to libvirt's vcpusched.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def kvm_verdict(virt: Virt) -> tuple[VirtType, str]:
     if "kvm" not in ident.machines:
         return "qemu", "libvirt there offers no KVM"
     cache = run_dir() / "remote-kvm.json"
-    cached = _cached(cache, ident.host_uuid)
+    cached = _cached(cache, ident.host_uuid) if ident.host_uuid else None
     if cached is not None:
         return cached
     image, problem = kvmprobe.locate_image()
@@ -56,6 +56,9 @@ def kvm_verdict(virt: Virt) -> tuple[VirtType, str]:
     name = f"kvmctl-probe-kvm-{os.getpid()}-{secrets.token_hex(3)}"
     xml = kvmprobe.probe_domain_xml(name, "kvm", image, None)
     seconds, why = virt.boots(xml, name, kvmprobe.PROBE_MARKER, kvmprobe.DEFAULT_TIMEOUT)
+    if why.startswith("libvirt could not start it"):
+        # Not a verdict on KVM (the probe image may be missing there): not kept.
+        return "qemu", f"could not boot a probe guest there ({why}); set hosts.NAME.virt_type"
     if seconds is not None:
         verdict: tuple[VirtType, str] = (
             "kvm",
@@ -63,18 +66,21 @@ def kvm_verdict(virt: Virt) -> tuple[VirtType, str]:
         )
     else:
         verdict = ("qemu", f"a probe guest failed under KVM there ({why}): TCG is used")
-    _store(cache, ident.host_uuid, verdict)
+    if ident.host_uuid:
+        _store(cache, ident.host_uuid, verdict)
     return verdict
 
 
 def _cached(path: Path, host_uuid: str) -> tuple[VirtType, str] | None:
     try:
         entry = json.loads(path.read_text())[host_uuid]
+        age = time.time() - float(entry["at"])
+        virt_type, reason = entry["virt_type"], str(entry["reason"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if time.time() - float(entry["at"]) > PROBE_TTL_S or entry["virt_type"] not in ("kvm", "qemu"):
+    if age > PROBE_TTL_S or virt_type not in ("kvm", "qemu"):
         return None
-    return entry["virt_type"], f"{entry['reason']} (probed {time.time() - entry['at']:.0f} s ago)"
+    return virt_type, f"{reason} (probed {age:.0f} s ago)"
 
 
 def _store(path: Path, host_uuid: str, verdict: tuple[VirtType, str]) -> None:
@@ -90,15 +96,18 @@ def _store(path: Path, host_uuid: str, verdict: tuple[VirtType, str]) -> None:
         tmp.replace(path)
 
 
-def bridges(virt: Virt, spec: Cockpit) -> dict[str, str | None]:
-    """The spec's bridges present on the remote host, as if kvmctl owned them:
-    libvirt lists interfaces but not their alias, and kvmctl neither adopts
-    nor deletes bridges it cannot see the owner of; it only needs them there."""
+def bridges(virt: Virt, spec: Cockpit, host: str | None) -> dict[str, str | None]:
+    """The bridges of the networks `host`'s VMs use that are present on the
+    remote host, as if kvmctl owned them: libvirt lists interfaces but not
+    their alias, and kvmctl neither adopts nor deletes bridges it cannot see
+    the owner of there (so no other network's bridge is listed: it would be
+    planned for deletion); it only needs them there."""
     present = destination.interfaces(virt.conn)
+    used = {a.name for vm in spec.vms.values() if vm.host == host for a in vm.networks}
     return {
         net.bridge: bridge_alias(spec.name, name)
         for name, net in spec.networks.items()
-        if net.bridge in present
+        if name in used and net.bridge in present
     }
 
 

@@ -46,6 +46,14 @@ def _without_namespace(meta: KvmctlMetadata) -> str:
     return str(etree.tostring(el, encoding="unicode"))
 
 
+def _quota(value: int | None) -> int | None:
+    """libvirt's vcpu_quota with "unlimited" as -1: on cgroup v2 libvirt
+    reports it as ULLONG_MAX / 1000 rather than -1."""
+    if value is None:
+        return None
+    return -1 if value < 0 or value >= 2**53 // 1000 else value
+
+
 @dataclass(frozen=True)
 class InForce:
     vcpus: list[frozenset[int]]
@@ -217,10 +225,11 @@ class Virt:
         try:
             with ReadyWatch(self.conn, name, f"serial:{marker}") as watch:
                 dom.resume()
-                try:
-                    return watch.wait(timeout) - t0, ""
-                except NotReady as err:
-                    return None, str(err)
+                return watch.wait(timeout) - t0, ""
+        except NotReady as err:
+            return None, str(err)
+        except libvirt.libvirtError as err:
+            return None, f"libvirt lost it: {(err.get_error_message() or '').strip()}"
         finally:
             with suppress(libvirt.libvirtError):
                 dom.destroy()
@@ -240,7 +249,7 @@ class Virt:
             vcpus=[frozenset(i for i, on in enumerate(m) if on) for m in cpumaps],
             emulator=frozenset(i for i, on in enumerate(emulator) if on),
             shares=sched.get("cpu_shares"),
-            quota_us=sched.get("vcpu_quota"),
+            quota_us=_quota(sched.get("vcpu_quota")),
         )
 
     # --- live tuning -------------------------------------------------------------

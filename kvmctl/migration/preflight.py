@@ -187,6 +187,13 @@ def _disks(
             continue
         if sharing[pool].shared:
             shared.add(pool)
+            if request.keep_source and not readonly:
+                # The domain kept here would name the file the guest now runs
+                # on there: destroying or starting it would wreck that guest.
+                problems.append(
+                    f"VM '{name}': disk {target} ({pool}/{volume}) is on storage the "
+                    "destination shares: --keep-source would leave a second domain on it"
+                )
             if request.copy_storage and not readonly:
                 # Copying a disk onto itself, then deleting "the source copy",
                 # would destroy the very file the guest runs on.

@@ -50,7 +50,15 @@ def host_groups(spec: Cockpit, uri: str, only: str | None = None) -> list[HostGr
             known = ", ".join(sorted(spec.hosts)) or "the spec declares no hosts:"
             raise UsageError(f"no host '{only}' in the spec (known: {known})")
         return [HostGroup(only, uri, _vms_on(spec, only))]
-    groups = [HostGroup(None, uri, _vms_on(spec, None))] if _vms_on(spec, None) else []
+    unplaced = _vms_on(spec, None)
+    same = [n for n, ref in spec.hosts.items() if ref.uri.rstrip("/") == uri.rstrip("/")]
+    if unplaced and same:
+        # Two plans for one libvirt would hand out its CPUs twice.
+        raise UsageError(
+            f"the VMs without host: ({', '.join(unplaced)}) would run on {uri}, which is host "
+            f"'{same[0]}' of the spec: give them host: {same[0]}, or connect elsewhere with -c"
+        )
+    groups = [HostGroup(None, uri, unplaced)] if unplaced else []
     groups += [
         HostGroup(name, ref.uri, _vms_on(spec, name))
         for name, ref in spec.hosts.items()

@@ -573,8 +573,9 @@ def test_move_on_shared_storage_keeps_the_disk_in_place(
 ) -> None:
     """A lab that sees this host's volume directory (as over NFS): kvmctl
     finds the storage shared, moves the guest without copying its disk,
-    refuses --copy-storage (a disk copied onto itself), and deletes nothing
-    after the move: the destination runs on that very file."""
+    refuses --copy-storage (a disk copied onto itself) and --keep-source (a
+    second domain on the live disk), and deletes nothing after the move: the
+    destination runs on that very file."""
     lab = kvmctl_lab_factory(shared_storage=True)
     s = MigSet(tmp_path, lab)
     try:
@@ -587,6 +588,9 @@ def test_move_on_shared_storage_keeps_the_disk_in_place(
         run = s.migrate("--copy-storage")
         assert run.returncode == 3, run.stderr
         assert "migrate without --copy-storage" in run.stderr
+        run = s.migrate("--keep-source")
+        assert run.returncode == 3, run.stderr
+        assert "--keep-source would leave a second domain on it" in run.stderr
         assert source_state(s.domain) == libvirt.VIR_DOMAIN_RUNNING
         assert lab_domains(lab, s.name) == {}
 

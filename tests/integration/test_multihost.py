@@ -226,6 +226,19 @@ def test_a_supervisor_per_host_restarts_its_own_vm_there(two: TwoHostSet, tmp_pa
     kvmctl_json("destroy", str(two.spec))
 
 
+def test_a_bridge_of_another_hosts_network_is_left_alone_on_the_lab(two: TwoHostSet) -> None:
+    """The lab has a bridge named like the network only this host uses: the
+    lab's plan neither wants it nor plans to delete it."""
+    bridge = f"{two.name}b"
+    inside = ["ip", "netns", "exec", two.lab.netns, "ip", "link"]
+    subprocess.run([*inside, "add", bridge, "type", "bridge"], check=True)
+    try:
+        plans = {h["host"]: h for h in kvmctl_json("plan", str(two.spec))["hosts"]}
+        assert plans["lab"]["bridges"] == [] and plans["lab"]["problems"] == []
+    finally:
+        subprocess.run([*inside, "del", bridge], check=True)
+
+
 def test_one_host_alone_is_planned_on_the_given_connection(two: TwoHostSet) -> None:
     """`--host lab` is kvmctl running on the lab host (as the Ansible cockpit
     role runs it): only ivi, planned on -c."""
@@ -233,8 +246,10 @@ def test_one_host_alone_is_planned_on_the_given_connection(two: TwoHostSet) -> N
     (only,) = plan["hosts"]
     assert (only["host"], only["uri"]) == ("lab", URI)
     assert [v["vm"] for v in only["vms"]] == ["ivi"]
-    run = kvmctl("plan", str(two.spec), "--host", "nowhere")
-    assert run.returncode == 2 and "no host 'nowhere'" in run.stderr
+    for verb in ("plan", "audit", "status", "screens"):
+        extra = ["-o", str(two.tmp / "s.png")] if verb == "screens" else []
+        run = kvmctl(verb, str(two.spec), "--host", "nowhere", *extra)
+        assert run.returncode == 2 and "no host 'nowhere'" in run.stderr, (verb, run.stderr)
 
 
 RT_SPEC = """\

@@ -30,6 +30,7 @@ class _Virt:
     """What find_vms reads of a connection: its domains and their metadata."""
 
     conn = _Conn()
+    uri = "qemu:///system"
 
     def __init__(self, *domains: tuple[str, str, str] | str):
         self._domains = [

@@ -201,3 +201,16 @@ def test_remote_kvm_verdicts_are_kept_ten_minutes(
     assert remote._cached(cache, "uuid-a") is None
     cache.write_text("not json")
     assert remote._cached(cache, "uuid-a") is None
+
+
+def test_vms_without_host_may_not_land_on_a_named_hosts_libvirt() -> None:
+    s = spec(
+        """
+        name: two
+        hosts: {soc-a: {uri: "qemu:///system"}}
+        vms: {x: {host: soc-a}, y: {}}
+        """
+    )
+    with pytest.raises(UsageError, match=r"without host: \(y\) would run on qemu:///system/, "):
+        host_groups(s, "qemu:///system/")
+    assert [g.name for g in host_groups(s, "qemu+ssh://other/system")] == [None, "soc-a"]
