@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.errors import UsageError
+from kvmctl.statefile import write_atomic
 
 DEFAULT_SPECS_DIR = "/var/lib/kvmctl/specs"
 
@@ -39,11 +40,7 @@ def _write(set_name: str, path: Path, spec_hash: str) -> None:
         "spec_hash": spec_hash,
         "at": time.time(),
     }
-    directory = specs_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{set_name}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(directory / f"{set_name}.json")
+    write_atomic(specs_dir() / f"{set_name}.json", json.dumps(record, indent=1) + "\n")
 
 
 def forget(set_name: str) -> None:

@@ -23,6 +23,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from kvmctl.statefile import write_atomic
+
 DEFAULT_HISTORY_DIR = "/var/lib/kvmctl/history"
 KINDS = ("snapshot", "migration")
 
@@ -90,9 +92,7 @@ def record(
         path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path):
             doc = merge(read(set_name, directory), set_name, kind, seconds, at or time.time(), name)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(doc, indent=2) + "\n")
-            tmp.replace(path)
+            write_atomic(path, json.dumps(doc, indent=2) + "\n")
     except OSError:
         return False
     return True

@@ -26,6 +26,7 @@ from kvmctl.host.kvmprobe import run_dir
 from kvmctl.planner.networks import bridge_alias
 from kvmctl.planner.plan import Plan
 from kvmctl.spec import Cockpit
+from kvmctl.statefile import write_atomic
 
 
 def facts(virt: Virt, wanted: VirtType | None) -> HostFacts:
@@ -90,10 +91,7 @@ def _store(path: Path, host_uuid: str, verdict: tuple[VirtType, str]) -> None:
         doc = {}
     doc[host_uuid] = {"virt_type": verdict[0], "reason": verdict[1], "at": time.time()}
     with suppress(OSError):  # no cache then: the next look probes again
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(path)
+        write_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 def bridges(virt: Virt, spec: Cockpit, host: str | None) -> dict[str, str | None]:

@@ -51,6 +51,7 @@ from kvmctl.planner.domain import on_crash_for
 from kvmctl.planner.plan import domain_name
 from kvmctl.setlock import pid_lock, set_lock
 from kvmctl.spec import Cockpit, load_spec
+from kvmctl.statefile import write_atomic
 from kvmctl.supervise_policy import Decision, RestartPolicy, decide, stop_cause, waiting_on
 
 DEFAULT_STATE_DIR = "/run/kvmctl/supervise"
@@ -275,11 +276,8 @@ class Supervisor:
                 "updated_at": now,
                 "vms": {w.name: w.as_dict(now) for w in self.vms.values()},
             }
-            # Under the lock: writers on several threads must not share the temp file.
             path = state_path(self.set_name, self.directory)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=2) + "\n")
-            tmp.replace(path)
+            write_atomic(path, json.dumps(data, indent=2) + "\n")
 
     def _set_phase(self, w: VmWatch, phase: str, *, ready: bool | None = None) -> None:
         with self._lock:

@@ -26,12 +26,14 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 from xml.etree import ElementTree
 
 from kvmctl.host.facts import KvmStatus, VirtType
+from kvmctl.statefile import write_atomic
 
 PROBE_MARKER = "KVMCTL-PROBE-OK"
 PROBE_CMDLINE = "console=ttyS0 kvmctl.probe=1 panic=1 quiet"
@@ -383,14 +385,8 @@ def load_cached(path: Path, key: dict[str, str]) -> KvmVerdict | None:
 def store_cached(path: Path, key: dict[str, str], verdict: KvmVerdict) -> None:
     """Write the verdict atomically; a read-only /run only costs the next run a probe."""
     record = {"key": key, "verdict": asdict(verdict), "written_at": time.time()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".kvm-probe.", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=2)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    with suppress(OSError):
+        write_atomic(path, json.dumps(record, indent=2))
 
 
 # --- wiring ---------------------------------------------------------------------------

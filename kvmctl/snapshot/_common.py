@@ -28,6 +28,7 @@ from kvmctl.snapshots_plan import (
     record_from_xml,
 )
 from kvmctl.spec import Cockpit, load_spec
+from kvmctl.statefile import write_atomic
 from kvmctl.xml.snapshot import DomainSnapshot, SnapshotDisk, disk_chain
 from kvmctl.xml.storage import BackingStore, StorageVolume
 
@@ -246,10 +247,7 @@ def _manifest_path(set_name: str, name: str) -> Path:
 
 def _write_manifest(manifest: Manifest) -> Path:
     path = _manifest_path(manifest.set_name, manifest.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".json.tmp{os.getpid()}")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, path)
+    write_atomic(path, manifest.to_json())
     return path
 
 
