@@ -20,7 +20,7 @@ from kvmctl.errors import ApplyError, HostError
 from kvmctl.host.facts import HostFacts, VirtType
 from kvmctl.host.probe import probe_host
 from kvmctl.livestate import read_live
-from kvmctl.planner.hosts import host_groups, is_remote
+from kvmctl.planner.hosts import check_host, host_groups, is_remote
 from kvmctl.planner.live import LiveState
 from kvmctl.planner.plan import Plan, PlanOptions, make_plan
 from kvmctl.setlock import set_lock
@@ -71,8 +71,8 @@ def open_session(
     is read through its libvirt alone (kvmctl.remote)."""
     if not isinstance(spec, Cockpit):
         spec = load_spec(spec)
-    if host is not None and host not in spec.hosts:
-        host_groups(spec, uri, host)  # raises the UsageError naming the known hosts
+    if host is not None:
+        check_host(spec, host)
     options = plan_options(spec)
     wanted = spec.hosts[host].virt_type if host is not None else None
     if facts_file is not None:

@@ -46,9 +46,7 @@ def host_groups(spec: Cockpit, uri: str, only: str | None = None) -> list[HostGr
     `only`, just that host's VMs, planned on `uri`: kvmctl runs on (or is
     connected to) that host, as the Ansible `cockpit` role runs it."""
     if only is not None:
-        if only not in spec.hosts:
-            known = ", ".join(sorted(spec.hosts)) or "the spec declares no hosts:"
-            raise UsageError(f"no host '{only}' in the spec (known: {known})")
+        check_host(spec, only)
         return [HostGroup(only, uri, _vms_on(spec, only))]
     unplaced = _vms_on(spec, None)
     same = [n for n, ref in spec.hosts.items() if ref.uri.rstrip("/") == uri.rstrip("/")]
@@ -65,6 +63,13 @@ def host_groups(spec: Cockpit, uri: str, only: str | None = None) -> list[HostGr
         if _vms_on(spec, name)
     ]
     return _dependency_order(spec, groups)
+
+
+def check_host(spec: Cockpit, host: str) -> None:
+    """UsageError (exit 2) naming the known hosts when `host` is not one."""
+    if host not in spec.hosts:
+        known = ", ".join(sorted(spec.hosts)) or "the spec declares no hosts:"
+        raise UsageError(f"no host '{host}' in the spec (known: {known})")
 
 
 def _vms_on(spec: Cockpit, host: str | None) -> tuple[str, ...]:
