@@ -27,9 +27,9 @@ def overview(
     `unreachable` instead of failing the whole status."""
     spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
     groups = host_groups(spec, uri, host)
-    rows: list[VmStatus] = []
     if len(groups) == 1:
         return spec, _gather_closed(open_session(spec, groups[0].uri, host=groups[0].name))
+    rows: list[VmStatus] = []
     for group in groups:
         try:
             session = open_session(spec, group.uri, host=group.name)
