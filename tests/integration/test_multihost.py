@@ -297,3 +297,41 @@ def test_a_migrated_vm_gets_real_time_back_from_kvmctl_on_its_new_host(two: TwoH
     assert json.loads(there.stdout)["vms"]["c"]["action"] == "update-live"
     vcpus = threads.inspect(pid).vcpus  # the same QEMU, not restarted
     assert [(t.policy, t.priority) for t in vcpus] == [("fifo", 10)]
+
+
+def test_a_vm_moved_to_another_host_is_left_there_and_not_started_twice(two: TwoHostSet) -> None:
+    """cluster (placed with the VMs without host:) is migrated to the lab. The
+    lab's plan leaves it alone (no delete), a whole-set apply refuses to start
+    a second copy here, and `destroy --host lab` removes only the lab's part."""
+    kvmctl_json("apply", str(two.spec))
+    cluster, ivi = f"{two.name}-cluster", f"{two.name}-ivi"
+    bridge = ["ip", "netns", "exec", two.lab.netns, "ip", "link"]  # cluster's bus, there too
+    subprocess.run([*bridge, "add", f"{two.name}b", "type", "bridge"], check=True)
+    try:
+        _moved_cluster_stays_on_the_lab(two, cluster, ivi)
+    finally:
+        subprocess.run([*bridge, "del", f"{two.name}b"], check=False)
+    two.nothing_anywhere()
+
+
+def _moved_cluster_stays_on_the_lab(two: TwoHostSet, cluster: str, ivi: str) -> None:
+    run = kvmctl(
+        "migrate", "cluster", "--to", two.lab.uri, "--insecure", "--copy-storage", timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    running = libvirt.VIR_DOMAIN_RUNNING
+    assert two.domains(two.lab.uri) == {cluster: running, ivi: running}
+
+    plans = {h["host"]: h for h in kvmctl_json("plan", str(two.spec))["hosts"]}
+    assert [a["vm"] for a in plans["lab"]["actions"]] == ["ivi"]  # no delete of cluster
+    assert any("VM 'cluster' runs here" in n for n in plans["lab"]["notes"])
+    again = kvmctl("apply", str(two.spec))
+    assert again.returncode == 3, again.stderr
+    assert "VM 'cluster' runs on lab but the spec places it on" in again.stderr
+    assert two.domains(URI) == {}
+
+    gone = kvmctl_json("destroy", str(two.spec), "--host", "lab", "-c", two.lab.uri)
+    assert gone["domains"] == [ivi]
+    assert two.domains(two.lab.uri) == {cluster: running}
+    kvmctl_json("destroy", str(two.spec))
+    assert two.domains(two.lab.uri) == {} and two.domains(URI) == {}

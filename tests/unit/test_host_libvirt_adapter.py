@@ -67,3 +67,14 @@ def test_test_driver_versions_and_capabilities() -> None:
         assert versions.hypervisor == "0.0.2"
         assert "<capabilities>" in conn.capabilities_xml()
         assert conn.hostname()
+
+
+@pytest.mark.parametrize(
+    ("reported", "quota"),
+    [(None, None), (-1, -1), (50_000, 50_000), (18446744073709551, -1)],
+)
+def test_unlimited_quota_reads_as_minus_one(reported: int | None, quota: int | None) -> None:
+    """cgroup v2: libvirt reports an unlimited vcpu_quota as ULLONG_MAX / 1000."""
+    from kvmctl.adapters.virt import _quota
+
+    assert _quota(reported) == quota
