@@ -273,11 +273,8 @@ class HugepageHog:
 
 def test_abort_mid_migration_leaves_the_guest_running_here(mig: MigSet) -> None:
     mig.apply()
-    tool(mig.domain, "dirty", "64", "120", wait=False)
-    time.sleep(2)
-    proc = start_migrate(mig, "--bandwidth", "4MB/s", "--no-auto-converge")
+    proc = start_slow_migration(mig, dirty_seconds=120, settle=2)
     try:
-        wait_for_job(mig.domain)
         run = kvmctl("migrate", "--abort", str(mig.spec), "a")
         assert run.returncode == 0, run.stderr
         out, err = proc.communicate(timeout=120)
@@ -314,9 +311,7 @@ def test_destination_libvirtd_killed_mid_migration(
     s = MigSet(tmp_path, lab)
     try:
         s.apply()
-        tool(s.domain, "dirty", "64", "120", wait=False)
-        proc = start_migrate(s, "--bandwidth", "4MB/s", "--no-auto-converge")
-        wait_for_job(s.domain)
+        proc = start_slow_migration(s, dirty_seconds=120)
         labs.kill_libvirtd(lab)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 1, err
@@ -341,9 +336,7 @@ def test_network_loss_mid_migration_fails_within_keepalive(
     s = MigSet(tmp_path, lab)
     try:
         s.apply()
-        tool(s.domain, "dirty", "64", "180", wait=False)
-        proc = start_migrate(s, "--bandwidth", "4MB/s", "--no-auto-converge")
-        wait_for_job(s.domain)
+        proc = start_slow_migration(s, dirty_seconds=180)
         labs.set_link(lab, up=False)
         cut = time.monotonic()
         out, err = proc.communicate(timeout=180)
@@ -361,6 +354,21 @@ def test_network_loss_mid_migration_fails_within_keepalive(
     finally:
         labs.set_link(lab, up=True)
         s.cleanup()
+
+
+def start_slow_migration(s: MigSet, dirty_seconds: int, settle: float = 0) -> subprocess.Popen[str]:
+    """The guest dirtying 64 MB/s, its migration capped at 4 MB/s without
+    auto-converge, and the job running: time enough to break it mid-way."""
+    tool(s.domain, "dirty", "64", str(dirty_seconds), wait=False)
+    time.sleep(settle)
+    proc = start_migrate(s, "--bandwidth", "4MB/s", "--no-auto-converge")
+    try:
+        wait_for_job(s.domain)
+    except BaseException:
+        proc.kill()  # by PID: the child we started
+        proc.wait()
+        raise
+    return proc
 
 
 def start_migrate(s: MigSet, *args: str) -> subprocess.Popen[str]:
