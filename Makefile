@@ -70,7 +70,7 @@ integration:
 
 # Lint what exists: the pure-layer directories may still be nearly empty.
 RUFF_PATHS := $(wildcard kvmctl tests bench)
-MYPY_PATHS := $(wildcard kvmctl/spec kvmctl/planner kvmctl/xml kvmctl/host/facts.py)
+MYPY_PATHS := $(wildcard kvmctl/spec kvmctl/planner kvmctl/xml kvmctl/host/facts.py kvmctl/state/paths.py)
 
 lint:
 	$(BIN)/ruff check $(RUFF_PATHS)

@@ -11,20 +11,14 @@ verb that reads it again sees their current version.
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import suppress
 from pathlib import Path
 
 from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.errors import UsageError
-from kvmctl.statefile import write_atomic
-
-DEFAULT_SPECS_DIR = "/var/lib/kvmctl/specs"
-
-
-def specs_dir() -> Path:
-    return Path(os.environ.get("KVMCTL_SPECS_DIR", DEFAULT_SPECS_DIR))
+from kvmctl.state.paths import specs_dir
+from kvmctl.state.statefile import write_atomic
 
 
 def remember(set_name: str, path: Path, spec_hash: str) -> None:

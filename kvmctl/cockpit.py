@@ -25,6 +25,7 @@ from kvmctl.planner.live import LiveState
 from kvmctl.planner.plan import Plan, PlanOptions, make_plan
 from kvmctl.setlock import set_lock
 from kvmctl.spec import Cockpit, load_spec
+from kvmctl.state import paths
 
 
 @dataclass
@@ -46,7 +47,11 @@ class Session:
 def plan_options(spec: Cockpit) -> PlanOptions:
     """Plan options from the built images' manifests, where they are built
     (preflight reports the missing ones)."""
-    options = PlanOptions(image_root=str(images.image_dir()))
+    options = PlanOptions(
+        image_root=str(paths.image_dir()),
+        pool_path=str(paths.volume_dir()),
+        log_dir=str(paths.log_dir()),
+    )
     kernels = dict(options.boot_kernels)
     flavours = sorted({vm.image.builtin for vm in spec.vms.values() if vm.image.builtin})
     for flavour in flavours:

@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from kvmctl.statefile import write_atomic
+from kvmctl.state.paths import history_dir
+from kvmctl.state.statefile import write_atomic
 
-DEFAULT_HISTORY_DIR = "/var/lib/kvmctl/history"
 KINDS = ("snapshot", "migration")
-
-
-def history_dir() -> Path:
-    return Path(os.environ.get("KVMCTL_HISTORY_DIR", DEFAULT_HISTORY_DIR))
 
 
 def history_path(set_name: str, directory: Path | None = None) -> Path:

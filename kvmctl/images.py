@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from kvmctl.errors import HostError, UsageError
+from kvmctl.state.paths import image_dir
 
-DEFAULT_IMAGE_DIR = Path("/var/lib/kvmctl/images")
 FLAVOURS = ("test-guest", "test-guest-rt")
 ARTIFACTS = ("vmlinuz", "initrd.img")  # always there; "vmlinux" optional
 MANIFEST = "manifest.json"
@@ -69,11 +68,6 @@ class GuestImage:
                 f"the kernel keeps only {MAX_CMDLINE - 1}"
             )
         return full
-
-
-def image_dir() -> Path:
-    """Root of the flavour directories: $KVMCTL_IMAGE_DIR or /var/lib/kvmctl/images."""
-    return Path(os.environ.get("KVMCTL_IMAGE_DIR") or DEFAULT_IMAGE_DIR)
 
 
 # (path, size, mtime_ns) -> sha256 found; hashing ~20 MiB on every plan or

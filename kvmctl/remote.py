@@ -22,11 +22,11 @@ from kvmctl.adapters import destination
 from kvmctl.adapters.virt import Virt
 from kvmctl.host import kvmprobe
 from kvmctl.host.facts import HostFacts, VirtType
-from kvmctl.host.kvmprobe import run_dir
 from kvmctl.planner.networks import bridge_alias
 from kvmctl.planner.plan import Plan
 from kvmctl.spec import Cockpit
-from kvmctl.statefile import write_atomic
+from kvmctl.state.paths import run_dir
+from kvmctl.state.statefile import write_atomic
 
 
 def facts(virt: Virt, wanted: VirtType | None) -> HostFacts:

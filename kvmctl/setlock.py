@@ -11,15 +11,14 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from kvmctl.errors import HostError
-
-LOCK_DIR = Path(os.environ.get("KVMCTL_LOCK_DIR", "/run/kvmctl/locks"))
+from kvmctl.state.paths import ensure_dir, lock_dir
 
 
 @contextmanager
 def pid_lock(path: Path, busy: Callable[[str], str]) -> Iterator[None]:
     """Hold an exclusive lock file that records our pid. When another process
     holds it, raise HostError with `busy(holder_pid)`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -34,9 +33,9 @@ def pid_lock(path: Path, busy: Callable[[str], str]) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def set_lock(set_name: str, directory: Path = LOCK_DIR) -> AbstractContextManager[None]:
+def set_lock(set_name: str, directory: Path | None = None) -> AbstractContextManager[None]:
     return pid_lock(
-        directory / f"{set_name}.lock",
+        (directory or lock_dir()) / f"{set_name}.lock",
         lambda pid: f"another kvmctl (pid {pid}) is changing cockpit '{set_name}' right now: "
         "wait for it to finish",
     )

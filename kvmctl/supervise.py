@@ -51,19 +51,15 @@ from kvmctl.planner.domain import on_crash_for
 from kvmctl.planner.plan import domain_name
 from kvmctl.setlock import pid_lock, set_lock
 from kvmctl.spec import Cockpit, load_spec
-from kvmctl.statefile import write_atomic
+from kvmctl.state.paths import supervise_dir
+from kvmctl.state.statefile import write_atomic
 from kvmctl.supervise_policy import Decision, RestartPolicy, decide, stop_cause, waiting_on
 
-DEFAULT_STATE_DIR = "/run/kvmctl/supervise"
 _FAILED_SHUTOFF = {"crashed", "failed"}
 
 
-def state_dir() -> Path:
-    return Path(os.environ.get("KVMCTL_SUPERVISE_DIR", DEFAULT_STATE_DIR))
-
-
 def state_path(set_name: str, directory: Path | None = None) -> Path:
-    return (directory or state_dir()) / f"{set_name}.json"
+    return (directory or supervise_dir()) / f"{set_name}.json"
 
 
 def supervisor_state(set_name: str, directory: Path | None = None) -> dict[str, Any] | None:
@@ -154,7 +150,7 @@ class Supervisor:
         self.uri = uri
         self.host = host  # the spec's host: whose VMs are watched (None: those without)
         self.out = out or sys.stdout
-        self.directory = directory or state_dir()
+        self.directory = directory or supervise_dir()
         self.spec: Cockpit = load_spec(self.spec_path)
         self.set_name = self.spec.name
         self.vms: dict[str, VmWatch] = {}

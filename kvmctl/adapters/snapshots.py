@@ -114,6 +114,7 @@ class SnapshotOps:
         state the snapshot recorded: the caller resumes it when its turn comes.
         `force` lets libvirt replace a running QEMU whose definition changed."""
         dom = self._dom(domain)
+        self.virt.ensure_log_dirs(self.virt.xml(domain, inactive=True))
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
         if force:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import libvirt
 import libvirt_qemu
@@ -23,6 +24,8 @@ from kvmctl.adapters.events import ensure_event_loop
 from kvmctl.adapters.libvirt import open_virconnect
 from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.errors import ApplyError, HostError
+from kvmctl.planner.hosts import is_remote
+from kvmctl.state.paths import ensure_dir
 from kvmctl.xml.metadata import KVMCTL_NS, KVMCTL_PREFIX, KvmctlMetadata, read_kvmctl_metadata
 
 # Live tuning touches only the running domain; the persistent definition is
@@ -179,12 +182,25 @@ class Virt:
         return dom
 
     def define(self, xml: str) -> None:
+        self.ensure_log_dirs(xml)
         with _mapped("cannot define domain"):
             self.conn.defineXML(xml)
 
     def start_paused(self, name: str) -> None:
+        dom = self._get(name)
+        self.ensure_log_dirs(self.xml(name, inactive=True))
         with _mapped(f"cannot start domain '{name}'"):
-            self._get(name).createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+
+    def ensure_log_dirs(self, xml: str) -> None:
+        """virtlogd opens a domain's console logs but makes no directory for
+        them: "Unable to open file ... No such file or directory" at start.
+        Only for a libvirtd on this machine; other hosts get theirs from the
+        kvm_host role."""
+        if self.uri is None or is_remote(self.uri):
+            return
+        for path in etree.fromstring(xml.encode()).xpath("devices/*/log/@file"):
+            ensure_dir(Path(str(path)).parent)
 
     def resume(self, name: str) -> None:
         with _mapped(f"cannot resume domain '{name}'"):
@@ -323,10 +339,23 @@ class Virt:
                 pool = self.conn.storagePoolDefineXML(xml, 0)
                 pool.build(0)
                 created = True
+            elif self._pool_dir_gone(pool):
+                # Its directory was removed behind libvirt's back: every volume
+                # call would fail with "No such file or directory". libvirt
+                # builds (makes the directory of) inactive pools only.
+                if pool.isActive():
+                    pool.destroy()
+                pool.build(0)
             if not pool.isActive():
                 pool.create(0)
             pool.setAutostart(1)
         return created
+
+    def _pool_dir_gone(self, pool: libvirt.virStoragePool) -> bool:
+        if self.uri is None or is_remote(self.uri):
+            return False
+        target = etree.fromstring(pool.XMLDesc(0).encode()).findtext("target/path")
+        return target is not None and not Path(target).is_dir()
 
     def remove_pool(self, name: str) -> None:
         try:

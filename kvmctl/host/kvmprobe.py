@@ -33,7 +33,8 @@ from typing import Literal, Protocol
 from xml.etree import ElementTree
 
 from kvmctl.host.facts import KvmStatus, VirtType
-from kvmctl.statefile import write_atomic
+from kvmctl.state.paths import run_dir
+from kvmctl.state.statefile import write_atomic
 
 PROBE_MARKER = "KVMCTL-PROBE-OK"
 PROBE_CMDLINE = "console=ttyS0 kvmctl.probe=1 panic=1 quiet"
@@ -41,7 +42,6 @@ PROBE_FLAVOUR = "test-guest"
 PROBE_MEMORY_MIB = 128  # the cloud kernel does not unpack itself and its initrd in 64 MiB
 DEFAULT_TIMEOUT = 8.0
 DEFAULT_DEVICE = Path("/dev/kvm")
-DEFAULT_RUN_DIR = Path("/run/kvmctl")
 CACHE_NAME = "kvm-probe.json"
 CACHE_FORMAT = 1
 MAKE_IMAGES = "run `make images`"
@@ -50,17 +50,6 @@ MAKE_IMAGES = "run `make images`"
 def kvm_device() -> Path:
     """The KVM device to probe: $KVMCTL_KVM_DEVICE, else /dev/kvm."""
     return Path(os.environ.get("KVMCTL_KVM_DEVICE") or DEFAULT_DEVICE)
-
-
-def run_dir() -> Path:
-    """Where kvmctl keeps per-boot state: $KVMCTL_RUN_DIR, else /run/kvmctl for root and
-    $XDG_RUNTIME_DIR/kvmctl for anyone else."""
-    configured = os.environ.get("KVMCTL_RUN_DIR")
-    if configured:
-        return Path(configured)
-    if os.geteuid() == 0:
-        return DEFAULT_RUN_DIR
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / "kvmctl"
 
 
 # --- the probe image ----------------------------------------------------------

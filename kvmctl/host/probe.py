@@ -27,9 +27,9 @@ from kvmctl.host.kvmprobe import (
     load_cached,
     locate_image,
     qemu_access_problem,
-    run_dir,
     store_cached,
 )
+from kvmctl.state.paths import run_dir
 
 CAP_SYS_RESOURCE = 24
 V1_CONTROLLERS = {

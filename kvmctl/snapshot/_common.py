@@ -28,16 +28,12 @@ from kvmctl.snapshots_plan import (
     record_from_xml,
 )
 from kvmctl.spec import Cockpit, load_spec
-from kvmctl.statefile import write_atomic
+from kvmctl.state.paths import snapshot_dir
+from kvmctl.state.statefile import write_atomic
 from kvmctl.xml.snapshot import DomainSnapshot, SnapshotDisk, disk_chain
 from kvmctl.xml.storage import BackingStore, StorageVolume
 
 Progress = Callable[[str, str], None]  # (vm, what is happening)
-DEFAULT_SNAPSHOT_DIR = "/var/lib/kvmctl/snapshots"
-
-
-def snapshot_dir() -> Path:
-    return Path(os.environ.get("KVMCTL_SNAPSHOT_DIR", DEFAULT_SNAPSHOT_DIR))
 
 
 def _quiet(_vm: str, _what: str) -> None:

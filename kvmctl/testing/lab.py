@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kvmctl.errors import HostError, KvmctlError
-from kvmctl.host.kvmprobe import run_dir
+from kvmctl.state.paths import run_dir, volume_dir
+from kvmctl.state.statefile import write_atomic
 
 # libvirt's per-host directories, made private inside the lab's mount namespace.
 LIBVIRT_DIRS = (
@@ -39,9 +40,6 @@ LIBVIRT_DIRS = (
     "/var/log/libvirt",
     "/var/cache/libvirt",
 )
-# kvmctl's volume directory: private too, unless the lab shares this host's
-# storage (as two hosts mounting the same NFS export would).
-VOLUMES_DIR = "/var/lib/kvmctl/volumes"
 LAB_NET = ipaddress.IPv4Network("10.251.0.0/16")
 TCP_PORT = 16509
 READY_TIMEOUT = 30.0
@@ -59,11 +57,14 @@ class LabState:
     prefix: int
     host_uuid: str
     pids: dict[str, int] = field(default_factory=dict)  # daemon -> PID
-    shared_storage: bool = False  # VOLUMES_DIR is this host's, not a private one
+    # kvmctl's volume directory is private too, unless the lab shares this
+    # host's storage (as two hosts mounting the same NFS export would).
+    shared_storage: bool = False
 
     @property
     def private_dirs(self) -> tuple[str, ...]:
-        return LIBVIRT_DIRS if self.shared_storage else (*LIBVIRT_DIRS, VOLUMES_DIR)
+        volumes = str(volume_dir())
+        return LIBVIRT_DIRS if self.shared_storage else (*LIBVIRT_DIRS, volumes)
 
     @property
     def uri(self) -> str:
@@ -89,8 +90,7 @@ def _state_file(name: str) -> Path:
 
 
 def _save(state: LabState) -> None:
-    labs_dir().mkdir(parents=True, exist_ok=True)
-    _state_file(state.name).write_text(json.dumps(asdict(state), indent=2))
+    write_atomic(_state_file(state.name), json.dumps(asdict(state), indent=2))
 
 
 def load_state(name: str) -> LabState | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmctl.state.paths import volume_dir
 from kvmctl.testing import lab as labs
 from tests.integration.cockpit_helpers import kvmctl, kvmctl_json
 
@@ -23,7 +24,7 @@ def _sees(state: labs.LabState, path: Path) -> bool:
 @pytest.mark.parametrize("shared", [False, True])
 def test_lab_up_list_down(shared: bool) -> None:
     name = f"c{secrets.token_hex(3)}"
-    marker = Path(labs.VOLUMES_DIR) / f".kvt-lab-{name}"
+    marker = volume_dir() / f".kvt-lab-{name}"
     args = ["lab", "up", name] + (["--shared-storage"] if shared else [])
     up = kvmctl_json(*args)
     try:

@@ -46,13 +46,6 @@ def image_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_image_dir_default_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("KVMCTL_IMAGE_DIR", raising=False)
-    assert images.image_dir() == Path("/var/lib/kvmctl/images")
-    monkeypatch.setenv("KVMCTL_IMAGE_DIR", "/srv/img")
-    assert images.image_dir() == Path("/srv/img")
-
-
 def test_artifacts_found(image_root: Path) -> None:
     d = make_image(image_root)
     img = images.artifacts("test-guest")

@@ -7,11 +7,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from kvmctl.state.paths import ensure_dir
+
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text`, creating its directory. The temporary file
     is unique per call, so writers on several threads never share one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:

@@ -1,0 +1,1 @@
+"""kvmctl's own state on the host: where it lives (`paths`)."""
