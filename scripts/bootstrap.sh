@@ -58,7 +58,7 @@ command -v dpkg-query >/dev/null 2>&1 || die "this bootstrap expects Debian (dpk
 
 # 1. Packages: python3 + python3-apt for Ansible on localhost; headers and a compiler
 #    for libvirt-python (built from source against libvirt-dev).
-apt_install python3 python3-apt python3-dev libvirt-dev pkg-config gcc
+apt_install python3 python3-apt python3-dev libvirt-dev pkg-config gcc mmdebstrap
 
 # 2. Pick the interpreter for the venv.
 if [ -n "${PYTHON:-}" ]; then
