@@ -50,10 +50,14 @@ images:
 	@guest-images/build.sh
 
 ## demo: set up, then run the example cockpit
+SCREENS  ?= cockpit.png
+
 demo: setup
 	$(BIN)/kvmctl doctor
 	$(BIN)/kvmctl apply $(SPEC)
 	$(BIN)/kvmctl status $(SPEC)
+	$(BIN)/kvmctl screens $(SPEC) -o $(SCREENS)
+	@echo "The cockpit's screens: $(abspath $(SCREENS))"
 	@echo "The cockpit keeps running. Remove it with: $(BIN)/kvmctl destroy $(SPEC)"
 
 ## test: set up, lint, then unit and integration tests (each must run at least one test)

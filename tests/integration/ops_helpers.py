@@ -109,7 +109,10 @@ def domain_state(domain: str) -> str:
 class SupervisorProcess:
     """`kvmctl supervise SPEC` as a child process; its JSON lines in `events`."""
 
-    def __init__(self, spec: Path, state_dir: Path, *extra: str):
+    def __init__(self, spec: Path, state_dir: Path, *extra: str, env: dict[str, str] | None = None):
+        """`state_dir` takes the supervisor's state (KVMCTL_SUPERVISE_DIR) and
+        its output; with `env`, the supervisor runs with that environment and
+        keeps its state where it says."""
         self.state_dir = state_dir
         self.stderr_path = state_dir / "supervise.stderr"
         self._stderr = self.stderr_path.open("w")
@@ -119,7 +122,9 @@ class SupervisorProcess:
             stderr=self._stderr,
             text=True,
             cwd=REPO,
-            env={**os.environ, "LIBVIRT_DEFAULT_URI": URI, "KVMCTL_SUPERVISE_DIR": str(state_dir)},
+            env=env
+            if env is not None
+            else {**os.environ, "LIBVIRT_DEFAULT_URI": URI, "KVMCTL_SUPERVISE_DIR": str(state_dir)},
         )
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()

@@ -87,14 +87,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_exporter(spec: Path, listen: str) -> subprocess.Popen[str]:
+def start_exporter(
+    spec: Path, listen: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "kvmctl.cli", "exporter", str(spec), "--listen", listen],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        env={**os.environ, "LIBVIRT_DEFAULT_URI": URI},
+        env=env if env is not None else {**os.environ, "LIBVIRT_DEFAULT_URI": URI},
     )
 
 
