@@ -674,14 +674,19 @@ def domain_events(libvirt_conn: libvirt.virConnect) -> Iterator[
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _applied_specs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Which spec each test set was applied from (kvmctl.applied) is recorded in
-    a directory of the session's, not in /var/lib/kvmctl: sets a test removes
-    by sweeping leave no record behind."""
-    old = os.environ.get("KVMCTL_SPECS_DIR")
-    os.environ["KVMCTL_SPECS_DIR"] = str(tmp_path_factory.mktemp("applied-specs"))
-    yield
+def _state_root() -> Iterator[Path]:
+    """Every kvmctl state path of the session (run, locks, applied specs,
+    history, snapshots, serial logs, labs) under one new, empty
+    KVMCTL_STATE_ROOT: the suite starts from nothing as a fresh machine
+    does, and sets a test removes by sweeping leave no record on the host.
+    Mode 0755 as on /: virtlogd and QEMU (another user) open files there."""
+    old = os.environ.get("KVMCTL_STATE_ROOT")
+    root = Path(tempfile.mkdtemp(prefix="kvmctl-state-"))
+    root.chmod(0o755)
+    os.environ["KVMCTL_STATE_ROOT"] = str(root)
+    yield root
     if old is None:
-        os.environ.pop("KVMCTL_SPECS_DIR", None)
+        os.environ.pop("KVMCTL_STATE_ROOT", None)
     else:
-        os.environ["KVMCTL_SPECS_DIR"] = old
+        os.environ["KVMCTL_STATE_ROOT"] = old
+    shutil.rmtree(root, ignore_errors=True)
