@@ -11,18 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kvmctl import history
 from kvmctl.adapters import migration as job_api
 from kvmctl.adapters.virt import Virt, open_connection
-from kvmctl.cockpit import plan_options
 from kvmctl.errors import ApplyError, UsageError
 from kvmctl.migration.preflight import Prepared, Request, prepare
 from kvmctl.migration.run import MigrationResult, ProgressFn, run_one
 from kvmctl.migration.transport import check_destination, default_migrate_uri
 from kvmctl.planner.migration import migration_order
 from kvmctl.planner.plan import domain_name
-from kvmctl.setlock import set_lock
+from kvmctl.session import plan_options
 from kvmctl.spec import Cockpit, load_spec
+from kvmctl.state import history
+from kvmctl.state.setlock import set_lock
 
 __all__ = ["MigrationFailed", "MigrationReport", "Request", "abort", "migrate"]
 

@@ -34,9 +34,9 @@ import libvirt_qemu
 import pytest
 from lxml import etree
 
-from kvmctl import images
 from kvmctl.adapters.events import ensure_event_loop
 from kvmctl.errors import HostError
+from kvmctl.host import images
 
 URI = os.environ.get("KVMCTL_TEST_URI", "qemu:///system")
 DOMAIN_TYPE = os.environ.get("KVMCTL_TEST_DOMAIN_TYPE", "qemu")
@@ -675,7 +675,7 @@ def domain_events(libvirt_conn: libvirt.virConnect) -> Iterator[
 
 @pytest.fixture(scope="session", autouse=True)
 def _applied_specs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Which spec each test set was applied from (kvmctl.applied) is recorded in
+    """Which spec each test set was applied from (kvmctl.cockpit.record) is recorded in
     a directory of the session's, not in /var/lib/kvmctl: sets a test removes
     by sweeping leave no record behind."""
     old = os.environ.get("KVMCTL_SPECS_DIR")
