@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from kvmctl.overview import overview
+from kvmctl.observe.overview import overview
 
 URI = "qemu:///system"
 REPO = Path(__file__).resolve().parents[1]

@@ -40,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvmctl import cockpit  # noqa: E402
 from kvmctl import snapshot as snap  # noqa: E402
 from kvmctl.adapters.snapshots import SnapshotOps  # noqa: E402
+from kvmctl.planner.snapshot import Tag  # noqa: E402
 from kvmctl.snapshot import _common as snap_common  # noqa: E402
 from kvmctl.snapshot import single as snap_single  # noqa: E402
-from kvmctl.snapshots_plan import Tag  # noqa: E402
+from kvmctl.spec import load_spec  # noqa: E402
 
 URI = os.environ.get("LIBVIRT_DEFAULT_URI", "qemu:///system")
 
@@ -134,7 +135,7 @@ def main() -> int:
         t = time.monotonic()
         cockpit.apply(spec, URI)
         print(f"applied in {time.monotonic() - t:.1f} s")
-        session, ops = snap_common._open(cockpit.load_spec(spec), URI)
+        session, ops = snap_common._open(load_spec(spec), URI)
         for vp in session.plan.vms.values():
             session.virt.agent(
                 vp.domain,

@@ -2,7 +2,7 @@
 libvirt-python.
 
 A thin mapping like `virt.py`: every call takes a domain name plus XML or
-names from the pure layer (`kvmctl.snapshots_plan`, `kvmctl.xml.snapshot`),
+names from the pure layer (`kvmctl.planner.snapshot`, `kvmctl.xml.snapshot`),
 and libvirt errors come out as kvmctl errors naming domain and snapshot.
 Block jobs are followed by libvirt's block-job events (the event loop runs
 since `open_connection`), with a slow poll as a safety net.
@@ -23,7 +23,7 @@ import libvirt_qemu
 
 from kvmctl.adapters.virt import Virt
 from kvmctl.errors import ApplyError, KvmctlError, UsageError
-from kvmctl.snapshots_plan import CommitStep
+from kvmctl.planner.snapshot import CommitStep
 from kvmctl.xml.base import parse_xml
 from kvmctl.xml.snapshot import DomainSnapshot, disk_chain, disk_targets
 

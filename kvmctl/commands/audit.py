@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from kvmctl import cockpit
-from kvmctl.audit import AuditReport, audit_plan
+from kvmctl.cockpit.audit import AuditReport, audit_plan
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, app
 from kvmctl.commands._output import print_json, print_table
-from kvmctl.status import STATE_NAMES
+from kvmctl.observe.status import STATE_NAMES
 
 
 def run_audit(file: Path, uri: str, host: str | None = None) -> AuditReport:

@@ -11,12 +11,12 @@ from kvmctl import cockpit
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, app
 from kvmctl.commands._output import print_json, print_table, progress_lines
 from kvmctl.errors import HostError, UsageError
-from kvmctl.overview import overview
+from kvmctl.observe.overview import overview
+from kvmctl.observe.status import VmStatus
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.plan import Plan
 from kvmctl.spec import load_spec
-from kvmctl.status import VmStatus
 
 SpecArg = Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)]
 

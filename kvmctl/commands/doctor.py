@@ -62,7 +62,7 @@ def doctor(
 
     Exits 0 when a cockpit can run here, 3 with the reasons when not.
     """
-    from kvmctl.doctor import diagnose
+    from kvmctl.host.doctor import diagnose
 
     with _progress("probing the host (the KVM probe boots a test guest once per boot)..."):
         report = diagnose(connect, reprobe=reprobe)

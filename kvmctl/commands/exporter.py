@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
-from kvmctl.cockpit import open_session
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, app
-from kvmctl.exporter import CockpitCollector, parse_listen, serve
+from kvmctl.observe.exporter import CockpitCollector, parse_listen, serve
+from kvmctl.session import open_session
 from kvmctl.spec import load_spec
 
 DEFAULT_LISTEN = "127.0.0.1:9477"

@@ -1,7 +1,7 @@
 """`kvmctl migrate [FILE] VM... --to URI`: live-migrate VMs of a cockpit.
 
 Without FILE the VMs are looked up by VM or domain name on the source, and the
-spec is the one their set was last applied from (kvmctl.applied).
+spec is the one their set was last applied from (kvmctl.cockpit.record).
 
 Also `kvmctl migrate --all FILE --to URI` (the whole set) and
 `kvmctl migrate --abort FILE VM` (cancel a running job from elsewhere).
@@ -14,8 +14,9 @@ from typing import Annotated
 
 import typer
 
-from kvmctl import applied, migration
+from kvmctl import migration
 from kvmctl.adapters.migration import JobProgress
+from kvmctl.cockpit import record
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
 from kvmctl.commands._output import console, print_json
 from kvmctl.errors import UsageError
@@ -140,7 +141,7 @@ def migrate(
     as_json: JsonOpt = False,
 ) -> None:
     """Live-migrate VMs to another host: destination checked first, pins re-planned there."""
-    file, vms = applied.spec_and_vms(targets or [], connect)
+    file, vms = record.spec_and_vms(targets or [], connect)
     if file is None:
         raise UsageError("name the VMs to move (or the spec and --all)")
     if abort:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from kvmctl.adapters.netlink import Netlink
-from kvmctl.adapters.netlink_status import BridgeStatus, collect
+from kvmctl.adapters.netlink.status import BridgeStatus, collect
 from kvmctl.commands._app import JsonOpt, app
 from kvmctl.commands._output import print_json, print_table
 from kvmctl.planner.nics import plan_nics

@@ -15,14 +15,14 @@ from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, app
 from kvmctl.commands._output import print_json, print_table
 from kvmctl.errors import HostError, KvmctlError
 from kvmctl.host import threads
-from kvmctl.status import STATE_NAMES
+from kvmctl.observe.status import STATE_NAMES
 
 if TYPE_CHECKING:
-    from kvmctl.screens import Box, Tile
+    from kvmctl.observe.screens import Box, Tile
 
 
 def _tiles(session: cockpit.Session) -> list[Tile]:
-    from kvmctl.screens import Tile
+    from kvmctl.observe.screens import Tile
 
     virt = session.virt
     assert virt is not None
@@ -52,7 +52,7 @@ def _tiles(session: cockpit.Session) -> list[Tile]:
 
 
 def _write(tiles: list[Tile], output: Path) -> list[Box]:
-    from kvmctl.screens import compose, to_png
+    from kvmctl.observe.screens import compose, to_png
 
     image, boxes = compose(tiles)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")

@@ -18,10 +18,10 @@ from kvmctl.adapters.stats import domain_stats
 from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
 from kvmctl.commands._output import console, print_table
+from kvmctl.observe.top import DomainSample, TopRow, rows, sample
 from kvmctl.planner.plan import domain_name
 from kvmctl.spec import load_spec
-from kvmctl.supervise import supervisor_state
-from kvmctl.top import DomainSample, TopRow, rows, sample
+from kvmctl.state.supervisor import supervisor_state
 
 COLUMNS = [
     "vm",

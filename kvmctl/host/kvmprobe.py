@@ -64,8 +64,8 @@ class ProbeImage:
 
 def locate_image(flavour: str = PROBE_FLAVOUR) -> tuple[ProbeImage | None, str]:
     """The verified probe image, or None and why not (missing, corrupt)."""
-    from kvmctl import images
     from kvmctl.errors import KvmctlError
+    from kvmctl.host import images
 
     try:
         found = images.artifacts(flavour)

@@ -14,7 +14,7 @@ from kvmctl.adapters import migration as job_api
 from kvmctl.adapters.migration import Transfer
 from kvmctl.adapters.virt import Virt
 from kvmctl.errors import HostError, UsageError
-from kvmctl.livestate import read_live
+from kvmctl.host.livestate import read_live
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.migration import Overrides, Policy, plan_destination, resolve_policy
 from kvmctl.planner.plan import PlanOptions, VmPlan, domain_name

@@ -16,10 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
-from kvmctl.cockpit import Session, open_session
 from kvmctl.errors import KvmctlError, UsageError
 from kvmctl.planner.plan import VmPlan
-from kvmctl.snapshots_plan import (
+from kvmctl.planner.snapshot import (
     Manifest,
     SnapshotRecord,
     Tag,
@@ -27,6 +26,7 @@ from kvmctl.snapshots_plan import (
     overlay_path,
     record_from_xml,
 )
+from kvmctl.session import Session, open_session
 from kvmctl.spec import Cockpit, load_spec
 from kvmctl.state.paths import snapshot_dir
 from kvmctl.state.statefile import write_atomic

@@ -9,10 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.adapters.snapshots import SnapshotOps
-from kvmctl.cockpit import Session
 from kvmctl.errors import ApplyError, KvmctlError
 from kvmctl.host import rt, threads
 from kvmctl.planner.plan import VmPlan
+from kvmctl.planner.snapshot import (
+    SnapshotRecord,
+    backing_of,
+)
+from kvmctl.session import Session
 from kvmctl.snapshot._common import (
     Progress,
     RevertOutcome,
@@ -21,10 +25,6 @@ from kvmctl.snapshot._common import (
     _run,
     _say_error,
     _thaw_retrying,
-)
-from kvmctl.snapshots_plan import (
-    SnapshotRecord,
-    backing_of,
 )
 from kvmctl.xml.snapshot import disk_chain
 from kvmctl.xml.storage import BackingStore, StorageVolume

@@ -9,12 +9,28 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from kvmctl import history
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
-from kvmctl.cockpit import Session
 from kvmctl.errors import ApplyError, KvmctlError, UsageError
 from kvmctl.planner.plan import Plan
-from kvmctl.setlock import set_lock
+from kvmctl.planner.snapshot import (
+    Manifest,
+    Member,
+    MemberTiming,
+    SnapshotRecord,
+    Tag,
+    check_delete,
+    check_group_create,
+    check_group_members,
+    check_name,
+    check_revert,
+    check_spec,
+    find,
+    manifest_from_tags,
+    pause_spread_ms,
+    pause_window_ms,
+    revert_levels,
+)
+from kvmctl.session import Session
 from kvmctl.snapshot._common import (
     DeleteResult,
     GroupResult,
@@ -40,25 +56,9 @@ from kvmctl.snapshot._common import (
 )
 from kvmctl.snapshot._restore import _active_files, _revert
 from kvmctl.snapshot.single import _delete_one
-from kvmctl.snapshots_plan import (
-    Manifest,
-    Member,
-    MemberTiming,
-    SnapshotRecord,
-    Tag,
-    check_delete,
-    check_group_create,
-    check_group_members,
-    check_name,
-    check_revert,
-    check_spec,
-    find,
-    manifest_from_tags,
-    pause_spread_ms,
-    pause_window_ms,
-    revert_levels,
-)
 from kvmctl.spec import Cockpit
+from kvmctl.state import history
+from kvmctl.state.setlock import set_lock
 from kvmctl.xml.snapshot import DomainSnapshot
 
 # --------------------------------------------------------------------------- the set

@@ -10,16 +10,7 @@ from kvmctl.adapters.snapshots import SnapshotOps
 from kvmctl.adapters.virt import Virt
 from kvmctl.errors import KvmctlError
 from kvmctl.planner.plan import Plan, VmPlan
-from kvmctl.snapshot._common import (
-    Listing,
-    _is_local,
-    _load,
-    _open,
-    _records,
-    _vm_plan,
-    load_manifests,
-)
-from kvmctl.snapshots_plan import (
+from kvmctl.planner.snapshot import (
     QCOW2_HEADER_BYTES,
     Manifest,
     SnapshotRecord,
@@ -28,6 +19,15 @@ from kvmctl.snapshots_plan import (
     parse_qcow2_snapshots,
     qcow2_snapshot_table,
     summarize,
+)
+from kvmctl.snapshot._common import (
+    Listing,
+    _is_local,
+    _load,
+    _open,
+    _records,
+    _vm_plan,
+    load_manifests,
 )
 from kvmctl.spec import Cockpit
 

@@ -7,11 +7,19 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from kvmctl import history
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
 from kvmctl.errors import KvmctlError, UsageError
 from kvmctl.planner.plan import VmPlan
-from kvmctl.setlock import set_lock
+from kvmctl.planner.snapshot import (
+    SnapshotRecord,
+    Tag,
+    check_create,
+    check_delete,
+    check_name,
+    check_revert,
+    check_spec,
+    commit_step,
+)
 from kvmctl.snapshot._common import (
     CreateResult,
     DeleteResult,
@@ -30,17 +38,9 @@ from kvmctl.snapshot._common import (
     _vm_plan,
 )
 from kvmctl.snapshot._restore import _active_files, _revert
-from kvmctl.snapshots_plan import (
-    SnapshotRecord,
-    Tag,
-    check_create,
-    check_delete,
-    check_name,
-    check_revert,
-    check_spec,
-    commit_step,
-)
 from kvmctl.spec import Cockpit
+from kvmctl.state import history
+from kvmctl.state.setlock import set_lock
 from kvmctl.xml.snapshot import disk_chain
 
 # --------------------------------------------------------------------------- one VM

@@ -92,7 +92,7 @@ class HostSection(Model):
 class HostRef(Model):
     uri: str = Field(min_length=1)
     # How VMs run there. Unset: KVM when a probe guest booted under it there
-    # reaches user space (kvmctl.remote), as `kvmctl doctor` judges this host.
+    # reaches user space (kvmctl.host.remote), as `kvmctl doctor` judges this host.
     virt_type: Literal["kvm", "qemu"] | None = None
 
 

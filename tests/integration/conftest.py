@@ -34,9 +34,9 @@ import libvirt_qemu
 import pytest
 from lxml import etree
 
-from kvmctl import images
 from kvmctl.adapters.events import ensure_event_loop
 from kvmctl.errors import HostError
+from kvmctl.host import images
 
 URI = os.environ.get("KVMCTL_TEST_URI", "qemu:///system")
 DOMAIN_TYPE = os.environ.get("KVMCTL_TEST_DOMAIN_TYPE", "qemu")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from kvmctl.adapters.virt import Virt, open_connection
-from kvmctl.apply import Applier, destroy_domain
-from kvmctl.cockpit import open_session
-from kvmctl.seed import read_seed
+from kvmctl.cockpit.applier import Applier, destroy_domain
+from kvmctl.cockpit.seed import read_seed
+from kvmctl.session import open_session
 from tests.integration.cockpit_helpers import URI, host_snapshot, write_spec
 
 pytestmark = pytest.mark.integration

@@ -32,7 +32,7 @@ import libvirt
 import libvirt_qemu
 import pytest
 
-from kvmctl.adapters.netlink_support import ifb_name
+from kvmctl.adapters.netlink.support import ifb_name
 from kvmctl.host.probe import vlan_supported
 from kvmctl.planner.nics import NicPlan, plan_nics
 from kvmctl.spec import load_spec

@@ -21,9 +21,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from kvmctl import images
 from kvmctl.adapters import libvirt as lv
-from kvmctl.host import kvmprobe
+from kvmctl.host import images, kvmprobe
 from kvmctl.host.facts import HostFacts
 
 pytestmark = pytest.mark.integration

@@ -27,8 +27,8 @@ import libvirt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvmctl import history
-from kvmctl.metrics import STATES
+from kvmctl.observe.metrics import STATES
+from kvmctl.state import history
 from tests.integration.cockpit_helpers import REPO, URI, kvmctl, kvmctl_json
 from tests.integration.ops_helpers import applied_set, tool
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import libvirt
 import pytest
 
-from kvmctl import images
+from kvmctl.host import images
 
 if TYPE_CHECKING:
     # conftest.py is not importable by name at run time (tests/integration is

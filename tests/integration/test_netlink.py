@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import pytest
 from pyroute2 import IPRoute, netns
 
-from kvmctl.adapters import netlink_vlan
 from kvmctl.adapters.netlink import Netlink
-from kvmctl.adapters.netlink_shaping import Limit
-from kvmctl.adapters.netlink_support import ifb_name
+from kvmctl.adapters.netlink import vlan as netlink_vlan
+from kvmctl.adapters.netlink.shaping import Limit
+from kvmctl.adapters.netlink.support import ifb_name
 from kvmctl.cli import main
 from kvmctl.errors import HostError
 from kvmctl.planner.networks import bridge_alias

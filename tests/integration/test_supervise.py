@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kvmctl.supervise import supervisor_state
+from kvmctl.state.supervisor import supervisor_state
 from tests.integration.cockpit_helpers import REPO, URI, kvmctl, kvmctl_json, sweep, write_spec
 from tests.integration.ops_helpers import (
     SupervisorProcess,

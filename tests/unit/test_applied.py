@@ -1,4 +1,4 @@
-"""kvmctl.applied: the spec file behind each set, and VMs found by domain or VM name."""
+"""kvmctl.cockpit.record: the spec file behind each set, and VMs found by domain or VM name."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmctl import applied
 from kvmctl.adapters.virt import DomainInfo
+from kvmctl.cockpit import record
 from kvmctl.errors import UsageError
 from kvmctl.xml.metadata import KvmctlMetadata
 
@@ -47,29 +47,29 @@ class _Virt:
 def test_remembered_spec_is_found_until_forgotten(tmp_path: Path) -> None:
     spec = tmp_path / "cockpit.yaml"
     spec.write_text("name: demo\n")
-    applied.remember("demo", spec, "abc")
-    assert applied.spec_of("demo") == spec.resolve()
-    applied.forget("demo")
-    applied.forget("demo")  # twice is fine
+    record.remember("demo", spec, "abc")
+    assert record.spec_of("demo") == spec.resolve()
+    record.forget("demo")
+    record.forget("demo")  # twice is fine
     with pytest.raises(UsageError, match="no spec on record for cockpit 'demo'"):
-        applied.spec_of("demo")
+        record.spec_of("demo")
 
 
 def test_a_spec_file_gone_since_apply_is_named(tmp_path: Path) -> None:
     spec = tmp_path / "cockpit.yaml"
     spec.write_text("name: demo\n")
-    applied.remember("demo", spec, "abc")
+    record.remember("demo", spec, "abc")
     spec.unlink()
     with pytest.raises(UsageError, match=r"applied from .*cockpit.yaml, which is gone"):
-        applied.spec_of("demo")
+        record.spec_of("demo")
 
 
 def test_vms_by_domain_or_vm_name(tmp_path: Path) -> None:
     spec = tmp_path / "c.yaml"
     spec.write_text("name: demo\n")
-    applied.remember("demo", spec, "abc")
+    record.remember("demo", spec, "abc")
     virt = _Virt(("demo-ivi", "demo", "ivi"), ("demo-hud", "demo", "hud"), "someone-elses")
-    assert applied.find_vms(virt, ["ivi", "demo-hud"]) == (spec.resolve(), ["ivi", "hud"])  # type: ignore[arg-type]
+    assert record.find_vms(virt, ["ivi", "demo-hud"]) == (spec.resolve(), ["ivi", "hud"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -85,7 +85,7 @@ def test_vms_by_domain_or_vm_name(tmp_path: Path) -> None:
 def test_vm_lookup_errors(names: list[str], message: str, tmp_path: Path) -> None:
     spec = tmp_path / "c.yaml"
     spec.write_text("name: demo\n")
-    applied.remember("demo", spec, "abc")
+    record.remember("demo", spec, "abc")
     virt = _Virt(
         ("demo-ivi", "demo", "ivi"),
         ("other-ivi", "other", "ivi"),
@@ -93,4 +93,4 @@ def test_vm_lookup_errors(names: list[str], message: str, tmp_path: Path) -> Non
         "someone-elses",
     )
     with pytest.raises(UsageError, match=message):
-        applied.find_vms(virt, names)  # type: ignore[arg-type]
+        record.find_vms(virt, names)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmctl.audit import (
+from kvmctl.cockpit.audit import (
     Observation,
     ThreadObs,
     audit_plan,

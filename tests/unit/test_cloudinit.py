@@ -10,11 +10,11 @@ import pycdlib
 import pytest
 import yaml
 
+from kvmctl.cockpit.seed import read_seed, seed_iso
 from kvmctl.planner.cloudinit import SeedPlan, seed_files
 from kvmctl.planner.domain import build_domain, build_volume
 from kvmctl.planner.nics import NicPlan
 from kvmctl.planner.plan import make_plan
-from kvmctl.seed import read_seed, seed_iso
 from kvmctl.spec import load_spec
 from tests.golden import assert_golden
 from tests.unit.planner_helpers import facts, spec

@@ -1,4 +1,4 @@
-"""kvmctl.exporter without a host: --listen parsing, what a listen failure
+"""kvmctl.observe.exporter without a host: --listen parsing, what a listen failure
 says, and a scrape that cannot read the set."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from kvmctl import metrics
 from kvmctl.errors import HostError, UsageError
-from kvmctl.exporter import CockpitCollector, _listen_error, parse_listen
+from kvmctl.observe import metrics
+from kvmctl.observe.exporter import CockpitCollector, _listen_error, parse_listen
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""kvmctl.history: the last snapshot and migration durations of each VM."""
+"""kvmctl.state.history: the last snapshot and migration durations of each VM."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmctl import history
-from kvmctl.status import VmStatus, add_history
+from kvmctl.observe.status import VmStatus, add_history
+from kvmctl.state import history
 
 pytestmark = pytest.mark.unit
 

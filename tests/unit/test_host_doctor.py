@@ -1,4 +1,4 @@
-"""kvmctl.doctor.run_checks: the judgement of host facts, on made-up hosts."""
+"""kvmctl.host.doctor.run_checks: the judgement of host facts, on made-up hosts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kvmctl.doctor import NO_LOCKING, TCG_WARNING, DoctorReport, run_checks
+from kvmctl.host.doctor import NO_LOCKING, TCG_WARNING, DoctorReport, run_checks
 from kvmctl.host.facts import CpuInfo, HostFacts, HugepagePool, LibvirtInfo
 from kvmctl.host.kvmprobe import KvmVerdict
 

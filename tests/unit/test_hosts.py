@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from kvmctl.errors import SpecError, UsageError
+from kvmctl.host.remote import problems as remote_problems
+from kvmctl.observe.status import VmStatus, drift
 from kvmctl.planner.hosts import host_groups, is_multi_host, is_remote
 from kvmctl.planner.live import LiveDomain, LiveState
 from kvmctl.planner.plan import make_plan
-from kvmctl.remote import problems as remote_problems
-from kvmctl.status import VmStatus, drift
 from tests.unit.planner_helpers import facts, spec
 
 pytestmark = pytest.mark.unit
@@ -187,7 +187,7 @@ def test_unknown_hugepages_are_not_drift() -> None:
 def test_remote_kvm_verdicts_are_kept_ten_minutes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kvmctl import remote
+    from kvmctl.host import remote
 
     cache = tmp_path / "remote-kvm.json"
     assert remote._cached(cache, "uuid-a") is None

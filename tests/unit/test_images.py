@@ -1,4 +1,4 @@
-"""kvmctl.images: locating and verifying the test-guest artifacts, and the
+"""kvmctl.host.images: locating and verifying the test-guest artifacts, and the
 kernel command line contract. Uses a temporary image directory only."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmctl import images
 from kvmctl.errors import HostError, UsageError
+from kvmctl.host import images
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""kvmctl.metrics: status rows + libvirt statistics + audit -> metric families,
+"""kvmctl.observe.metrics: status rows + libvirt statistics + audit -> metric families,
 on made-up data, and through the text format Prometheus reads."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvmctl.metrics import STATES, Scrape, failed, families, vcpu_times
-from kvmctl.status import VmStatus
+from kvmctl.observe.metrics import STATES, Scrape, failed, families, vcpu_times
+from kvmctl.observe.status import VmStatus
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvmctl.adapters.netlink_shaping import HtbClass, Limit, htb_class
+from kvmctl.adapters.netlink.shaping import HtbClass, Limit, htb_class
 from kvmctl.errors import UsageError
 from kvmctl.spec.models import Bandwidth, BandwidthLimit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvmctl.adapters.netlink import PortInfo
-from kvmctl.adapters.netlink_status import (
+from kvmctl.adapters.netlink.status import (
     BridgeStatus,
     nic_index,
     port_status,

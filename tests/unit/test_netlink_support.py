@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from kvmctl.adapters.netlink_support import (
+from kvmctl.adapters.netlink.support import (
     IFNAMSIZ,
     access_vlan_changes,
     address_changes,

@@ -7,7 +7,17 @@ import io
 import pytest
 from PIL import Image, ImageChops
 
-from kvmctl.screens import GAP, LABEL_H, TILE_H, TILE_W, Tile, compose, layout, slot_of, to_png
+from kvmctl.observe.screens import (
+    GAP,
+    LABEL_H,
+    TILE_H,
+    TILE_W,
+    Tile,
+    compose,
+    layout,
+    slot_of,
+    to_png,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ import pytest
 
 from kvmctl import cli
 from kvmctl.errors import UsageError
-from kvmctl.snapshots_plan import (
+from kvmctl.planner.snapshot import (
     Manifest,
     Member,
     MemberTiming,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmctl.supervise import supervisor_state
-from kvmctl.supervise_policy import (
+from kvmctl.state.supervisor import supervisor_state
+from kvmctl.supervise.policy import (
     FAILURES,
     RestartPolicy,
     backoff_delay,

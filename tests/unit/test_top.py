@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvmctl.host.threads import QemuProcess, QemuThread
-from kvmctl.top import DomainSample, VcpuSample, rows, sample
+from kvmctl.observe.top import DomainSample, VcpuSample, rows, sample
 
 pytestmark = pytest.mark.unit
 

@@ -1,6 +1,6 @@
 """Can this host run a cockpit? Probe it, then judge every fact as ok, warn or fail.
 
-    from kvmctl.doctor import diagnose
+    from kvmctl.host.doctor import diagnose
     report = diagnose("qemu:///system")
     report.ok, report.checks, report.facts   # HostFacts for the planner
 

@@ -1,7 +1,7 @@
 """Bridges, bridge ports and tap shaping over rtnetlink: the only module that imports pyroute2.
 
-Its siblings (netlink_shaping, netlink_vlan, ...) work through a `Netlink`
-session; netlink_support holds the pure rules they share.
+Its siblings in this package (shaping, vlan, status) work through a `Netlink`
+session; support holds the pure rules they share.
 
 Every operation is idempotent and can run inside a named network namespace
 (the test lab and migration tests run whole hosts in one). Kernel refusals
@@ -26,9 +26,10 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from kvmctl.adapters import netlink_shaping, netlink_vlan
-from kvmctl.adapters.netlink_shaping import RateLimit, Shaping
-from kvmctl.adapters.netlink_support import (
+from kvmctl.adapters.netlink import shaping as _shaping
+from kvmctl.adapters.netlink import vlan as _vlan
+from kvmctl.adapters.netlink.shaping import RateLimit, Shaping
+from kvmctl.adapters.netlink.support import (
     address_changes,
     brport,
     check_ifname,
@@ -286,29 +287,29 @@ class Netlink:
 
     def shape(self, ifname: str, inbound: RateLimit | None, outbound: RateLimit | None) -> None:
         """Limit a VM's tap; directions as seen from the guest (bytes/s). None: no limit."""
-        netlink_shaping.shape(self, ifname, inbound, outbound)
+        _shaping.shape(self, ifname, inbound, outbound)
 
     def unshape(self, ifname: str) -> None:
-        netlink_shaping.unshape(self, ifname)
+        _shaping.unshape(self, ifname)
 
     def shaping(self, ifname: str) -> Shaping:
         """The limits in place on a tap now (rates None where there is none)."""
-        return netlink_shaping.read(self, ifname)
+        return _shaping.read(self, ifname)
 
     def prune_shaping(self) -> list[str]:
         """Delete kvmctl's ifb devices whose tap is gone (its VM stopped); their names."""
-        return netlink_shaping.prune(self)
+        return _shaping.prune(self)
 
     # --- VLANs --------------------------------------------------------------------
 
     def vlan_supported(self) -> bool:
         """Whether this kernel can put bridge ports on VLANs (802.1Q + VLAN filtering)."""
-        return netlink_vlan.supported()
+        return _vlan.supported()
 
     def set_port_vlan(self, ifname: str, vid: int) -> None:
         """Make a bridge port an untagged access port of VLAN `vid`; HostError where the
         kernel has no 802.1Q."""
-        netlink_vlan.set_port_vlan(self, ifname, vid)
+        _vlan.set_port_vlan(self, ifname, vid)
 
 
 _COUNTERS = (

@@ -1,7 +1,7 @@
 """Prometheus metric families of a cockpit, built from what `kvmctl status`
 reports plus libvirt's CPU statistics and the audit's drift (pure).
 
-`families()` takes one `Scrape` (gathered by kvmctl.exporter on each request)
+`families()` takes one `Scrape` (gathered by kvmctl.observe.exporter on each request)
 and returns the families; nothing here reads the host, so every rule is
 unit-tested on hand-made rows. Every family carries the labels `set` and
 `vm` (the name in the spec); docs/metrics.md lists them.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
-    from kvmctl.status import VmStatus
+    from kvmctl.observe.status import VmStatus
 
 # Every state `kvmctl status` names, so a state series exists (as 0) before the
 # VM first enters it and alerts on `== 1` have something to compare with.

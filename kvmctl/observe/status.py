@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvmctl import history
 from kvmctl.adapters.virt import Virt
 from kvmctl.host import threads
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.plan import Plan, VmPlan
+from kvmctl.state import history
 
 STATE_NAMES = {
     0: "none",
@@ -177,7 +177,7 @@ def add_history(
     durations: dict[str, Any] | None = None,
 ) -> None:
     """Fold in what the supervisor, the snapshots and the recorded durations
-    (kvmctl.history) say about each VM."""
+    (kvmctl.state.history) say about each VM."""
     for row in rows:
         if row.vm in supervised:
             row.restarts = supervised[row.vm].get("restarts")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kvmctl.adapters.netlink_support import (
+from kvmctl.adapters.netlink.support import (
     access_vlan_changes,
     brport,
     check_vid,

@@ -1,7 +1,7 @@
 """Pure helpers of the netlink adapter: names, error wording, VLAN and tap rules.
 
 Nothing here talks to the kernel, so all of it is unit-tested without root;
-`kvmctl.adapters.netlink` does the netlink calls and leans on these.
+`kvmctl.adapters.netlink.core` does the netlink calls and leans on these.
 """
 
 from __future__ import annotations

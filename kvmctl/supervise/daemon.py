@@ -2,7 +2,7 @@
 
 One libvirt connection with keepalive, subscribed to lifecycle, watchdog and
 reboot events of the set's domains. When a VM stops or is reset, the restart
-policy of its spec (`kvmctl.supervise_policy.decide`) says what to do:
+policy of its spec (`kvmctl.supervise.policy.decide`) says what to do:
 
 - restart it (the same path as `kvmctl apply` takes for a defined domain:
   start paused, real-time preparation, resume, wait for readiness), after a
@@ -17,7 +17,7 @@ When libvirtd goes away the supervisor reconnects, then compares what runs
 with what it knew, so a VM that died meanwhile is restarted once, and no VM
 twice. Every decision is one JSON line on stdout; the state of every VM is
 kept in /run/kvmctl/supervise/<set>.json (KVMCTL_SUPERVISE_DIR overrides),
-which `supervisor_state()` reads back for `kvmctl status`.
+which `kvmctl.state.supervisor.supervisor_state()` reads back for `kvmctl status`.
 """
 
 from __future__ import annotations
@@ -36,54 +36,25 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
-import psutil
-
 from kvmctl.adapters.events_watch import DomainEvent, DomainState, EventWatch
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.adapters.virt import Virt
-from kvmctl.apply import Applier, VmOutcome
-from kvmctl.cockpit import open_session
+from kvmctl.cockpit.applier import Applier, VmOutcome
 from kvmctl.errors import HostError, KvmctlError, UsageError
 from kvmctl.host import threads
 from kvmctl.planner.diff import Action
 from kvmctl.planner.domain import on_crash_for
 from kvmctl.planner.plan import domain_name
-from kvmctl.setlock import pid_lock, set_lock
+from kvmctl.session import open_session
 from kvmctl.spec import Cockpit, load_spec
 from kvmctl.state.paths import supervise_dir
+from kvmctl.state.setlock import pid_lock, set_lock
 from kvmctl.state.statefile import write_atomic
-from kvmctl.supervise_policy import Decision, RestartPolicy, decide, stop_cause, waiting_on
+from kvmctl.state.supervisor import state_path
+from kvmctl.supervise.policy import Decision, RestartPolicy, decide, stop_cause, waiting_on
 
 _FAILED_SHUTOFF = {"crashed", "failed"}
-
-
-def state_path(set_name: str, directory: Path | None = None) -> Path:
-    return (directory or supervise_dir()) / f"{set_name}.json"
-
-
-def supervisor_state(set_name: str, directory: Path | None = None) -> dict[str, Any] | None:
-    """What the supervisor of `set_name` last wrote, or None when no supervisor
-    ever ran for it here. `alive` says whether that supervisor still runs."""
-    path = state_path(set_name, directory)
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = data.get("pid")
-    data["alive"] = bool(
-        data.get("active") and isinstance(pid, int) and _is_supervisor(pid, data.get("started_at"))
-    )
-    return data
-
-
-def _is_supervisor(pid: int, started_at: object) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        # A recycled pid belongs to a process started later than ours.
-        return not isinstance(started_at, int | float) or proc.create_time() <= started_at + 1
-    except psutil.Error:
-        return False
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """`kvmctl exporter`: a cockpit's metrics over HTTP for Prometheus.
 
 Nothing is cached between requests: each scrape re-plans against what runs,
-reads the status rows exactly as `kvmctl status` does (kvmctl.overview), the
+reads the status rows exactly as `kvmctl status` does (kvmctl.observe.overview), the
 audit's drift and libvirt's CPU statistics, all over the one libvirt
 connection the exporter opened (`Virt` opens a new one when it dies), and
-hands them to the pure kvmctl.metrics. Scrapes run one at a time; a set that
+hands them to the pure kvmctl.observe.metrics. Scrapes run one at a time; a set that
 cannot be read gives `kvmctl_up 0` instead of an HTTP error.
 """
 
@@ -23,13 +23,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from kvmctl import metrics
 from kvmctl.adapters.stats import domain_stats
-from kvmctl.audit import audit_plan
-from kvmctl.cockpit import Session, replan
+from kvmctl.cockpit.audit import audit_plan
 from kvmctl.errors import HostError, UsageError
-from kvmctl.overview import gather
-from kvmctl.supervise import supervisor_state
+from kvmctl.observe import metrics
+from kvmctl.observe.overview import gather
+from kvmctl.session import Session, replan
+from kvmctl.state.supervisor import supervisor_state
 
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kvmctl.adapters.netlink_support import ifb_alias, ifb_name, ifb_tap, link_kind
+from kvmctl.adapters.netlink.support import ifb_alias, ifb_name, ifb_tap, link_kind
 from kvmctl.errors import HostError, UsageError
 
 if TYPE_CHECKING:

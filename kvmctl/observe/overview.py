@@ -1,4 +1,4 @@
-"""`kvmctl status` as a whole: each VM's state and pinning (kvmctl.status) plus
+"""`kvmctl status` as a whole: each VM's state and pinning (kvmctl.observe.status) plus
 its history: restarts by the supervisor, snapshots and how long the last
 snapshot and migration took. Kept apart from kvmctl.cockpit because the
 snapshot and supervisor modules build on it."""
@@ -8,15 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kvmctl import history
-from kvmctl.cockpit import Session, open_session
 from kvmctl.errors import KvmctlError
+from kvmctl.observe.status import VmStatus, add_history, cockpit_status
 from kvmctl.planner.hosts import host_groups
 from kvmctl.planner.plan import domain_name
+from kvmctl.session import Session, open_session
 from kvmctl.snapshot import snapshot_summary
 from kvmctl.spec import Cockpit, load_spec
-from kvmctl.status import VmStatus, add_history, cockpit_status
-from kvmctl.supervise import supervisor_state
+from kvmctl.state import history
+from kvmctl.state.supervisor import supervisor_state
 
 
 def overview(

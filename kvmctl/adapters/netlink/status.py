@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kvmctl.adapters.netlink_support import guest_mac
+from kvmctl.adapters.netlink.support import guest_mac
 from kvmctl.errors import HostError
 from kvmctl.planner.networks import bridge_alias, parse_alias
 

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.adapters.snapshots import SnapshotOps
 from kvmctl.adapters.virt import Virt
+from kvmctl.cockpit.journal import Journal
+from kvmctl.cockpit.seed import seed_iso
 from kvmctl.errors import ApplyError, KvmctlError
 from kvmctl.host import rt, threads
-from kvmctl.journal import Journal
 from kvmctl.planner.cloudinit import SeedPlan
 from kvmctl.planner.cpuset import parse_cpuset
 from kvmctl.planner.diff import Action
 from kvmctl.planner.domain import build_domain, build_volume
 from kvmctl.planner.plan import Plan, VmPlan
-from kvmctl.seed import seed_iso
 from kvmctl.xml.domain import Domain
 from kvmctl.xml.storage import StoragePool, StorageVolume
 
