@@ -2,8 +2,7 @@
 # Bootstrap the development environment on Debian 12:
 #   1. the few Debian packages needed to create the venv and build libvirt-python
 #      (plus python3 + python3-apt, which Ansible's apt module uses on localhost,
-#      and mmdebstrap, which builds the guest images and the fresh Debian root the
-#      install test runs in);
+#      and mmdebstrap, which builds the fresh Debian root the install test runs in);
 #   2. the virtualenv in .venv;
 #   3. `pip install -e .[dev]`, skipped when pyproject.toml and the interpreter are
 #      unchanged since the last successful install (stamp file in the venv).
