@@ -19,15 +19,18 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cockpit.yaml"
 
 
-def kvmctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """The real CLI in a subprocess, as a user runs it."""
+def kvmctl(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, as a user runs it (with `env`, in exactly
+    that environment)."""
     run = subprocess.run(
         [sys.executable, "-m", "kvmctl.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO,
-        env={**os.environ, "LIBVIRT_DEFAULT_URI": URI},
+        env=env if env is not None else {**os.environ, "LIBVIRT_DEFAULT_URI": URI},
     )
     assert "Traceback" not in run.stderr, run.stderr
     return run

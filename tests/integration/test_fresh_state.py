@@ -31,7 +31,7 @@ import pytest
 
 from kvmctl.host import threads
 from kvmctl.testing.lab import LabState
-from tests.integration.cockpit_helpers import EXAMPLE, REPO, URI, sweep, write_spec
+from tests.integration.cockpit_helpers import EXAMPLE, REPO, URI, kvmctl, sweep, write_spec
 from tests.integration.ops_helpers import SupervisorProcess, kill_qemu
 from tests.integration.test_exporter import fetch, free_port, start_exporter
 
@@ -62,14 +62,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "kvmctl.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env=env,
-    )
+    result = kvmctl(*args, timeout=timeout, env=env)
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
     assert "No such file or directory" not in output, output
