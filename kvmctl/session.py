@@ -88,7 +88,7 @@ def open_session(
         else:
             facts = _virt_type(probe_host(uri), wanted)
             with Netlink() as nl:
-                live = read_live(virt, nl.bridges)
+                live = read_live(virt, nl.bridges, observe_set=spec.name)
     except BaseException:
         virt.close()
         raise
@@ -108,6 +108,6 @@ def replan(session: Session) -> Session:
     reader (the exporter) does instead of opening a session per look. Bridges
     are not re-read, so its bridge actions are not to be applied."""
     assert session.virt is not None
-    live = read_live(session.virt)
+    live = read_live(session.virt, observe_set=None if session.remote else session.spec.name)
     plan = make_plan(session.spec, session.facts, live, session.options, host=session.host)
     return replace(session, plan=plan)

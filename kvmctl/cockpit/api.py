@@ -8,18 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.cockpit import record
 from kvmctl.cockpit.applier import Applier, ApplyResult, Progress, destroy_domain
-from kvmctl.cockpit.audit import compare, drift, observe, repair_actions
 from kvmctl.errors import ApplyError, HostError
 from kvmctl.host import images, remote
 from kvmctl.planner.hosts import host_groups
-from kvmctl.planner.plan import Plan
 from kvmctl.session import Session, open_session
 from kvmctl.spec import Cockpit, load_spec
 from kvmctl.state import history
@@ -102,8 +100,6 @@ def _apply_hosts(
     results: list[ApplyResult] = []
     for session in sessions:
         assert session.virt is not None
-        if not session.remote:
-            session.plan = _repair_drift(session.plan, session.virt)
         applier = Applier(
             session.virt,
             session.plan,
@@ -181,20 +177,6 @@ def preflight_all(sessions: list[Session]) -> None:
             "nothing was changed",
             reasons,
         )
-
-
-def _repair_drift(plan: Plan, virt: Virt) -> Plan:
-    """Pins, shares and caps changed behind kvmctl's back (virsh vcpupin,
-    schedinfo) leave its metadata as it was, so the diff calls such a VM
-    unchanged: look at what is in force, and repair drift live, the same way
-    as a live change of the spec."""
-    running = {d.name for d in virt.domains() if d.active and d.state == 1}
-    drifted = {
-        a.vm: drift(compare(plan.vms[a.vm], observe(plan.vms[a.vm], "running")))
-        for a in plan.actions
-        if a.kind == "unchanged" and a.domain in running and a.vm in plan.vms
-    }
-    return replace(plan, actions=repair_actions(plan.actions, drifted))
 
 
 @dataclass

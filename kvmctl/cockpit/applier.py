@@ -12,10 +12,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
+from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.adapters.snapshots import SnapshotOps
 from kvmctl.adapters.virt import Virt
+from kvmctl.cockpit import poststart
 from kvmctl.cockpit.journal import Journal
 from kvmctl.cockpit.seed import seed_iso
 from kvmctl.errors import ApplyError, KvmctlError
@@ -67,7 +70,7 @@ class Applier:
         virt: Virt,
         plan: Plan,
         *,
-        netlink: object | None = None,
+        netlink: Netlink | None = None,
         rt_by_thread: bool,
         pool_path: str,
         host_cpus: int,
@@ -125,30 +128,30 @@ class Applier:
     # --- infrastructure ------------------------------------------------------------
 
     def _bridges(self, kind: str) -> list[tuple[str, str]]:
-        done = []
+        done: list[tuple[str, str]] = []
         by_name = {b.bridge: b for b in self.plan.bridges}
         for action in self.plan.bridge_actions:
             if action.kind != kind:
                 if kind == "create":
                     done.append((action.kind, action.bridge))
                 continue
-            if self.netlink is None:
+            nl = self.netlink
+            if nl is None:
                 raise ApplyError(
                     f"bridge '{action.bridge}' is needed but no netlink adapter is available"
                 )
             if kind == "create":
                 bp = by_name[action.bridge]
                 self.progress("-", f"creating bridge {bp.bridge}")
-                self.netlink.create_bridge(bp.bridge, bp.alias, mtu=bp.mtu)  # type: ignore[attr-defined]
+                nl.create_bridge(bp.bridge, bp.alias, mtu=bp.mtu)
                 self.journal.record(
-                    f"create bridge {bp.bridge}",
-                    lambda bp=bp: self.netlink.delete_bridge(bp.bridge, bp.alias),  # type: ignore[attr-defined,union-attr]
+                    f"create bridge {bp.bridge}", partial(nl.delete_bridge, bp.bridge, bp.alias)
                 )
                 if bp.host_address is not None:
-                    self.netlink.set_host_address(bp.bridge, str(bp.host_address))  # type: ignore[attr-defined]
+                    nl.set_host_address(bp.bridge, str(bp.host_address))
             else:
                 alias = f"kvmctl:{self.plan.set_name}:{action.network}"
-                self.netlink.delete_bridge(action.bridge, alias)  # type: ignore[attr-defined]
+                nl.delete_bridge(action.bridge, alias)
             done.append((kind, action.bridge))
         return done
 
@@ -249,14 +252,21 @@ class Applier:
         # Budgets can only shrink once no real-time thread is left in the
         # cgroups, so they are given back after the domain is stopped.
         rt_steps: list[rt.RtStep] = []
-        self.journal.record(
-            f"start {plan.domain}",
-            lambda: (self.virt.stop(plan.domain), rt.undo(rt_steps), self._prune_shaping()),
+
+        def undo_start() -> None:
+            self.virt.stop(plan.domain)
+            rt.undo(rt_steps)
+            self._prune_shaping()
+
+        self.journal.record(f"start {plan.domain}", undo_start)
+        outcome.notes += poststart.after_start(
+            plan,
+            rt_by_thread=self.rt_by_thread,
+            netlink=self._netlink(),
+            rt_steps=rt_steps,
+            net_lock=self._net_lock,
         )
-        self._shape(plan)
         with ReadyWatch(self.virt.conn, plan.domain, plan.vm.ready.probe) as watch:
-            if plan.realtime is not None and self.rt_by_thread:
-                outcome.notes += self._realtime(plan, rt_steps)
             t_resume = time.monotonic()
             outcome.started_at = time.time()
             self.virt.resume(plan.domain)
@@ -269,50 +279,25 @@ class Applier:
         outcome.ready_at = outcome.started_at + outcome.ready_seconds
         self.progress(plan.name, f"ready after {outcome.ready_seconds:.1f} s")
 
-    def _shape(self, plan: VmPlan) -> None:
-        """NIC bandwidth, shaped on the tap with tc: libvirt's own <bandwidth>
-        needs the sfq qdisc, which not every kernel has."""
-        for nic in plan.nics:
-            if nic.bandwidth is None:
-                continue
-            inbound, outbound = nic.bandwidth.limits()
-            with self._net_lock:
-                self.netlink.shape(nic.tap, inbound, outbound)  # type: ignore[attr-defined]
+    def _netlink(self) -> Callable[[], Netlink] | None:
+        nl = self.netlink
+        return None if nl is None else (lambda: nl)
 
     def _prune_shaping(self) -> None:
         if self.netlink is not None:
             with self._net_lock:
-                self.netlink.prune_shaping()  # type: ignore[attr-defined]
-
-    def _realtime(self, plan: VmPlan, steps: list[rt.RtStep]) -> list[str]:
-        budget = plan.realtime
-        assert budget is not None
-        pid = threads.qemu_pid(plan.domain)
-        if pid is None:
-            raise ApplyError(
-                f"cannot find the QEMU process of '{plan.domain}' to make it real-time"
-            )
-        rt.make_realtime(
-            threads.inspect(pid),
-            budget.policy,
-            budget.priority,
-            budget.domain_runtime_us,
-            budget.vcpu_runtime_us,
-            steps,
-        )
-        notes = [f"cgroup {s.path}: cpu.rt_runtime_us {s.old} -> {s.new}" for s in steps]
-        policy = f"SCHED_{budget.policy.upper()} priority {budget.priority}"
-        notes.append(f"vCPU threads of {plan.domain}: {policy}")
-        return notes
+                self.netlink.prune_shaping()
 
     def _update_live(self, plan: VmPlan) -> None:
         old_xml = self.virt.xml(plan.domain, inactive=True)
         old = Domain.from_xml(old_xml)
         self.progress(plan.name, "updating live")
-        self.journal.record(
-            f"live update of {plan.domain}",
-            lambda: (self.virt.define(old_xml), self._retune(plan.domain, old)),
-        )
+
+        def undo_update() -> None:
+            self.virt.define(old_xml)
+            self._retune(plan.domain, old)
+
+        self.journal.record(f"live update of {plan.domain}", undo_update)
         new = build_domain(plan, self.rt_by_thread)
         self.virt.define(new.to_xml())
         self._retune(plan.domain, new)
@@ -338,7 +323,7 @@ class Applier:
             return
         steps: list[rt.RtStep] = []
         self.journal.record(f"real-time budgets of {plan.domain}", lambda: rt.undo(steps))
-        self._realtime(plan, steps)
+        self.notes += poststart.make_realtime(plan, steps)
 
     def _retune(self, name: str, dom: Domain) -> None:
         """Make the running domain's tunables those of `dom`."""

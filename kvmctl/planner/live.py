@@ -1,12 +1,37 @@
 """What runs now, as plain data: the planner's third input beside spec and facts.
 
-The apply layer fills this from libvirt (domains and their kvmctl metadata);
-tests and `kvmctl plan --facts` build it by hand or leave it empty.
+The host layer fills this from libvirt (domains and their kvmctl metadata)
+and, for the running domains of the set being planned, from /proc and the
+cgroups (what is in force: `Observation`); tests and `kvmctl plan --facts`
+build it by hand or leave it empty.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ThreadObs:
+    affinity: frozenset[int]
+    policy: str = "other"
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One VM's QEMU as the host sees it. `state` is libvirt's; the rest is
+    empty when the VM does not run."""
+
+    state: str
+    pid: int | None = None
+    vcpus: tuple[ThreadObs, ...] = ()
+    vcpu_quota_us: tuple[int | None, ...] = ()  # per vCPU cgroup
+    emulator: tuple[ThreadObs, ...] = ()
+    iothreads: tuple[ThreadObs, ...] = ()
+    hugetlb_kib: int = 0
+    shares: int | None = None
+    nic_bridges: dict[str, str | None] = field(default_factory=dict)  # tap -> bridge
 
 
 @dataclass(frozen=True)
@@ -20,6 +45,8 @@ class LiveDomain:
     live_hash: str = ""
     groups: dict[str, str] = field(default_factory=dict)  # settings group -> hash
     dedicated_cpus: frozenset[int] = frozenset()
+    # What is in force on this host (None: not observed, e.g. a remote host).
+    observed: Observation | None = None
 
 
 @dataclass(frozen=True)

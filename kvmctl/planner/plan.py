@@ -11,6 +11,7 @@ from kvmctl.planner import resources
 from kvmctl.planner.cloudinit import SeedPlan, seed_files
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.diff import Action, Fingerprint, diff
+from kvmctl.planner.drift import repair_drift
 from kvmctl.planner.live import LiveState
 from kvmctl.planner.networks import (
     BridgeAction,
@@ -193,7 +194,7 @@ def make_plan(
         live,
     )
     strays = tuple(a.vm for a in actions if a.kind == "delete" and a.vm in spec.vms)
-    actions = [a for a in actions if a.vm not in strays]
+    actions = repair_drift([a for a in actions if a.vm not in strays], vm_plans, live)
     to_start = {a.vm for a in actions if a.kind in ("create", "restart")}
     problems = list(placed.problems) + rt_problems
     problems += resources.check_memory({n: vms[n] for n in sorted(to_start)}, facts)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
+from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.adapters.snapshots import SnapshotOps
+from kvmctl.cockpit import poststart
 from kvmctl.errors import ApplyError, KvmctlError
-from kvmctl.host import rt, threads
 from kvmctl.planner.plan import VmPlan
 from kvmctl.planner.snapshot import (
     SnapshotRecord,
@@ -135,37 +137,15 @@ def _revert(
 
 
 def _after_start(session: Session, vp: VmPlan) -> list[str]:
-    """What apply does to a freshly started QEMU besides libvirt's own setup:
-    libvirt restarts QEMU on a revert, so real-time scheduling and NIC shaping
-    are put back while the domain is still paused."""
-    notes: list[str] = []
-    if vp.realtime is not None and session.facts.rt_group_sched:
-        pid = threads.qemu_pid(vp.domain)
-        if pid is None:
-            raise ApplyError(f"cannot find the QEMU process of '{vp.domain}' after the revert")
-        steps: list[rt.RtStep] = []
-        rt.make_realtime(
-            threads.inspect(pid),
-            vp.realtime.policy,
-            vp.realtime.priority,
-            vp.realtime.domain_runtime_us,
-            vp.realtime.vcpu_runtime_us,
-            steps,
+    """libvirt starts a new QEMU on a revert: the post-start step runs again
+    while the domain is still paused."""
+    with ExitStack() as stack:
+        return poststart.after_start(
+            vp,
+            rt_by_thread=session.facts.rt_group_sched,
+            netlink=lambda: stack.enter_context(Netlink()),
+            rt_steps=[],
         )
-        notes.append(
-            f"vCPU threads SCHED_{vp.realtime.policy.upper()} {vp.realtime.priority} again"
-        )
-    shaped = [n for n in vp.nics if n.bandwidth is not None]
-    if shaped:
-        from kvmctl.adapters.netlink import Netlink
-
-        with Netlink() as nl:
-            for nic in shaped:
-                assert nic.bandwidth is not None
-                inbound, outbound = nic.bandwidth.limits()
-                nl.shape(nic.tap, inbound, outbound)
-                notes.append(f"bandwidth of {nic.tap} shaped again")
-    return notes
 
 
 def _resume_ready(ops: SnapshotOps, vp: VmPlan, outcome: RevertOutcome) -> None:

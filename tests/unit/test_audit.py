@@ -1,4 +1,4 @@
-"""Audit rules on hand-made observations, and apply's drift repair decision."""
+"""Audit rules on hand-made observations, and the planner's drift repair."""
 
 from __future__ import annotations
 
@@ -7,23 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from kvmctl.cockpit.audit import (
-    Observation,
-    ThreadObs,
-    audit_plan,
-    compare,
-    drift,
-    observe,
-    repair_actions,
-)
-from kvmctl.planner.diff import Action
+from kvmctl.cockpit.audit import audit_plan
+from kvmctl.host.observe import observe
+from kvmctl.planner.drift import compare, drift
+from kvmctl.planner.live import LiveDomain, LiveState, Observation, ThreadObs
 from kvmctl.planner.plan import make_plan
 from tests.unit.planner_helpers import facts, spec
 
 pytestmark = pytest.mark.unit
 
-PLAN = make_plan(
-    spec(
+SPEC = spec(
         """
         name: au
         networks:
@@ -37,9 +30,9 @@ PLAN = make_plan(
             cpu: {shares: 1024, limit: 80%}
             memory: {size: 128MiB}
         """
-    ),
-    facts(cpus=4),
 )
+FACTS = facts(cpus=4)
+PLAN = make_plan(SPEC, FACTS)
 CLUSTER, IVI = PLAN.vms["cluster"], PLAN.vms["ivi"]
 
 
@@ -139,21 +132,46 @@ def test_only_pins_scheduling_shares_and_caps_are_repaired_by_apply() -> None:
     assert ivi == {"cpu.shares", "vcpu0 quota"}
 
 
-def test_repair_actions_turn_unchanged_into_update_live() -> None:
-    actions = [
-        Action("unchanged", "cluster", "au-cluster"),
-        Action("unchanged", "ivi", "au-ivi"),
-        Action("create", "new", "au-new"),
-    ]
-    pinned = drift(compare(IVI, replace(good(IVI), vcpus=(ThreadObs(frozenset({0})),))))
-    rt_only = drift(
-        compare(CLUSTER, replace(good(), vcpus=(ThreadObs(CLUSTER.placement.vcpu_pins[0]),)))
+def running(**observed: Observation) -> LiveState:
+    """The set as applied (fingerprints as planned), with what is observed."""
+    return LiveState(
+        tuple(
+            LiveDomain(
+                p.domain,
+                True,
+                "au",
+                p.name,
+                p.fingerprint.restart_hash,
+                p.fingerprint.live_hash,
+                dict(p.fingerprint.groups),
+                observed=observed.get(p.name),
+            )
+            for p in PLAN.vms.values()
+        )
     )
-    out = repair_actions(actions, {"ivi": pinned, "cluster": rt_only, "new": pinned})
-    assert [a.kind for a in out] == ["update-live", "update-live", "create"]
-    assert out[0].reasons == ("drift: vcpu0 sched other (planned fifo:10)",)
-    assert out[1].reasons[0].startswith("drift: vcpu0 affinity 0 (planned ")
-    assert repair_actions(actions, {}) == actions
+
+
+def test_the_plan_turns_observed_drift_into_live_repairs() -> None:
+    pinned = replace(good(IVI), vcpus=(ThreadObs(frozenset({0})),))
+    rt_lost = replace(good(), vcpus=(ThreadObs(CLUSTER.placement.vcpu_pins[0]),))
+    plan = make_plan(SPEC, FACTS, running(ivi=pinned, cluster=rt_lost))
+    kinds = {a.vm: a for a in plan.actions}
+    assert {vm: a.kind for vm, a in kinds.items()} == {
+        "cluster": "update-live",
+        "ivi": "update-live",
+    }
+    assert kinds["cluster"].reasons == ("drift: vcpu0 sched other (planned fifo:10)",)
+    assert kinds["ivi"].reasons[0].startswith("drift: vcpu0 affinity 0 (planned ")
+
+
+def test_no_repair_without_drift_unobserved_or_untunable() -> None:
+    as_planned = make_plan(SPEC, FACTS, running(ivi=good(IVI), cluster=good()))
+    assert [a.kind for a in as_planned.actions] == ["unchanged", "unchanged"]
+    unobserved = make_plan(SPEC, FACTS, running())  # a remote host: nothing read
+    assert [a.kind for a in unobserved.actions] == ["unchanged", "unchanged"]
+    # hugepages and a NIC's bridge cannot be changed live: audit reports them, apply leaves them
+    untunable = make_plan(SPEC, FACTS, running(cluster=replace(good(), hugetlb_kib=0)))
+    assert [a.kind for a in untunable.actions] == ["unchanged", "unchanged"]
 
 
 def test_audit_plan_over_all_vms() -> None:
@@ -171,4 +189,4 @@ def test_audit_plan_over_all_vms() -> None:
 
 
 def test_observe_a_vm_that_does_not_run_reads_nothing(tmp_path: Path) -> None:
-    assert observe(IVI, "shut off", tmp_path) == Observation("shut off")
+    assert observe(IVI.domain, "shut off", [], tmp_path) == Observation("shut off")
