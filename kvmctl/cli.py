@@ -1,6 +1,6 @@
 """The `kvmctl` console script: runs the Typer app and maps errors to exit statuses.
 
-Exit statuses (DESIGN.md): 0 ok, 1 failure during a change (rolled back),
+Exit statuses (docs/design.md): 0 ok, 1 failure during a change (rolled back),
 2 bad input, 3 host cannot satisfy the request. Never a traceback for any of
 these: one sentence on stderr.
 """

@@ -1,4 +1,4 @@
-"""The error kinds kvmctl reports, each with the exit status DESIGN.md assigns.
+"""The error kinds kvmctl reports, each with the exit status docs/design.md assigns.
 
 The CLI catches `KvmctlError` and prints `str(err)` as one sentence; anything
 else escaping is a bug.

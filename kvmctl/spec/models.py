@@ -1,4 +1,4 @@
-"""The cockpit spec as frozen, typed models (field names are binding: see DESIGN.md).
+"""The cockpit spec as frozen, typed models (field names are binding: see docs/design.md).
 
 Structure and single-field rules live here; rules that relate fields to each
 other (dependency graph, network references, CPU claims) live in
