@@ -112,8 +112,11 @@ def _probe_pool_xml(pool_xml: str) -> str:
     root = etree.fromstring(pool_xml.encode())
     for node in root.findall("uuid"):
         root.remove(node)
-    root.find("name").text = "kvmctl-probe-" + secrets.token_hex(4)
-    return etree.tostring(root, encoding="unicode")
+    name = root.find("name")
+    if name is None:
+        raise ValueError("storage pool XML without a <name>")
+    name.text = "kvmctl-probe-" + secrets.token_hex(4)
+    return str(etree.tostring(root, encoding="unicode"))
 
 
 def _msg(err: libvirt.libvirtError) -> str:

@@ -14,6 +14,7 @@ from kvmctl.adapters import migration as job_api
 from kvmctl.adapters.migration import Transfer
 from kvmctl.adapters.virt import Virt
 from kvmctl.errors import HostError, UsageError
+from kvmctl.host.facts import VirtType
 from kvmctl.host.livestate import read_live
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.migration import Overrides, Policy, plan_destination, resolve_policy
@@ -87,7 +88,7 @@ def prepare(
         )
 
     first = parse_xml(job_api.migratable_xml(source, domains[names[0]]))
-    virt_type = "kvm" if first.get("type") == "kvm" else "qemu"
+    virt_type: VirtType = "kvm" if first.get("type") == "kvm" else "qemu"
     facts = destination.facts(dest.conn, virt_type)
     live = read_live(dest)
     planned = plan_destination(spec, names, facts, live, options)

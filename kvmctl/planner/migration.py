@@ -8,6 +8,7 @@ destination's own, never the source's copied verbatim.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -26,8 +27,11 @@ POSTCOPY_AFTER_ITERATIONS = 4
 
 
 class JobProgressLike(Protocol):
-    iteration: int
-    data_remaining: int
+    @property
+    def iteration(self) -> int: ...
+
+    @property
+    def data_remaining(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ def plan_destination(
     return DestinationPlan(plan.vms, problems, plan.notes + plan.warnings)
 
 
-def postcopy_due(policy: Policy, history: list[JobProgressLike]) -> bool:
+def postcopy_due(policy: Policy, history: Sequence[JobProgressLike]) -> bool:
     """Pre-copy has stopped converging: it has gone through enough passes and
     the last pass left no less to send than the one before (within 10 %)."""
     if not history or history[-1].iteration < policy.postcopy_after_iterations:

@@ -40,7 +40,6 @@ from kvmctl.snapshot._common import (
     RevertOutcome,
     RevertResult,
     load_manifests,
-    snapshot_dir,
 )
 from kvmctl.snapshot.group import create_group, delete_group, revert_group
 from kvmctl.snapshot.listing import latest_group, list_snapshots, snapshot_summary
@@ -63,6 +62,5 @@ __all__ = [
     "load_manifests",
     "revert",
     "revert_group",
-    "snapshot_dir",
     "snapshot_summary",
 ]
