@@ -1,6 +1,6 @@
 """The supervisor's state file: /run/kvmctl/supervise/<set>.json
 (KVMCTL_SUPERVISE_DIR overrides), written by `kvmctl supervise`
-(kvmctl.supervise.daemon) and read back here for `kvmctl status`, `top` and
+(kvmctl.supervise.board) and read back here for `kvmctl status`, `top` and
 the exporter without loading the daemon.
 """
 
