@@ -18,14 +18,8 @@ from urllib.parse import urlsplit
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
 from kvmctl.errors import KvmctlError, UsageError
 from kvmctl.planner.plan import VmPlan
-from kvmctl.planner.snapshot import (
-    Manifest,
-    SnapshotRecord,
-    Tag,
-    manifest_relpath,
-    overlay_path,
-    record_from_xml,
-)
+from kvmctl.planner.snapshot import SnapshotRecord, Tag, overlay_path, record_from_xml
+from kvmctl.planner.snapshot_group import Manifest, manifest_relpath
 from kvmctl.session import Session, open_session
 from kvmctl.spec import Cockpit, load_spec
 from kvmctl.state.paths import snapshot_dir

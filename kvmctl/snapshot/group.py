@@ -13,18 +13,20 @@ from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
 from kvmctl.errors import ApplyError, KvmctlError, UsageError
 from kvmctl.planner.plan import Plan
 from kvmctl.planner.snapshot import (
-    Manifest,
-    Member,
-    MemberTiming,
     SnapshotRecord,
     Tag,
     check_delete,
-    check_group_create,
-    check_group_members,
     check_name,
     check_revert,
     check_spec,
     find,
+)
+from kvmctl.planner.snapshot_group import (
+    Manifest,
+    Member,
+    MemberTiming,
+    check_group_create,
+    check_group_members,
     manifest_from_tags,
     pause_spread_ms,
     pause_window_ms,

@@ -10,16 +10,9 @@ from kvmctl.adapters.snapshots import SnapshotOps
 from kvmctl.adapters.virt import Virt
 from kvmctl.errors import KvmctlError
 from kvmctl.planner.plan import Plan, VmPlan
-from kvmctl.planner.snapshot import (
-    QCOW2_HEADER_BYTES,
-    Manifest,
-    SnapshotRecord,
-    find,
-    manifest_from_tags,
-    parse_qcow2_snapshots,
-    qcow2_snapshot_table,
-    summarize,
-)
+from kvmctl.planner.qcow2 import QCOW2_HEADER_BYTES, parse_qcow2_snapshots, qcow2_snapshot_table
+from kvmctl.planner.snapshot import SnapshotRecord, find, summarize
+from kvmctl.planner.snapshot_group import Manifest, manifest_from_tags
 from kvmctl.snapshot._common import (
     Listing,
     _is_local,

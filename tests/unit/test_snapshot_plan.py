@@ -11,33 +11,34 @@ import pytest
 
 from kvmctl import cli
 from kvmctl.errors import UsageError
+from kvmctl.planner.qcow2 import parse_qcow2_snapshots, qcow2_snapshot_table
 from kvmctl.planner.snapshot import (
-    Manifest,
-    Member,
-    MemberTiming,
     SnapshotRecord,
     Tag,
     backing_of,
     check_create,
     check_delete,
-    check_group_create,
-    check_group_members,
     check_name,
     check_revert,
     check_spec,
     commit_step,
+    overlay_path,
+    record_from_xml,
+    summarize,
+)
+from kvmctl.planner.snapshot_group import (
+    Manifest,
+    Member,
+    MemberTiming,
+    check_group_create,
+    check_group_members,
     latest_group,
     manifest_from_tags,
     manifest_relpath,
-    overlay_path,
-    parse_qcow2_snapshots,
     pause_spread_ms,
     pause_window_ms,
-    qcow2_snapshot_table,
-    record_from_xml,
     revert_levels,
     spread_ms,
-    summarize,
 )
 from kvmctl.xml.snapshot import ChainLayer, DomainSnapshot, SnapshotDisk
 
