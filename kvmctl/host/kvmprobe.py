@@ -15,31 +15,24 @@ the sha256 of the image.
 
 from __future__ import annotations
 
-import grp
-import hashlib
 import json
 import os
-import pwd
 import re
 import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
-from xml.etree import ElementTree
 
 from kvmctl.host.facts import KvmStatus, VirtType
+from kvmctl.host.probeguest import PROBE_MARKER, ProbeImage, probe_domain_xml
 from kvmctl.state.paths import run_dir
 from kvmctl.state.statefile import write_atomic
 
-PROBE_MARKER = "KVMCTL-PROBE-OK"
-PROBE_CMDLINE = "console=ttyS0 kvmctl.probe=1 panic=1 quiet"
-PROBE_FLAVOUR = "test-guest"
-PROBE_MEMORY_MIB = 128  # the cloud kernel does not unpack itself and its initrd in 64 MiB
 DEFAULT_TIMEOUT = 8.0
 DEFAULT_DEVICE = Path("/dev/kvm")
 CACHE_NAME = "kvm-probe.json"
@@ -50,170 +43,6 @@ MAKE_IMAGES = "run `make images`"
 def kvm_device() -> Path:
     """The KVM device to probe: $KVMCTL_KVM_DEVICE, else /dev/kvm."""
     return Path(os.environ.get("KVMCTL_KVM_DEVICE") or DEFAULT_DEVICE)
-
-
-# --- the probe image ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProbeImage:
-    kernel: Path
-    initrd: Path
-    sha256: str  # of kernel and initrd together
-
-
-def locate_image(flavour: str = PROBE_FLAVOUR) -> tuple[ProbeImage | None, str]:
-    """The verified probe image, or None and why not (missing, corrupt)."""
-    from kvmctl.errors import KvmctlError
-    from kvmctl.host import images
-
-    try:
-        found = images.artifacts(flavour)
-    except KvmctlError as err:
-        reasons = getattr(err, "reasons", [])
-        return None, "; ".join([str(err), *reasons])
-    sums = [str(found.manifest["artifacts"][name]["sha256"]) for name in images.ARTIFACTS]
-    digest = hashlib.sha256(" ".join(sums).encode()).hexdigest()
-    return ProbeImage(kernel=found.kernel, initrd=found.initrd, sha256=digest), ""
-
-
-def probe_domain_xml(
-    name: str,
-    virt_type: VirtType,
-    image: ProbeImage,
-    serial_log: Path | None,
-    memory_mib: int = PROBE_MEMORY_MIB,
-) -> str:
-    """A transient, disk-less guest: direct kernel boot, serial console to a
-    file (`serial_log`), or to a pty read through libvirt for a host that is
-    not this one (None).
-
-    No `<cpu>` element: host-passthrough aborts QEMU on some nested hosts
-    ("failed to set MSR 0x10a"), and QEMU's default model runs everywhere.
-    """
-    from kvmctl.xml import OS, Devices, Domain, Features, MemBalloon, Serial
-
-    domain = Domain(
-        type=virt_type,
-        name=name,
-        description="kvmctl KVM probe guest; removed when the probe ends",
-        memory_kib=memory_mib * 1024,
-        vcpus=1,
-        os=OS(
-            machine="pc",
-            kernel=str(image.kernel),
-            initrd=str(image.initrd),
-            cmdline=PROBE_CMDLINE,
-        ),
-        features=Features(acpi=True),
-        on_poweroff="destroy",
-        on_reboot="destroy",
-        on_crash="destroy",
-        devices=Devices(
-            serials=(
-                Serial(type="file", source_path=str(serial_log), target_port=0)
-                if serial_log is not None
-                else Serial(type="pty", target_port=0),
-            ),
-            memballoon=MemBalloon(model="none"),
-        ),
-    )
-    return str(domain.to_xml())
-
-
-# --- what libvirt and the device say -----------------------------------------
-
-
-def guest_domain_types(capabilities_xml: str, arch: str) -> set[str]:
-    """Domain types (kvm, qemu) libvirt offers for guests of `arch`."""
-    root = ElementTree.fromstring(capabilities_xml)
-    types: set[str] = set()
-    for guest in root.findall("guest"):
-        arch_el = guest.find("arch")
-        if arch_el is None or arch_el.get("name") != arch:
-            continue
-        for dom in arch_el.findall("domain"):
-            kind = dom.get("type")
-            if kind:
-                types.add(kind)
-    return types
-
-
-def parse_qemu_conf_user(text: str) -> tuple[str | None, str | None]:
-    """`user = "..."` and `group = "..."` from libvirt's qemu.conf (None when unset)."""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        m = re.match(r'\s*(user|group)\s*=\s*"([^"]*)"', line)
-        if m:
-            found[m.group(1)] = m.group(2)
-    return found.get("user"), found.get("group")
-
-
-def can_access(mode: int, owner: int, group: int, uid: int, gids: Sequence[int]) -> bool:
-    """Read and write permission on a device node for a process with `uid` and `gids`."""
-    if uid == 0:
-        return True
-    rw = stat.S_IRUSR | stat.S_IWUSR
-    if owner == uid:
-        return mode & rw == rw
-    rw = stat.S_IRGRP | stat.S_IWGRP
-    if group in gids:
-        return mode & rw == rw
-    rw = stat.S_IROTH | stat.S_IWOTH
-    return mode & rw == rw
-
-
-def qemu_access_problem(
-    device: Path, qemu_conf: Path = Path("/etc/libvirt/qemu.conf")
-) -> str | None:
-    """Why QEMU, run by libvirt as its unprivileged user, could not open `device`; None if it can.
-
-    libvirt 9 also re-probes QEMU's capabilities without end in this state,
-    which stalls every domain start, so it is worth catching before booting.
-    """
-    try:
-        st = device.stat()
-    except OSError:
-        return None
-    user: str | None = None
-    group: str | None = None
-    try:
-        user, group = parse_qemu_conf_user(qemu_conf.read_text())
-    except OSError:
-        pass
-    names = [user] if user else ["libvirt-qemu", "qemu"]
-    for name in names:
-        try:
-            pw = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        gid = pw.pw_gid
-        if group:
-            try:
-                gid = grp.getgrnam(group).gr_gid
-            except KeyError:
-                pass
-        gids = os.getgrouplist(name, gid)
-        if can_access(st.st_mode, st.st_uid, st.st_gid, pw.pw_uid, gids):
-            return None
-        return (
-            f"{device} ({_owner(st)} {stat.S_IMODE(st.st_mode):04o}) cannot be opened by "
-            f"'{name}', the user libvirt runs QEMU as (give it the usual permissions: "
-            f"`chgrp kvm {device} && chmod 0660 {device}`)"
-        )
-    return None  # user unknown: let the boot decide
-
-
-def _owner(st: os.stat_result) -> str:
-    try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        user = str(st.st_uid)
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    return f"{user}:{group}"
 
 
 # --- the verdict ----------------------------------------------------------------

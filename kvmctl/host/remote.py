@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kvmctl.adapters import destination
 from kvmctl.adapters.virt import Virt
-from kvmctl.host import kvmprobe
+from kvmctl.host import kvmprobe, probeguest
 from kvmctl.host.facts import HostFacts, VirtType
 from kvmctl.planner.networks import bridge_alias
 from kvmctl.planner.plan import Plan
@@ -51,12 +51,12 @@ def kvm_verdict(virt: Virt) -> tuple[VirtType, str]:
     cached = _cached(cache, ident.host_uuid) if ident.host_uuid else None
     if cached is not None:
         return cached
-    image, problem = kvmprobe.locate_image()
+    image, problem = probeguest.locate_image()
     if image is None:
         return "qemu", f"KVM is offered there but no probe guest could be booted: {problem}"
     name = f"kvmctl-probe-kvm-{os.getpid()}-{secrets.token_hex(3)}"
-    xml = kvmprobe.probe_domain_xml(name, "kvm", image, None)
-    seconds, why = virt.boots(xml, name, kvmprobe.PROBE_MARKER, kvmprobe.DEFAULT_TIMEOUT)
+    xml = probeguest.probe_domain_xml(name, "kvm", image, None)
+    seconds, why = virt.boots(xml, name, probeguest.PROBE_MARKER, kvmprobe.DEFAULT_TIMEOUT)
     if why.startswith("libvirt could not start it"):
         # Not a verdict on KVM (the probe image may be missing there): not kept.
         return "qemu", f"could not boot a probe guest there ({why}); set hosts.NAME.virt_type"

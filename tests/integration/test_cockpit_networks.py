@@ -33,7 +33,7 @@ import libvirt_qemu
 import pytest
 
 from kvmctl.adapters.netlink.support import ifb_name
-from kvmctl.host.probe import vlan_supported
+from kvmctl.host.kernelinfo import vlan_supported
 from kvmctl.planner.nics import NicPlan, plan_nics
 from kvmctl.spec import load_spec
 from tests.integration.cockpit_helpers import (

@@ -22,7 +22,7 @@ import libvirt
 import pytest
 
 from kvmctl.adapters import libvirt as lv
-from kvmctl.host import images, kvmprobe
+from kvmctl.host import images, kvmprobe, probeguest
 from kvmctl.host.facts import HostFacts
 
 pytestmark = pytest.mark.integration
@@ -263,13 +263,13 @@ def adapter() -> Iterator[lv.Libvirt]:
 def test_probe_guest_reaches_user_space_under_tcg(
     guest_images: dict[str, images.GuestImage], adapter: lv.Libvirt, tmp_path: Path
 ) -> None:
-    image, problem = kvmprobe.locate_image()
+    image, problem = probeguest.locate_image()
     assert image is not None, problem
     boot = kvmprobe.libvirt_booter(adapter.boot_until_marker, image, timeout=60, workdir=tmp_path)
     result = boot("qemu")
     assert result.reached, result
     assert result.seconds < 60
-    assert kvmprobe.PROBE_MARKER in result.output  # type: ignore[attr-defined]
+    assert probeguest.PROBE_MARKER in result.output  # type: ignore[attr-defined]
     assert probe_domains(adapter.conn, os.getpid()) == []
     assert list(tmp_path.iterdir()) == []
 
@@ -277,10 +277,10 @@ def test_probe_guest_reaches_user_space_under_tcg(
 def test_boot_that_never_prints_the_marker_times_out_and_is_destroyed(
     guest_images: dict[str, images.GuestImage], adapter: lv.Libvirt, tmp_path: Path
 ) -> None:
-    image, problem = kvmprobe.locate_image()
+    image, problem = probeguest.locate_image()
     assert image is not None, problem
     log = tmp_path / "serial.log"
-    xml = kvmprobe.probe_domain_xml(f"kvmctl-probe-never-{os.getpid()}-x", "qemu", image, log)
+    xml = probeguest.probe_domain_xml(f"kvmctl-probe-never-{os.getpid()}-x", "qemu", image, log)
     result = adapter.boot_until_marker(xml, log, "A-MARKER-NO-GUEST-PRINTS", timeout=3)
     assert not result.reached and not result.start_error
     # The guest may power itself off first (the probe image does), else the wait
@@ -293,12 +293,12 @@ def test_boot_that_never_prints_the_marker_times_out_and_is_destroyed(
 def test_refused_start_is_reported_not_raised(
     guest_images: dict[str, images.GuestImage], adapter: lv.Libvirt, tmp_path: Path
 ) -> None:
-    image, _ = kvmprobe.locate_image()
+    image, _ = probeguest.locate_image()
     assert image is not None
     log = tmp_path / "serial.log"
-    xml = kvmprobe.probe_domain_xml(f"kvmctl-probe-refused-{os.getpid()}-x", "qemu", image, log)
+    xml = probeguest.probe_domain_xml(f"kvmctl-probe-refused-{os.getpid()}-x", "qemu", image, log)
     xml = xml.replace(str(image.kernel), str(tmp_path / "no-such-kernel"))
-    result = adapter.boot_until_marker(xml, log, kvmprobe.PROBE_MARKER, timeout=5)
+    result = adapter.boot_until_marker(xml, log, probeguest.PROBE_MARKER, timeout=5)
     assert not result.reached
     assert result.start_error and "no-such-kernel" in result.start_error
     assert probe_domains(adapter.conn, os.getpid()) == []

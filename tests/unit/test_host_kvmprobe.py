@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from kvmctl.host import kvmdevice as kd
 from kvmctl.host import kvmprobe as kp
+from kvmctl.host import probeguest as pg
 from kvmctl.host.facts import VirtType
 
 pytestmark = pytest.mark.unit
@@ -37,7 +39,7 @@ class FakeBoots:
         return self.outcomes[virt_type]
 
 
-IMAGE = kp.ProbeImage(Path("/img/test-guest/vmlinuz"), Path("/img/test-guest/initrd.img"), "ab")
+IMAGE = pg.ProbeImage(Path("/img/test-guest/vmlinuz"), Path("/img/test-guest/initrd.img"), "ab")
 BOTH = {"kvm", "qemu"}
 
 
@@ -182,13 +184,13 @@ def test_cache_on_read_only_place_is_skipped(tmp_path: Path) -> None:
     ],
 )
 def test_can_access(mode: int, owner: int, group: int, uid: int, gids: list[int], ok: bool) -> None:
-    assert kp.can_access(mode, owner, group, uid, gids) is ok
+    assert kd.can_access(mode, owner, group, uid, gids) is ok
 
 
 def test_parse_qemu_conf_user() -> None:
     text = '#user = "root"\n user = "libvirt-qemu"\ngroup="kvm"\n'
-    assert kp.parse_qemu_conf_user(text) == ("libvirt-qemu", "kvm")
-    assert kp.parse_qemu_conf_user('# user = "root"\n') == (None, None)
+    assert kd.parse_qemu_conf_user(text) == ("libvirt-qemu", "kvm")
+    assert kd.parse_qemu_conf_user('# user = "root"\n') == (None, None)
 
 
 def test_qemu_access_problem_names_the_user_and_the_fix(tmp_path: Path) -> None:
@@ -198,15 +200,15 @@ def test_qemu_access_problem_names_the_user_and_the_fix(tmp_path: Path) -> None:
     dev.chmod(0o600)
     conf = tmp_path / "qemu.conf"
     conf.write_text('user = "nobody"\n')
-    problem = kp.qemu_access_problem(dev, conf)
+    problem = kd.qemu_access_problem(dev, conf)
     assert problem is not None
     assert "'nobody'" in problem and "chmod 0660" in problem and "0600" in problem
     dev.chmod(0o666)
-    assert kp.qemu_access_problem(dev, conf) is None
+    assert kd.qemu_access_problem(dev, conf) is None
     conf.write_text('user = "no-such-user-here"\n')
     dev.chmod(0o600)
-    assert kp.qemu_access_problem(dev, conf) is None  # unknown user: let the boot decide
-    assert kp.qemu_access_problem(tmp_path / "missing", conf) is None
+    assert kd.qemu_access_problem(dev, conf) is None  # unknown user: let the boot decide
+    assert kd.qemu_access_problem(tmp_path / "missing", conf) is None
 
 
 # --- capabilities and the probe guest ------------------------------------------------------
@@ -221,22 +223,22 @@ CAPS = """<capabilities>
 
 
 def test_guest_domain_types_per_arch() -> None:
-    assert kp.guest_domain_types(CAPS, "x86_64") == {"qemu"}
-    assert kp.guest_domain_types(CAPS, "i686") == {"qemu", "kvm"}
-    assert kp.guest_domain_types(CAPS, "aarch64") == set()
+    assert kd.guest_domain_types(CAPS, "x86_64") == {"qemu"}
+    assert kd.guest_domain_types(CAPS, "i686") == {"qemu", "kvm"}
+    assert kd.guest_domain_types(CAPS, "aarch64") == set()
 
 
 @pytest.mark.parametrize("virt_type", ["kvm", "qemu"])
 def test_probe_domain_xml(virt_type: VirtType, tmp_path: Path) -> None:
     log = tmp_path / "serial & log.txt"
-    root = etree.fromstring(kp.probe_domain_xml("kvmctl-probe-1", virt_type, IMAGE, log))
+    root = etree.fromstring(pg.probe_domain_xml("kvmctl-probe-1", virt_type, IMAGE, log))
     assert root.get("type") == virt_type
     assert root.findtext("name") == "kvmctl-probe-1"
-    assert int(root.findtext("memory") or 0) == kp.PROBE_MEMORY_MIB * 1024
+    assert int(root.findtext("memory") or 0) == pg.PROBE_MEMORY_MIB * 1024
     assert root.findtext("os/kernel") == str(IMAGE.kernel)
     assert root.findtext("os/initrd") == str(IMAGE.initrd)
-    assert root.findtext("os/cmdline") == kp.PROBE_CMDLINE
-    assert "kvmctl.probe=1" in kp.PROBE_CMDLINE and "console=ttyS0" in kp.PROBE_CMDLINE
+    assert root.findtext("os/cmdline") == pg.PROBE_CMDLINE
+    assert "kvmctl.probe=1" in pg.PROBE_CMDLINE and "console=ttyS0" in pg.PROBE_CMDLINE
     assert root.find("cpu") is None  # never host-passthrough
     assert root.findall("devices/disk") == []
     serial = root.find("devices/serial")
@@ -255,6 +257,6 @@ def test_device_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_locate_image_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVMCTL_IMAGE_DIR", str(tmp_path))
-    image, problem = kp.locate_image()
+    image, problem = pg.locate_image()
     assert image is None
     assert "test-guest" in problem and "make images" in problem

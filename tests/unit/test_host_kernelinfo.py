@@ -1,4 +1,4 @@
-"""The /proc and sysfs parsers of kvmctl.host.probe, against fixture text and fake trees."""
+"""The /proc and sysfs readers of kvmctl.host.kernelinfo, against fixture text and fake trees."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmctl.host import probe as hp
+from kvmctl.host import kernelinfo as ki
 from kvmctl.host.facts import CpuInfo, HugepagePool
 
 pytestmark = pytest.mark.unit
@@ -35,7 +35,7 @@ def write(root: Path, rel: str, text: str) -> Path:
     ],
 )
 def test_parse_cpulist(text: str, cpus: list[int]) -> None:
-    assert hp.parse_cpulist(text) == cpus
+    assert ki.parse_cpulist(text) == cpus
 
 
 def fake_cpus(root: Path) -> None:
@@ -54,13 +54,13 @@ def fake_cpus(root: Path) -> None:
 
 def test_read_cpus_topology_nodes_and_online(tmp_path: Path) -> None:
     fake_cpus(tmp_path)
-    assert hp.read_cpus(tmp_path) == [
+    assert ki.read_cpus(tmp_path) == [
         CpuInfo(id=0, core=0, socket=0, node=0, online=True),
         CpuInfo(id=1, core=1, socket=0, node=0, online=True),
         CpuInfo(id=2, core=0, socket=1, node=1, online=True),
         CpuInfo(id=3, core=0, socket=0, node=1, online=False),
     ]
-    assert hp.read_isolated(tmp_path) == [2, 3]
+    assert ki.read_isolated(tmp_path) == [2, 3]
 
 
 def test_read_cpus_without_present_file_lists_directories(tmp_path: Path) -> None:
@@ -68,14 +68,14 @@ def test_read_cpus_without_present_file_lists_directories(tmp_path: Path) -> Non
     for cpu in (0, 1, 10):
         write(tmp_path, f"{base}/cpu{cpu}/topology/core_id", f"{cpu}\n")
     (tmp_path / base.lstrip("/") / "cpufreq").mkdir()
-    cpus = hp.read_cpus(tmp_path)
+    cpus = ki.read_cpus(tmp_path)
     assert [c.id for c in cpus] == [0, 1, 10]
     assert all(c.online for c in cpus)  # no online file: all present CPUs count
-    assert hp.read_isolated(tmp_path) == []  # no isolated file: none
+    assert ki.read_isolated(tmp_path) == []  # no isolated file: none
 
 
 def test_read_cpus_on_an_empty_tree(tmp_path: Path) -> None:
-    assert hp.read_cpus(tmp_path) == []
+    assert ki.read_cpus(tmp_path) == []
 
 
 # --- memory ----------------------------------------------------------------------------
@@ -91,11 +91,11 @@ Hugepagesize:       2048 kB
 
 
 def test_parse_meminfo() -> None:
-    info = hp.parse_meminfo(MEMINFO)
+    info = ki.parse_meminfo(MEMINFO)
     assert info["MemTotal"] == 24683656
     assert info["MemAvailable"] == 22956796
     assert info["HugePages_Free"] == 500
-    assert hp.parse_meminfo("") == {}
+    assert ki.parse_meminfo("") == {}
 
 
 def pool(root: Path, base: str, size: int, total: int, free: int) -> None:
@@ -108,7 +108,7 @@ def test_hugepages_per_numa_node(tmp_path: Path) -> None:
     pool(tmp_path, "/sys/devices/system/node/node0/hugepages", 1048576, 0, 0)
     pool(tmp_path, "/sys/devices/system/node/node1/hugepages", 2048, 256, 256)
     pool(tmp_path, "/sys/kernel/mm/hugepages", 2048, 512, 456)  # ignored: nodes known
-    pools = hp.read_hugepages(tmp_path)
+    pools = ki.read_hugepages(tmp_path)
     assert pools == [
         HugepagePool(size_kib=1048576, node=0, total=0, free=0),
         HugepagePool(size_kib=2048, node=0, total=256, free=200),
@@ -119,8 +119,8 @@ def test_hugepages_per_numa_node(tmp_path: Path) -> None:
 def test_hugepages_fall_back_to_system_wide_pools(tmp_path: Path) -> None:
     pool(tmp_path, "/sys/kernel/mm/hugepages", 2048, 512, 456)
     write(tmp_path, "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages", "garbage")
-    assert hp.read_hugepages(tmp_path) == [HugepagePool(size_kib=2048, total=512, free=456)]
-    assert hp.read_hugepages(tmp_path / "nothing") == []
+    assert ki.read_hugepages(tmp_path) == [HugepagePool(size_kib=2048, total=512, free=456)]
+    assert ki.read_hugepages(tmp_path / "nothing") == []
 
 
 # --- mounts and cgroups ------------------------------------------------------------------
@@ -150,46 +150,46 @@ cgroup /sys/fs/cgroup/net_cls,net_prio cgroup rw,relatime,net_cls,net_prio 0 0
 
 
 def test_parse_mounts_decodes_octal_escapes() -> None:
-    mounts = hp.parse_mounts(MOUNTS_V1 + "short line\n")
+    mounts = ki.parse_mounts(MOUNTS_V1 + "short line\n")
     assert len(mounts) == 10
-    assert hp.hugetlbfs_mounts(mounts) == ["/dev/hugepages", "/mnt/huge 1G"]
-    assert mounts[2] == hp.Mount(
+    assert ki.hugetlbfs_mounts(mounts) == ["/dev/hugepages", "/mnt/huge 1G"]
+    assert mounts[2] == ki.Mount(
         "cgroup", "/sys/fs/cgroup/cpu", "cgroup", ("rw", "relatime", "cpu")
     )
 
 
 def test_cgroup_v1_hybrid_counts_as_v1(tmp_path: Path) -> None:
-    info = hp.cgroup_info(hp.parse_mounts(MOUNTS_V1), tmp_path)
+    info = ki.cgroup_info(ki.parse_mounts(MOUNTS_V1), tmp_path)
     assert info.version == 1
     assert info.controllers == ["cpu", "cpuacct", "cpuset", "memory"]  # not name=systemd
     assert info.cpu_mount == "/sys/fs/cgroup/cpu"
 
 
 def test_cgroup_v1_combined_hierarchies() -> None:
-    info = hp.cgroup_info(hp.parse_mounts(MOUNTS_COMBINED_V1))
+    info = ki.cgroup_info(ki.parse_mounts(MOUNTS_COMBINED_V1))
     assert info.controllers == ["cpu", "cpuacct", "net_cls", "net_prio"]
     assert info.cpu_mount == "/sys/fs/cgroup/cpu,cpuacct"
 
 
 def test_cgroup_v2_reads_controllers(tmp_path: Path) -> None:
     write(tmp_path, "/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory hugetlb pids\n")
-    info = hp.cgroup_info(hp.parse_mounts(MOUNTS_V2), tmp_path)
+    info = ki.cgroup_info(ki.parse_mounts(MOUNTS_V2), tmp_path)
     assert info.version == 2
     assert info.controllers == ["cpu", "cpuset", "hugetlb", "io", "memory", "pids"]
     assert info.cpu_mount is None
 
 
 def test_no_cgroups() -> None:
-    assert hp.cgroup_info([]) == hp.CgroupInfo(None, [], None)
+    assert ki.cgroup_info([]) == ki.CgroupInfo(None, [], None)
 
 
 def test_rt_budget(tmp_path: Path) -> None:
-    assert hp.read_rt_budget(tmp_path, None) == (False, None)
-    assert hp.read_rt_budget(tmp_path, "/sys/fs/cgroup/cpu") == (False, None)
+    assert ki.read_rt_budget(tmp_path, None) == (False, None)
+    assert ki.read_rt_budget(tmp_path, "/sys/fs/cgroup/cpu") == (False, None)
     write(tmp_path, "/sys/fs/cgroup/cpu/cpu.rt_runtime_us", "950000\n")
-    assert hp.read_rt_budget(tmp_path, "/sys/fs/cgroup/cpu") == (True, 950000)
+    assert ki.read_rt_budget(tmp_path, "/sys/fs/cgroup/cpu") == (True, 950000)
     write(tmp_path, "/sys/fs/cgroup/cpu/cpu.rt_runtime_us", "-1\n")
-    assert hp.read_rt_budget(tmp_path, "/sys/fs/cgroup/cpu") == (True, -1)
+    assert ki.read_rt_budget(tmp_path, "/sys/fs/cgroup/cpu") == (True, -1)
 
 
 # --- limits and capabilities ---------------------------------------------------------------
@@ -203,11 +203,11 @@ Max address space         unlimited            unlimited            bytes
 
 
 def test_memlock_hard_limit() -> None:
-    assert hp.parse_limits_memlock(LIMITS) == 8192
+    assert ki.parse_limits_memlock(LIMITS) == 8192
     unlimited = LIMITS.replace("8388608              8388608", "65536                unlimited")
-    assert hp.parse_limits_memlock(unlimited) is None
+    assert ki.parse_limits_memlock(unlimited) is None
     soft_only = LIMITS.replace("8388608              8388608", "65536                1048576")
-    assert hp.parse_limits_memlock(soft_only) == 1024
+    assert ki.parse_limits_memlock(soft_only) == 1024
 
 
 STATUS = """\
@@ -220,15 +220,15 @@ CapBnd:\t000001fffeffffff
 
 
 def test_cap_sys_resource_bit() -> None:
-    mask = hp.parse_cap_eff(STATUS)
+    mask = ki.parse_cap_eff(STATUS)
     assert mask == 0x1FFFEFFFFFF
-    assert not hp.has_capability(mask, hp.CAP_SYS_RESOURCE)  # bit 24 cleared
-    assert hp.has_capability(mask, 23) and hp.has_capability(mask, 25)
-    full = hp.parse_cap_eff(
+    assert not ki.has_capability(mask, ki.CAP_SYS_RESOURCE)  # bit 24 cleared
+    assert ki.has_capability(mask, 23) and ki.has_capability(mask, 25)
+    full = ki.parse_cap_eff(
         STATUS.replace("CapEff:\t000001fffeffffff", "CapEff:\t000001ffffffffff")
     )
-    assert hp.has_capability(full, hp.CAP_SYS_RESOURCE)
-    assert hp.parse_cap_eff("Name: x\n") == 0
+    assert ki.has_capability(full, ki.CAP_SYS_RESOURCE)
+    assert ki.parse_cap_eff("Name: x\n") == 0
 
 
 # --- network ----------------------------------------------------------------------------------
@@ -238,13 +238,13 @@ def test_bridges(tmp_path: Path) -> None:
     (tmp_path / "sys/class/net/eth0").mkdir(parents=True)
     (tmp_path / "sys/class/net/kvbr-media/bridge").mkdir(parents=True)
     (tmp_path / "sys/class/net/virbr0/bridge").mkdir(parents=True)
-    assert hp.read_bridges(tmp_path) == ["kvbr-media", "virbr0"]
-    assert hp.read_bridges(tmp_path / "none") == []
+    assert ki.read_bridges(tmp_path) == ["kvbr-media", "virbr0"]
+    assert ki.read_bridges(tmp_path / "none") == []
 
 
 def test_vlan_absent_on_a_kernel_without_8021q(tmp_path: Path) -> None:
     write(tmp_path, "/lib/modules/6.1.0/modules.builtin", "kernel/net/bridge/bridge.ko\n")
-    assert not hp.vlan_supported(tmp_path, "6.1.0")
+    assert not ki.vlan_supported(tmp_path, "6.1.0")
 
 
 @pytest.mark.parametrize(
@@ -258,7 +258,7 @@ def test_vlan_absent_on_a_kernel_without_8021q(tmp_path: Path) -> None:
 )
 def test_vlan_present(tmp_path: Path, present: str) -> None:
     write(tmp_path, present, "kernel/net/8021q/8021q.ko\n")
-    assert hp.vlan_supported(tmp_path, "6.1.0")
+    assert ki.vlan_supported(tmp_path, "6.1.0")
 
 
 # --- daemons ---------------------------------------------------------------------------------
@@ -269,16 +269,16 @@ def test_daemons_by_pid_file_and_by_scan(tmp_path: Path) -> None:
     write(tmp_path, "/proc/3180/comm", "libvirtd\n")
     write(tmp_path, "/proc/3177/comm", "virtlogd\n")  # no pid file: found by the scan
     write(tmp_path, "/proc/self/comm", "python\n")
-    assert hp.daemon_pid("libvirtd", tmp_path) == 3180
-    assert hp.daemon_pid("virtlogd", tmp_path) == 3177
-    assert hp.daemons_running(tmp_path) == {"libvirtd": True, "virtlogd": True}
+    assert ki.daemon_pid("libvirtd", tmp_path) == 3180
+    assert ki.daemon_pid("virtlogd", tmp_path) == 3177
+    assert ki.daemons_running(tmp_path) == {"libvirtd": True, "virtlogd": True}
 
 
 def test_stale_pid_file_is_not_a_running_daemon(tmp_path: Path) -> None:
     write(tmp_path, "/run/libvirtd.pid", "4242\n")
     write(tmp_path, "/proc/4242/comm", "bash\n")  # the PID was reused
-    assert hp.daemon_pid("libvirtd", tmp_path) is None
-    assert hp.daemons_running(tmp_path) == {"libvirtd": False, "virtlogd": False}
+    assert ki.daemon_pid("libvirtd", tmp_path) is None
+    assert ki.daemons_running(tmp_path) == {"libvirtd": False, "virtlogd": False}
 
 
 @pytest.mark.parametrize(("text", "allowed"), [("0\n", False), ("1\n", True), (None, None)])
@@ -287,4 +287,4 @@ def test_unprivileged_userfaultfd(tmp_path: Path, text: str | None, allowed: boo
         knob = tmp_path / "proc/sys/vm/unprivileged_userfaultfd"
         knob.parent.mkdir(parents=True)
         knob.write_text(text)
-    assert hp.userfaultfd_unprivileged(tmp_path) is allowed
+    assert ki.userfaultfd_unprivileged(tmp_path) is allowed
