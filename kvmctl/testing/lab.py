@@ -10,7 +10,8 @@ pair to this host: nothing listens anywhere else.
 Everything the lab makes is recorded in a state file under the run directory
 as soon as it exists, so `LabHost.down()` (or `kvmctl lab down`) removes it
 all again even after a crash: the daemons by PID, the namespace, the veth
-pair and the private tree.
+pair and the private tree. Tests that break a running lab and mend it do so
+through kvmctl.testing.labops.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kvmctl.errors import HostError, KvmctlError
+from kvmctl.errors import HostError
 from kvmctl.state.paths import run_dir, volume_dir
 from kvmctl.state.statefile import write_atomic
 
@@ -296,59 +297,6 @@ def _warm(state: LabState) -> None:
         conn.close()
 
 
-def kill_libvirtd(state: LabState) -> None:
-    """SIGKILL the lab's libvirtd (its QEMUs keep running, as on a real host)."""
-    pid = state.pids.pop("libvirtd", None)
-    if pid:
-        _kill(pid, signal.SIGKILL)
-        _wait_gone(pid, 10.0)
-    _save(state)
-
-
-def inside(state: LabState) -> list[str]:
-    """The command prefix that runs a program on the lab host: in its mount
-    and network namespaces (its /run/libvirt, its libvirtd on qemu:///system),
-    as kvmctl runs on a second machine."""
-    anchor = state.pids["virtlogd"]  # lives as long as the lab, in both namespaces
-    return ["nsenter", f"--target={anchor}", "--mount", "--net", "--"]
-
-
-def start_libvirtd(state: LabState) -> None:
-    """Start the lab's libvirtd again inside the lab's namespaces."""
-    pidfile = state.path("/run/libvirt") / "lab-libvirtd.pid"
-    pidfile.unlink(missing_ok=True)
-    _run(
-        *inside(state),
-        "libvirtd",
-        "-d",
-        "--listen",
-        "-f",
-        "/etc/libvirt/libvirtd.conf",
-        "--pid-file",
-        "/run/libvirt/lab-libvirtd.pid",
-    )
-    state.pids["libvirtd"] = _read_pid(pidfile, READY_TIMEOUT)
-    _save(state)
-    _wait_listening(state.lab_address, TCP_PORT, READY_TIMEOUT)
-
-
-def set_link(state: LabState, up: bool) -> None:
-    """Take the lab's end of the veth down (a network loss) or up again. The
-    host's end stays up, so its route (and the blackhole behind it) keeps the
-    lab's addresses on this machine."""
-    _run(
-        "ip",
-        "netns",
-        "exec",
-        state.netns,
-        "ip",
-        "link",
-        "set",
-        state.veth_lab,
-        "up" if up else "down",
-    )
-
-
 def _subnet(state: LabState) -> str:
     return str(ipaddress.IPv4Network(f"{state.host_address}/{state.prefix}", strict=False))
 
@@ -373,22 +321,6 @@ def teardown(state: LabState) -> None:
     subprocess.run(["ip", "netns", "del", state.netns], capture_output=True, check=False)
     _remove_tree(Path(state.root))
     _state_file(state.name).unlink(missing_ok=True)
-
-
-def _remove_domains(state: LabState) -> None:
-    """Through the lab's libvirtd, so it removes their cgroups and files too
-    (a killed QEMU would leave its cgroup directories behind on the host)."""
-    from kvmctl.adapters import migration as domains
-    from kvmctl.adapters.virt import Virt, open_connection
-
-    if not state.pids.get("libvirtd") or _wait_gone(state.pids["libvirtd"], 0):
-        return
-    try:
-        virt = Virt(open_connection(state.uri))
-        for info in virt.domains():
-            domains.remove(virt, info.name)
-    except KvmctlError:
-        pass  # a dead daemon: the QEMUs are killed by PID below
 
 
 def qemu_pidfiles(state: LabState) -> list[Path]:

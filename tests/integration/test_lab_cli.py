@@ -11,13 +11,14 @@ import pytest
 
 from kvmctl.state.paths import volume_dir
 from kvmctl.testing import lab as labs
+from kvmctl.testing import labops
 from tests.integration.cockpit_helpers import kvmctl, kvmctl_json
 
 pytestmark = pytest.mark.integration
 
 
 def _sees(state: labs.LabState, path: Path) -> bool:
-    run = subprocess.run([*labs.inside(state), "test", "-e", str(path)], check=False)
+    run = subprocess.run([*labops.inside(state), "test", "-e", str(path)], check=False)
     return run.returncode == 0
 
 

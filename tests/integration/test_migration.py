@@ -16,7 +16,7 @@ import libvirt
 import pytest
 
 from kvmctl.host import threads
-from kvmctl.testing import lab as labs
+from kvmctl.testing import labops
 from kvmctl.testing.lab import LabState
 from tests.integration.cockpit_helpers import REPO, URI, kvmctl, sweep, write_spec
 from tests.integration.migration_helpers import plain_move
@@ -312,7 +312,7 @@ def test_destination_libvirtd_killed_mid_migration(
     try:
         s.apply()
         proc = start_slow_migration(s, dirty_seconds=120)
-        labs.kill_libvirtd(lab)
+        labops.kill_libvirtd(lab)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 1, err
         assert json.loads(out)["vms"][0]["status"] == "failed"
@@ -320,7 +320,7 @@ def test_destination_libvirtd_killed_mid_migration(
         assert guest_run(s.domain, "/bin/echo", "here").strip() == "here"
         # Started again, the lab's libvirtd finds the failed incoming job and
         # removes its half-arrived guest: nothing is left there.
-        labs.start_libvirtd(lab)
+        labops.start_libvirtd(lab)
         wait_until(lambda: lab_domains(lab, s.name) == {}, 30, "the lab to drop the guest")
     finally:
         s.cleanup()
@@ -337,11 +337,11 @@ def test_network_loss_mid_migration_fails_within_keepalive(
     try:
         s.apply()
         proc = start_slow_migration(s, dirty_seconds=180)
-        labs.set_link(lab, up=False)
+        labops.set_link(lab, up=False)
         cut = time.monotonic()
         out, err = proc.communicate(timeout=180)
         took = time.monotonic() - cut
-        labs.set_link(lab, up=True)
+        labops.set_link(lab, up=True)
         assert proc.returncode == 1, err
         result = json.loads(out)["vms"][0]
         assert result["status"] == "failed"
@@ -352,7 +352,7 @@ def test_network_loss_mid_migration_fails_within_keepalive(
         assert source_state(s.domain) == libvirt.VIR_DOMAIN_RUNNING
         assert guest_run(s.domain, "/bin/echo", "here").strip() == "here"
     finally:
-        labs.set_link(lab, up=True)
+        labops.set_link(lab, up=True)
         s.cleanup()
 
 

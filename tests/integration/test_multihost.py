@@ -18,7 +18,7 @@ import pytest
 
 from kvmctl.host import threads
 from kvmctl.planner.cpuset import format_cpuset
-from kvmctl.testing import lab as labs
+from kvmctl.testing import labops
 from kvmctl.testing.lab import LabState
 from tests.integration.cockpit_helpers import (
     REPO,
@@ -286,7 +286,7 @@ def test_a_migrated_vm_gets_real_time_back_from_kvmctl_on_its_new_host(two: TwoH
 
     spec.write_text(RT_SPEC.format(name=two.name, lab_uri=two.lab.uri, host="    host: lab\n"))
     there = subprocess.run(
-        [*labs.inside(two.lab), sys.executable, "-m", "kvmctl.cli", "apply", str(spec)]
+        [*labops.inside(two.lab), sys.executable, "-m", "kvmctl.cli", "apply", str(spec)]
         + ["--host", "lab", "-c", "qemu:///system", "--json"],
         capture_output=True,
         text=True,

@@ -1,0 +1,72 @@
+"""Operations on a running lab host, for tests that break it and mend it:
+kill and start its libvirtd, take its link down and up, run a program inside it.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from kvmctl.testing.lab import (
+    READY_TIMEOUT,
+    TCP_PORT,
+    LabState,
+    _kill,
+    _read_pid,
+    _run,
+    _save,
+    _wait_gone,
+    _wait_listening,
+)
+
+
+def kill_libvirtd(state: LabState) -> None:
+    """SIGKILL the lab's libvirtd (its QEMUs keep running, as on a real host)."""
+    pid = state.pids.pop("libvirtd", None)
+    if pid:
+        _kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 10.0)
+    _save(state)
+
+
+def inside(state: LabState) -> list[str]:
+    """The command prefix that runs a program on the lab host: in its mount
+    and network namespaces (its /run/libvirt, its libvirtd on qemu:///system),
+    as kvmctl runs on a second machine."""
+    anchor = state.pids["virtlogd"]  # lives as long as the lab, in both namespaces
+    return ["nsenter", f"--target={anchor}", "--mount", "--net", "--"]
+
+
+def start_libvirtd(state: LabState) -> None:
+    """Start the lab's libvirtd again inside the lab's namespaces."""
+    pidfile = state.path("/run/libvirt") / "lab-libvirtd.pid"
+    pidfile.unlink(missing_ok=True)
+    _run(
+        *inside(state),
+        "libvirtd",
+        "-d",
+        "--listen",
+        "-f",
+        "/etc/libvirt/libvirtd.conf",
+        "--pid-file",
+        "/run/libvirt/lab-libvirtd.pid",
+    )
+    state.pids["libvirtd"] = _read_pid(pidfile, READY_TIMEOUT)
+    _save(state)
+    _wait_listening(state.lab_address, TCP_PORT, READY_TIMEOUT)
+
+
+def set_link(state: LabState, up: bool) -> None:
+    """Take the lab's end of the veth down (a network loss) or up again. The
+    host's end stays up, so its route (and the blackhole behind it) keeps the
+    lab's addresses on this machine."""
+    _run(
+        "ip",
+        "netns",
+        "exec",
+        state.netns,
+        "ip",
+        "link",
+        "set",
+        state.veth_lab,
+        "up" if up else "down",
+    )
