@@ -1,6 +1,7 @@
 """Pure logic of a group snapshot: the members' pause windows, the manifest
 that records the group, and the checks made before a group is taken or
-reverted. No libvirt and no I/O here; `kvmctl.snapshot.group` runs it.
+reverted. No libvirt and no I/O here; `kvmctl.snapshot.group_create` and
+`kvmctl.snapshot.group` run it.
 """
 
 from __future__ import annotations

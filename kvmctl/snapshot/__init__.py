@@ -41,7 +41,8 @@ from kvmctl.snapshot._common import (
     RevertResult,
     load_manifests,
 )
-from kvmctl.snapshot.group_create import create_group, delete_group, revert_group
+from kvmctl.snapshot.group import delete_group, revert_group
+from kvmctl.snapshot.group_create import create_group
 from kvmctl.snapshot.listing import latest_group, list_snapshots, snapshot_summary
 from kvmctl.snapshot.single import create, delete, revert
 
