@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import libvirt
 
-from kvmctl.adapters.virt import open_connection
+from kvmctl.adapters.connection import open_connection
 from kvmctl.errors import KvmctlError
 
 _LIFECYCLE = {

@@ -127,7 +127,7 @@ class MigrationJob:
 
     def __init__(self, virt: Virt, name: str, transfer: Transfer, flags: int, params: dict):
         self.conn = virt.conn
-        self.dom = virt._get(name)
+        self.dom = virt.handle(name)
         self.transfer = transfer
         self.error: libvirt.libvirtError | None = None
         self.postcopy_started = False  # kvmctl asked for the switch
@@ -273,35 +273,9 @@ def state(virt: Virt, name: str) -> str | None:
         return None
 
 
-def migratable_xml(virt: Virt, name: str, inactive: bool = False) -> str:
-    flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE
-    if inactive:
-        flags |= libvirt.VIR_DOMAIN_XML_INACTIVE
-    return virt._get(name).XMLDesc(flags)
-
-
-def resume(virt: Virt, name: str) -> None:
-    dom = virt.lookup(name)
-    if dom is not None:
-        with suppress(libvirt.libvirtError):
-            dom.resume()
-
-
-def remove(virt: Virt, name: str) -> None:
-    """Destroy and undefine a half-arrived domain; gone already is fine."""
-    dom = virt.lookup(name)
-    if dom is None:
-        return
-    with suppress(libvirt.libvirtError):
-        if dom.isActive():
-            dom.destroy()
-    with suppress(libvirt.libvirtError):
-        dom.undefine()
-
-
 def abort_job(virt: Virt, name: str) -> bool:
     """Cancel the domain's running job; False when it has none."""
-    dom = virt._get(name)
+    dom = virt.handle(name)
     if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
         return False
     with suppress(libvirt.libvirtError):

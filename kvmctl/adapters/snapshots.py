@@ -14,15 +14,14 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import libvirt
 import libvirt_qemu
 
+from kvmctl.adapters.connection import _mapped
 from kvmctl.adapters.virt import Virt
-from kvmctl.errors import ApplyError, KvmctlError, UsageError
+from kvmctl.errors import ApplyError, UsageError
 from kvmctl.planner.snapshot import CommitStep
 from kvmctl.xml.base import parse_xml
 from kvmctl.xml.snapshot import DomainSnapshot, disk_chain, disk_targets
@@ -35,14 +34,6 @@ _JOB_DONE = {
     libvirt.VIR_DOMAIN_BLOCK_JOB_FAILED: "failed",
     libvirt.VIR_DOMAIN_BLOCK_JOB_CANCELED: "canceled",
 }
-
-
-@contextmanager
-def _mapped(what: str, kind: type[KvmctlError] = ApplyError) -> Iterator[None]:
-    try:
-        yield
-    except libvirt.libvirtError as err:
-        raise kind(f"{what}: {err.get_error_message()}") from None
 
 
 def _pool_dir(pool_xml: str) -> str | None:

@@ -15,7 +15,8 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from kvmctl.adapters.virt import Virt, open_connection
+from kvmctl.adapters.connection import open_connection
+from kvmctl.adapters.virt import Virt
 from kvmctl.errors import UsageError
 from kvmctl.state.paths import specs_dir
 from kvmctl.state.statefile import write_atomic

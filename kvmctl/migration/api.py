@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kvmctl.adapters import migration as job_api
-from kvmctl.adapters.virt import Virt, open_connection
+from kvmctl.adapters.connection import open_connection
+from kvmctl.adapters.virt import Virt
 from kvmctl.errors import ApplyError, UsageError
 from kvmctl.migration.preflight import Prepared, Request, prepare
 from kvmctl.migration.run import MigrationResult, ProgressFn, run_one

@@ -87,7 +87,7 @@ def prepare(
             f"({src_id.hypervisor_version}): a guest cannot move to an older QEMU"
         )
 
-    first = parse_xml(job_api.migratable_xml(source, domains[names[0]]))
+    first = parse_xml(source.xml(domains[names[0]], migratable=True))
     virt_type: VirtType = "kvm" if first.get("type") == "kvm" else "qemu"
     facts = destination.facts(dest.conn, virt_type)
     live = read_live(dest)
@@ -98,7 +98,7 @@ def prepare(
     out: dict[str, Prepared] = {}
     for name in names:
         vm_plan = planned.vms.get(name)
-        live_xml = job_api.migratable_xml(source, domains[name])
+        live_xml = source.xml(domains[name], migratable=True)
         machine = parse_xml(live_xml).find("os/type").get("machine", "")
         if machine and machine not in dst_id.machines.get(virt_type, frozenset()):
             problems.append(
@@ -115,7 +115,7 @@ def prepare(
         if vm_plan is None:
             continue
         planned_dom = build_domain(vm_plan, rt_by_thread=True)
-        inactive = job_api.migratable_xml(source, domains[name], inactive=True)
+        inactive = source.xml(domains[name], inactive=True, migratable=True)
         transfer = Transfer(
             dest_uri=request.dest_uri,
             migrate_uri=request.migrate_uri,

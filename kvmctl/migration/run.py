@@ -184,7 +184,8 @@ def _recover(prepared: Prepared, source: Virt, dest: Virt, postcopy: bool) -> st
     if postcopy and state != "running":
         return "lost in post-copy: the guest's memory was split between the hosts"
     if state == "paused":
-        job_api.resume(source, prepared.domain)
+        with suppress(KvmctlError):
+            source.resume(prepared.domain)
         state = job_api.state(source, prepared.domain)
     if state != "running":
         return f"{state or 'not defined'} on the source"
@@ -193,7 +194,9 @@ def _recover(prepared: Prepared, source: Virt, dest: Virt, postcopy: bool) -> st
         # itself when it starts again (it finds an incoming job that failed).
         return "running on the source"
     with suppress(KvmctlError):
-        job_api.remove(dest, prepared.domain)
+        dest.stop(prepared.domain)
+    with suppress(KvmctlError):
+        dest.undefine(prepared.domain)
     for copy in prepared.copies:
         with suppress(KvmctlError):
             if dest.volume_exists(copy.pool, copy.volume):

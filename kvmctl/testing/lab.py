@@ -287,8 +287,8 @@ class LabHost:
 def _warm(state: LabState) -> None:
     """The lab's libvirtd probes QEMU on first use (~10 s under a cold cache):
     do it now, so a test's first call is not the slow one."""
+    from kvmctl.adapters.connection import open_connection
     from kvmctl.adapters.destination import identity
-    from kvmctl.adapters.virt import open_connection
 
     conn = open_connection(state.uri)
     try:

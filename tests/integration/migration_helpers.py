@@ -7,8 +7,9 @@ import threading
 
 import libvirt
 
+from kvmctl.adapters.connection import open_connection
 from kvmctl.adapters.migration import completed_stats
-from kvmctl.adapters.virt import Virt, open_connection
+from kvmctl.adapters.virt import Virt
 from kvmctl.testing.lab import LabState
 
 SOURCE = "qemu:///system"

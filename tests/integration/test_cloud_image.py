@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmctl.adapters.virt import Virt, open_connection
+from kvmctl.adapters.connection import open_connection
+from kvmctl.adapters.virt import Virt
 from kvmctl.cockpit.applier import Applier, destroy_domain
 from kvmctl.cockpit.seed import read_seed
 from kvmctl.session import open_session
