@@ -41,7 +41,7 @@ class Transfer:
 
 
 def flags(policy: Policy, transfer: Transfer) -> int:
-    value = (
+    value: int = (
         libvirt.VIR_MIGRATE_LIVE
         | libvirt.VIR_MIGRATE_PEER2PEER
         | libvirt.VIR_MIGRATE_PERSIST_DEST
@@ -125,7 +125,9 @@ def completed_stats(dom: libvirt.virDomain) -> dict[str, Any]:
 class MigrationJob:
     """A running `migrateToURI3`; `wait()` returns once it has ended."""
 
-    def __init__(self, virt: Virt, name: str, transfer: Transfer, flags: int, params: dict):
+    def __init__(
+        self, virt: Virt, name: str, transfer: Transfer, flags: int, params: dict[str, Any]
+    ):
         self.conn = virt.conn
         self.dom = virt.handle(name)
         self.transfer = transfer
@@ -163,7 +165,7 @@ class MigrationJob:
                 self.conn.domainEventDeregisterAny(self._callback)
             self._callback = None
 
-    def _run(self, flags: int, params: dict) -> None:
+    def _run(self, flags: int, params: dict[str, Any]) -> None:
         try:
             self.dom.migrateToURI3(self.transfer.dest_uri, params, flags)
         except libvirt.libvirtError as err:
@@ -194,7 +196,9 @@ class MigrationJob:
             status, reason = self.dom.state()
         except libvirt.libvirtError:
             return False
-        return status == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY
+        return bool(
+            status == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY
+        )
 
     def set_max_downtime(self, ms: int) -> None:
         try:

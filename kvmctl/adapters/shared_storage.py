@@ -101,7 +101,7 @@ def _marker_xml(name: str) -> str:
     etree.SubElement(vol, "name").text = name
     etree.SubElement(vol, "capacity").text = "0"
     etree.SubElement(etree.SubElement(vol, "target"), "format", type="raw")
-    return etree.tostring(vol, encoding="unicode")
+    return str(etree.tostring(vol, encoding="unicode"))
 
 
 def _target_path(pool_xml: str) -> str:

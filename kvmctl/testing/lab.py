@@ -304,8 +304,8 @@ def _subnet(state: LabState) -> str:
 def teardown(state: LabState) -> None:
     """Remove every trace of a lab: its guests' QEMUs and daemons by PID, the
     namespace and veth, the private tree and the state file."""
-    for pid in _qemu_pids(state):
-        _kill(pid, signal.SIGKILL)
+    for qemu in _qemu_pids(state):
+        _kill(qemu, signal.SIGKILL)
     for daemon in ("libvirtd", "virtlogd"):
         pid = state.pids.get(daemon)
         if pid:
