@@ -12,19 +12,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.adapters.snapshots import SnapshotOps
 from kvmctl.adapters.virt import Virt
 from kvmctl.cockpit import poststart
+from kvmctl.cockpit.bridges import apply_bridges
 from kvmctl.cockpit.journal import Journal
+from kvmctl.cockpit.retune import retune
 from kvmctl.cockpit.seed import seed_iso
 from kvmctl.errors import ApplyError, KvmctlError
-from kvmctl.host import rt, threads
+from kvmctl.host import rt
 from kvmctl.planner.cloudinit import SeedPlan
-from kvmctl.planner.cpuset import parse_cpuset
 from kvmctl.planner.diff import Action
 from kvmctl.planner.domain import build_domain, build_volume
 from kvmctl.planner.plan import Plan, VmPlan
@@ -99,7 +99,7 @@ class Applier:
         outcomes: dict[str, VmOutcome] = {}
         actions = {a.vm: a for a in self.plan.actions}
         try:
-            bridges = self._bridges("create")
+            bridges = apply_bridges(self.plan, "create", self.netlink, self.journal, self.progress)
             if any(a.kind in ("create", "restart") for a in actions.values()):
                 self._pool()
             outcomes.update(self._vms([a for a in actions.values() if a.kind != "delete"]))
@@ -107,7 +107,7 @@ class Applier:
                 if action.kind == "delete":
                     self._delete(action)
                     outcomes[action.vm] = VmOutcome(action.vm, "delete")
-            bridges += self._bridges("delete")
+            bridges += apply_bridges(self.plan, "delete", self.netlink, self.journal, self.progress)
         except BaseException as err:
             failures = self.journal.rollback()
             if isinstance(err, KeyboardInterrupt):
@@ -126,34 +126,6 @@ class Applier:
         return self.journal.rollback()
 
     # --- infrastructure ------------------------------------------------------------
-
-    def _bridges(self, kind: str) -> list[tuple[str, str]]:
-        done: list[tuple[str, str]] = []
-        by_name = {b.bridge: b for b in self.plan.bridges}
-        for action in self.plan.bridge_actions:
-            if action.kind != kind:
-                if kind == "create":
-                    done.append((action.kind, action.bridge))
-                continue
-            nl = self.netlink
-            if nl is None:
-                raise ApplyError(
-                    f"bridge '{action.bridge}' is needed but no netlink adapter is available"
-                )
-            if kind == "create":
-                bp = by_name[action.bridge]
-                self.progress("-", f"creating bridge {bp.bridge}")
-                nl.create_bridge(bp.bridge, bp.alias, mtu=bp.mtu)
-                self.journal.record(
-                    f"create bridge {bp.bridge}", partial(nl.delete_bridge, bp.bridge, bp.alias)
-                )
-                if bp.host_address is not None:
-                    nl.set_host_address(bp.bridge, str(bp.host_address))
-            else:
-                alias = f"kvmctl:{self.plan.set_name}:{action.network}"
-                nl.delete_bridge(action.bridge, alias)
-            done.append((kind, action.bridge))
-        return done
 
     def _pool(self) -> None:
         any_plan = next(iter(self.plan.vms.values()))
@@ -295,57 +267,16 @@ class Applier:
 
         def undo_update() -> None:
             self.virt.define(old_xml)
-            self._retune(plan.domain, old)
+            retune(self.virt, plan.domain, old, self.host_cpus)
 
         self.journal.record(f"live update of {plan.domain}", undo_update)
         new = build_domain(plan, self.rt_by_thread)
         self.virt.define(new.to_xml())
-        self._retune(plan.domain, new)
+        retune(self.virt, plan.domain, new, self.host_cpus)
         if self.on_this_host:
-            self._resched(plan)
-
-    def _resched(self, plan: VmPlan) -> None:
-        """vCPU scheduling as planned: real-time set again where it was lost
-        (a migration does not carry it, a `chrt` may undo it), or taken away."""
-        pid = threads.qemu_pid(plan.domain)
-        if pid is None:
-            raise ApplyError(f"cannot find the QEMU process of '{plan.domain}'")
-        qemu = threads.inspect(pid)
-        want = (
-            ("other", 0)
-            if plan.realtime is None
-            else (plan.realtime.policy, plan.realtime.priority)
-        )
-        as_planned = all((t.policy, t.priority) == want for t in qemu.vcpus)
-        if plan.realtime is None or not self.rt_by_thread:
-            if not as_planned:
-                rt.set_policy(qemu, *want)
-            return
-        steps: list[rt.RtStep] = []
-        self.journal.record(f"real-time budgets of {plan.domain}", lambda: rt.undo(steps))
-        self.notes += poststart.make_realtime(plan, steps)
-
-    def _retune(self, name: str, dom: Domain) -> None:
-        """Make the running domain's tunables those of `dom`."""
-        tune = dom.cputune
-        if tune is not None:
-            self.virt.set_cpu_tune(name, tune.shares, tune.period, tune.quota)
-            for pin in tune.vcpupins:
-                self.virt.pin_vcpu(name, pin.vcpu, parse_cpuset(pin.cpuset), self.host_cpus)
-            if tune.emulatorpin:
-                self.virt.pin_emulator(name, parse_cpuset(tune.emulatorpin), self.host_cpus)
-            for io in tune.iothreadpins:
-                self.virt.pin_iothread(name, io.iothread, parse_cpuset(io.cpuset), self.host_cpus)
-        for disk in dom.devices.disks:
-            io_limits = disk.iotune
-            self.virt.set_iotune(
-                name,
-                disk.target_dev,
-                io_limits.total_iops_sec if io_limits else None,
-                io_limits.total_bytes_sec if io_limits else None,
-            )
-        if dom.metadata is not None and dom.metadata.kvmctl is not None:
-            self.virt.set_metadata(name, dom.metadata.kvmctl)
+            steps: list[rt.RtStep] = []
+            self.journal.record(f"real-time budgets of {plan.domain}", lambda: rt.undo(steps))
+            self.notes += poststart.reschedule(plan, rt_by_thread=self.rt_by_thread, rt_steps=steps)
 
     def _restore(self, name: str, old_xml: str) -> None:
         self.virt.stop(name)

@@ -87,3 +87,19 @@ def make_realtime(vp: VmPlan, steps: list[rt.RtStep]) -> list[str]:
         f"vCPU threads of {vp.domain}: SCHED_{budget.policy.upper()} priority {budget.priority}"
     )
     return notes
+
+
+def reschedule(vp: VmPlan, *, rt_by_thread: bool, rt_steps: list[rt.RtStep]) -> list[str]:
+    """vCPU scheduling of a running QEMU as planned: real-time set again where
+    it was lost (a migration does not carry it, a `chrt` may undo it), or
+    taken away; nothing where it is as planned."""
+    pid = threads.qemu_pid(vp.domain)
+    if pid is None:
+        raise ApplyError(f"cannot find the QEMU process of '{vp.domain}'")
+    qemu = threads.inspect(pid)
+    want = ("other", 0) if vp.realtime is None else (vp.realtime.policy, vp.realtime.priority)
+    if vp.realtime is None or not rt_by_thread:
+        if any((t.policy, t.priority) != want for t in qemu.vcpus):
+            rt.set_policy(qemu, *want)
+        return []
+    return make_realtime(vp, rt_steps)
