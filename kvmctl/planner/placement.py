@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmctl.host.facts import HostFacts
+from kvmctl.planner.protection import protected
 from kvmctl.spec.models import Cockpit
 
 CRITICALITY_ORDER = {"safety": 0, "high": 1, "normal": 2}
@@ -62,6 +63,19 @@ def place(
     housekeeping &= online
     if not housekeeping:
         housekeeping = frozenset({min(online)}) if online else frozenset()
+    safety_hk = frozenset(spec.host.safety_housekeeping_cpus)
+    missing_safety = sorted(safety_hk - online)
+    if missing_safety:
+        problems.append(
+            f"safety housekeeping CPU(s) {_cpus(missing_safety)} do not exist on this host "
+            f"(online CPUs: {_cpus(sorted(online))})"
+        )
+    safety_hk &= online
+    if safety_hk and not any(protected(vm) for vm in spec.vms.values()):
+        notes.append(
+            f"safety housekeeping CPU(s) {_cpus(sorted(safety_hk))} stay idle: no VM here "
+            "has its emulator protected"
+        )
 
     order = sorted(spec.vms, key=lambda n: (CRITICALITY_ORDER[spec.vms[n].criticality], n))
     owners: dict[int, str] = {}
@@ -72,14 +86,23 @@ def place(
         if vm.cpu.placement != "dedicated":
             continue
         chosen = _dedicated_cpus(
-            name, vm.vcpus, vm.cpu.cpus, online, isolated, housekeeping, owners, foreign, problems
+            name,
+            vm.vcpus,
+            vm.cpu.cpus,
+            online,
+            isolated,
+            housekeeping | safety_hk,
+            owners,
+            foreign,
+            problems,
         )
         for cpu in chosen:
             owners[cpu] = name
         pins = tuple(frozenset({c}) for c in chosen) if len(chosen) == vm.vcpus else ()
-        placements[name] = Placement(pins, housekeeping, housekeeping, dedicated=True)
+        threads = safety_hk if safety_hk and protected(vm) else housekeeping
+        placements[name] = Placement(pins, threads, threads, dedicated=True)
 
-    taken = frozenset(owners) | frozenset(foreign)
+    taken = frozenset(owners) | frozenset(foreign) | safety_hk
     pool = online - taken - housekeeping - isolated
     if not pool:
         pool = online - taken - isolated
@@ -108,7 +131,7 @@ def place(
                     f"VM '{name}' asks for CPU(s) {_cpus(absent)}, which this host lacks"
                 )
             if clash:
-                who = owners.get(clash[0]) or foreign.get(clash[0])
+                who = owners.get(clash[0]) or foreign.get(clash[0]) or "emulator protection"
                 problems.append(
                     f"VM '{name}' asks for CPU {clash[0]}, which is dedicated to '{who}'"
                 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from kvmctl.host.facts import HostFacts, VirtType
-from kvmctl.planner import resources
+from kvmctl.planner import protection, resources
 from kvmctl.planner.cloudinit import SeedPlan, seed_files
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.diff import Action, Fingerprint, diff
@@ -216,7 +216,9 @@ def make_plan(
         housekeeping=placed.housekeeping,
         problems=problems,
         warnings=warnings,
-        notes=placed.notes + [_stray_note(spec, vm) for vm in strays],
+        notes=placed.notes
+        + [protection.note(p) for p in vm_plans.values() if protection.protected(p.vm)]
+        + [_stray_note(spec, vm) for vm in strays],
         strays=strays,
     )
 
@@ -265,7 +267,7 @@ def _vm_plan(
         placement=placement,
         level=level,
         nics=nics,
-        shares=vm.cpu.shares,
+        shares=protection.shares(vm),
         period_us=CFS_PERIOD_US if quota is not None else None,
         quota_us=quota,
         realtime=budget,

@@ -59,6 +59,9 @@ class Model(BaseModel):
 
 class HostSection(Model):
     housekeeping_cpus: list[CpuId] = Field(default_factory=lambda: [0], min_length=1)
+    # Housekeeping CPUs of the protected VMs' own (cpu.protect_emulator): their
+    # emulator and I/O threads run there, away from the shared VMs' vCPUs.
+    safety_housekeeping_cpus: list[CpuId] = Field(default_factory=list)
     # Where `image: {path: ...}` may point. A spec cannot reach outside these.
     image_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_IMAGE_DIRS))
     # Share of each period real-time vCPUs of the whole set may use (cgroup v1 RT
@@ -66,7 +69,7 @@ class HostSection(Model):
     # lock it up.
     rt_budget: Percent = 90.0
 
-    @field_validator("housekeeping_cpus")
+    @field_validator("housekeeping_cpus", "safety_housekeeping_cpus")
     @classmethod
     def _unique(cls, value: list[int]) -> list[int]:
         if len(set(value)) != len(value):
@@ -192,6 +195,10 @@ class Cpu(Model):
     realtime: Realtime | None = None
     # Explicit pCPUs; otherwise the planner picks them.
     cpus: list[CpuId] | None = None
+    # The emulator and I/O threads (timers, device emulation) get priority on
+    # the housekeeping CPUs over the shared VMs there. Default: on for a
+    # dedicated safety VM (kvmctl.planner.protection).
+    protect_emulator: bool | None = None
 
     @field_validator("limit")
     @classmethod
@@ -219,6 +226,14 @@ class Cpu(Model):
             raise ValueError("realtime needs placement: dedicated")
         if self.placement == "dedicated" and self.limit is not None:
             raise ValueError("a dedicated CPU is not capped: remove limit or use shared")
+        if self.protect_emulator and self.placement != "dedicated":
+            # The protection is the domain's CPU weight, which for a shared VM
+            # would also weigh its vCPUs against its neighbours'.
+            raise ValueError("protect_emulator needs placement: dedicated")
+        if self.protect_emulator and self.shares is not None:
+            raise ValueError(
+                "shares and protect_emulator both set the domain's CPU weight: drop one"
+            )
         return self
 
 

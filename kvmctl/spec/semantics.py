@@ -168,6 +168,13 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 
 def _cpus(spec: Cockpit) -> Iterator[Problem]:
     housekeeping = set(spec.host.housekeeping_cpus)
+    safety_hk = set(spec.host.safety_housekeeping_cpus)
+    for cpu in sorted(safety_hk & housekeeping):
+        yield (
+            ("host", "safety_housekeeping_cpus"),
+            f"CPU {cpu} is in housekeeping_cpus too: the protected VMs' CPU must be their own",
+        )
+    housekeeping |= safety_hk
     owners: dict[int, str] = {}
     for name, vm in spec.vms.items():
         cpus = vm.cpu.cpus
@@ -190,6 +197,11 @@ def _cpus(spec: Cockpit) -> Iterator[Problem]:
                     owners[cpu] = name
     for name, vm in spec.vms.items():
         if vm.cpu.placement == "shared" and vm.cpu.cpus:
+            for cpu in sorted(set(vm.cpu.cpus) & safety_hk):
+                yield (
+                    ("vms", name, "cpu", "cpus"),
+                    f"CPU {cpu} is a safety housekeeping CPU and cannot be shared",
+                )
             clash = sorted(set(vm.cpu.cpus) & set(owners))
             if clash:
                 yield (

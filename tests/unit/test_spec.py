@@ -270,6 +270,37 @@ BAD = {
         2,
         "lists a CPU twice",
     ),
+    "protect-shared": (
+        "name: t\nvms:\n  a: {cpu: {placement: shared, protect_emulator: true}}\n",
+        3,
+        "protect_emulator needs placement: dedicated",
+    ),
+    "protect-and-shares": (
+        "name: t\nvms:\n  a:\n    cpu: {placement: dedicated, shares: 512, protect_emulator: true}\n",
+        4,
+        "shares and protect_emulator both set the domain's CPU weight",
+    ),
+    "safety-housekeeping-in-housekeeping": (
+        "name: t\nhost: {housekeeping_cpus: [0], safety_housekeeping_cpus: [0]}\nvms:\n  a: {}\n",
+        2,
+        "CPU 0 is in housekeeping_cpus too",
+    ),
+    "safety-housekeeping-dedicated": (
+        "name: t\nhost: {safety_housekeeping_cpus: [2]}\n"
+        "vms:\n  a: {cpu: {placement: dedicated, cpus: [2]}}\n",
+        4,
+        "CPU 2 is a housekeeping CPU and cannot be dedicated",
+    ),
+    "safety-housekeeping-shared": (
+        "name: t\nhost: {safety_housekeeping_cpus: [2]}\nvms:\n  a: {cpu: {cpus: [1, 2]}}\n",
+        4,
+        "CPU 2 is a safety housekeeping CPU and cannot be shared",
+    ),
+    "safety-housekeeping-dup": (
+        "name: t\nhost: {safety_housekeeping_cpus: [3, 3]}\nvms:\n  a: {}\n",
+        2,
+        "lists a CPU twice",
+    ),
 }
 
 
