@@ -97,11 +97,27 @@ def test_start_failure_and_early_stop_are_told_apart(device: Path) -> None:
 
 
 def test_failing_under_both_blames_the_image(device: Path) -> None:
-    boots = FakeBoots(kvm=Outcome(False, 8), qemu=Outcome(False, 8))
+    boots = FakeBoots(kvm=Outcome(False, 8), qemu=Outcome(False, 30))
     v = kp.decide_kvm(device, BOTH, IMAGE, boots)
     assert v.status == "present-but-unusable"
     assert v.blocking and v.tcg_ok is False
     assert "image" in v.reason and "make images" in v.reason
+    # KVM had 8 s, the TCG fallback (only proving the image, maybe on a busy host) 30 s
+    assert "under KVM (it did not reach user space within 8 s)" in v.reason
+    assert "under TCG (it did not reach user space within 30 s)" in v.reason
+
+
+def test_the_tcg_boot_gets_the_longer_bound(tmp_path: Path) -> None:
+    booted: list[tuple[str, float]] = []
+
+    def boot_xml(xml: str, log: Path, marker: str, timeout: float) -> Outcome:
+        booted.append(("kvm" if 'type="kvm"' in xml or "type='kvm'" in xml else "qemu", timeout))
+        return Outcome(False, timeout)
+
+    boot = kp.libvirt_booter(boot_xml, IMAGE, 8.0, workdir=tmp_path)
+    boot("kvm")
+    boot("qemu")
+    assert booted == [("kvm", 8.0), ("qemu", kp.TCG_TIMEOUT)]
 
 
 def test_no_tcg_to_fall_back_on(tmp_path: Path, device: Path) -> None:
