@@ -32,7 +32,9 @@ from kvmctl.host.kernelinfo import (
     read_hugepages,
     read_isolated,
     read_rt_budget,
+    read_shm,
     userfaultfd_unprivileged,
+    vhost_vsock,
     vlan_supported,
 )
 from kvmctl.host.kvmdevice import guest_domain_types, qemu_access_problem
@@ -156,6 +158,7 @@ def probe(
     memlock_source = f"libvirtd, pid {libvirtd}" if libvirtd is not None else "kvmctl itself"
     limits = _read(_under(root, f"/proc/{who}/limits"))
     status = _read(_under(root, f"/proc/{who}/status"))
+    shm_free, shm_files = read_shm(root)
     facts = HostFacts(
         hostname=socket.gethostname() if root == Path("/") else "",
         boot_id=boot_id or _read(_under(root, "/proc/sys/kernel/random/boot_id")).strip(),
@@ -179,6 +182,9 @@ def probe(
         bridges=read_bridges(root),
         vlan_supported=vlan_supported(root),
         userfaultfd_unprivileged=userfaultfd_unprivileged(root),
+        shm_free_bytes=shm_free,
+        shm_files=shm_files,
+        vhost_vsock=vhost_vsock(root),
     )
     return Probe(facts=facts, kvm=verdict, memlock_source=memlock_source)
 

@@ -54,6 +54,16 @@ def validate_shmem_name(name: str) -> str:
     return check_name("shmem", name, SHMEM_NAME_MAX)
 
 
+# Every region kvmctl declares is named SHMEM_PREFIX + "<set>.<channel>".
+SHMEM_PREFIX = "kvmctl."
+
+
+def shmem_name(set_name: str, channel: str) -> str:
+    """The host-wide name of a set's region. Set and channel names cannot
+    contain '.', so no two (set, channel) pairs share a name."""
+    return validate_shmem_name(f"{SHMEM_PREFIX}{set_name}.{channel}")
+
+
 def validate_ifname(name: str) -> str:
     """Host network interface names (bridges, tap devices)."""
     if not isinstance(name, str) or not _IFNAME.fullmatch(name):
