@@ -188,6 +188,25 @@ def problems(channels: ChannelPlan, facts: HostFacts) -> list[str]:
     return found
 
 
+# QEMU's own words (hw/misc/ivshmem.c) when a member without role='master' is
+# asked to migrate or to save its memory.
+IVSHMEM_BLOCKER = "Migration is disabled when using feature 'peer mode' in device 'ivshmem'"
+
+
+def migration_refusals(spec: Cockpit, names: Collection[str]) -> list[str]:
+    """Members of a shared region cannot migrate: QEMU refuses, and the region
+    lives in one host's memory, so a moved member would share with nobody."""
+    return [
+        f"VM '{m.vm}' is a member of shared region '{ch.name}': QEMU refuses to migrate it "
+        f'("{IVSHMEM_BLOCKER}"), and the region lives in this host\'s memory; stop sharing '
+        "it (remove the VM from the channel) to move the VM"
+        for ch in spec.channels
+        if ch.kind == "shm"
+        for m in ch.members or ()
+        if m.vm in names
+    ]
+
+
 # --- audit: the live domain carries exactly the declared devices ------------------
 
 

@@ -261,3 +261,14 @@ def test_audit_checks_serial_ports_and_the_vsock_device() -> None:
     # The guest agent's channel is libvirt's business, not a declared channel.
     other = make_plan(spec(two()), facts()).vms["c"]
     assert chan.device_checks(other, domain.to_xml())[0].item == "serial org.kvmctl.hb"
+
+
+def test_a_member_cannot_migrate_with_qemus_reason() -> None:
+    from kvmctl.planner.migration import plan_destination
+
+    cockpit = spec(two())
+    planned = plan_destination(cockpit, ["a"], facts(), LiveState(), PlanOptions())
+    (problem,) = planned.problems
+    assert problem.startswith("VM 'a' is a member of shared region 'vehicle': QEMU refuses")
+    assert chan.IVSHMEM_BLOCKER in problem
+    assert plan_destination(cockpit, ["c"], facts(), LiveState(), PlanOptions()).problems == []
