@@ -1,5 +1,6 @@
-"""The host side of channels: shared regions' backing files in /dev/shm and
-the directory of serial channel sockets (docs/channels.md).
+"""The host side of channels, done before QEMU starts and after the set is
+gone: shared regions' backing files in /dev/shm and the directory of serial
+channel sockets (docs/channels.md).
 
 libvirt hands QEMU the path /dev/shm/<name> for an ivshmem-plain region.
 When that file is missing QEMU creates it with mode 0644 (libvirt runs QEMU
@@ -14,21 +15,20 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from pathlib import Path
 
 from kvmctl.errors import HostError
-from kvmctl.planner.channels import SHM_DIR, ShmRegion
+from kvmctl.planner.channels import SHM_DIR, ChannelPlan, ShmRegion
 from kvmctl.state.paths import ensure_dir
 from kvmctl.xml.base import parse_xml
 from kvmctl.xml.names import SHMEM_PREFIX
 
 REGION_MODE = 0o600
-Owner = tuple[int, int]
 
 
-def qemu_owner(capabilities_xml: str, virt_type: str) -> Owner | None:
-    """(uid, gid) libvirt runs QEMU as: the DAC base label in its capabilities
+def parse_dac_owner(capabilities_xml: str, virt_type: str) -> tuple[int, int] | None:
+    """(uid, gid) libvirt runs QEMU as: the DAC base label of its capabilities
     (`+64055:+64055`). None where there is none (QEMU runs as the caller)."""
     for model in parse_xml(capabilities_xml).iterfind("host/secmodel"):
         if model.findtext("model") != "dac":
@@ -43,10 +43,20 @@ def qemu_owner(capabilities_xml: str, virt_type: str) -> Owner | None:
     return None
 
 
-def prepare_region(region: ShmRegion, owner: Owner | None, shm_dir: Path = Path(SHM_DIR)) -> bool:
+def prepare(channels: ChannelPlan, shm_dir: Path = Path(SHM_DIR)) -> list[ShmRegion]:
+    """Everything one VM's channels need on this host before its QEMU starts.
+    Returns the regions whose files were created now (a rollback removes them)."""
+    for directory in sorted({Path(s.socket).parent for s in channels.serials}):
+        ensure_dir(directory)  # libvirt binds the sockets there
+    return [r for r in channels.regions if prepare_region(r, channels.owner, shm_dir)]
+
+
+def prepare_region(
+    region: ShmRegion, owner: tuple[int, int] | None, shm_dir: Path = Path(SHM_DIR)
+) -> bool:
     """Make the region's file private to QEMU's user and at least its size
     (QEMU refuses a smaller file, and leaves a larger one as it is). True when
-    it was created now, so a rollback knows to remove it."""
+    it was created now."""
     path = shm_dir / region.name
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     not_ours = f"{path} is not a regular file kvmctl made: remove it to share '{region.channel}'"
@@ -81,6 +91,10 @@ def prepare_region(region: ShmRegion, owner: Owner | None, shm_dir: Path = Path(
     return created
 
 
+def remove_region(region: ShmRegion, shm_dir: Path = Path(SHM_DIR)) -> None:
+    (shm_dir / region.name).unlink(missing_ok=True)
+
+
 def remove_regions(
     set_name: str, keep: Collection[str] = (), shm_dir: Path = Path(SHM_DIR)
 ) -> list[str]:
@@ -89,10 +103,10 @@ def remove_regions(
     prefix = f"{SHMEM_PREFIX}{set_name}."
     removed: list[str] = []
     try:
-        entries: Iterable[Path] = list(shm_dir.iterdir())
+        entries = sorted(shm_dir.iterdir())
     except OSError:
         return removed
-    for entry in sorted(entries):
+    for entry in entries:
         if entry.name.startswith(prefix) and entry.name not in keep:
             try:
                 entry.unlink()
@@ -100,8 +114,3 @@ def remove_regions(
                 continue
             removed.append(entry.name)
     return removed
-
-
-def prepare_sockets(channel_dir: Path) -> Path:
-    """The directory libvirt binds serial channel sockets in must exist."""
-    return ensure_dir(channel_dir)

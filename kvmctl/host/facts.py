@@ -80,6 +80,9 @@ class HostFacts(_Frozen):
     shm_files: dict[str, int] = Field(default_factory=dict)
     # /dev/vhost-vsock exists, so a vsock device can start. None: not known.
     vhost_vsock: bool | None = None
+    # (uid, gid) libvirt runs QEMU as (its DAC label); shared regions' files
+    # are made private to it. None: not known, or QEMU runs as its caller.
+    qemu_owner: tuple[int, int] | None = None
 
     @property
     def cpu_ids(self) -> list[int]:

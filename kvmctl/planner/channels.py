@@ -68,12 +68,16 @@ class ChannelPlan:
     regions: tuple[ShmRegion, ...] = ()
     serials: tuple[SerialPort, ...] = ()
     vsocks: tuple[VsockDevice, ...] = ()
+    # Who the region files belong to: the user libvirt runs QEMU as
+    # (HostFacts.qemu_owner); None leaves them to the user kvmctl runs as.
+    owner: tuple[int, int] | None = None
 
     def of_vm(self, vm: str) -> ChannelPlan:
         return ChannelPlan(
             tuple(r for r in self.regions if vm in r.members),
             tuple(s for s in self.serials if s.vm == vm),
             tuple(v for v in self.vsocks if v.vm == vm),
+            self.owner,
         )
 
     def lines(self) -> list[str]:
@@ -120,7 +124,9 @@ class ChannelPlan:
         return found or None
 
 
-def plan_channels(spec: Cockpit, here: Collection[str], channel_dir: str) -> ChannelPlan:
+def plan_channels(
+    spec: Cockpit, here: Collection[str], channel_dir: str, owner: tuple[int, int] | None = None
+) -> ChannelPlan:
     """The channels of the VMs in `here` (those planned on this host)."""
     cids = assign_cids(spec.name, [c.vm for c in spec.channels if c.kind == "vsock" and c.vm])
     regions: list[ShmRegion] = []
@@ -137,7 +143,7 @@ def plan_channels(spec: Cockpit, here: Collection[str], channel_dir: str) -> Cha
                 serials.append(SerialPort(ch.name, ch.vm, socket, SERIAL_PORT_PREFIX + ch.name))
             else:
                 vsocks.append(VsockDevice(ch.name, ch.vm, cids[ch.vm]))
-    return ChannelPlan(tuple(regions), tuple(serials), tuple(vsocks))
+    return ChannelPlan(tuple(regions), tuple(serials), tuple(vsocks), owner)
 
 
 def assign_cids(set_name: str, vms: Collection[str]) -> dict[str, int]:

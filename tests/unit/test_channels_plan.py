@@ -48,6 +48,9 @@ def test_region_names_are_host_wide_and_never_collide() -> None:
     b = make_plan(spec(two("s2")), facts()).channels.regions[0]
     assert (a.name, b.name) == ("kvmctl.s1.vehicle", "kvmctl.s2.vehicle")
     assert a.path == "/dev/shm/kvmctl.s1.vehicle"
+    owned = facts().model_copy(update={"qemu_owner": (64055, 64055)})
+    plan = make_plan(spec(two("s1")), owned)
+    assert plan.channels.owner == plan.vms["a"].channels.owner == (64055, 64055)
     # '-' may sit in both names; '.' in neither, so the split is never ambiguous.
     assert shmem_name("a-b", "c") != shmem_name("a", "b-c")
 

@@ -11,12 +11,13 @@ import pytest
 
 from kvmctl.errors import HostError
 from kvmctl.host import channels as hc
-from kvmctl.planner.channels import ShmRegion
+from kvmctl.planner.channels import ChannelPlan, SerialPort, ShmRegion
 
 pytestmark = pytest.mark.unit
 
 MIB = 1024**2
 ME = (os.getuid(), os.getgid())
+
 
 CAPS = """\
 <capabilities><host>
@@ -29,14 +30,14 @@ CAPS = """\
 """
 
 
+def test_qemu_owner_is_libvirts_dac_label() -> None:
+    assert hc.parse_dac_owner(CAPS, "qemu") == (64055, 64055)
+    assert hc.parse_dac_owner(CAPS, "kvm") == (64055, 107)
+    assert hc.parse_dac_owner("<capabilities><host/></capabilities>", "qemu") is None
+
+
 def region(name: str = "kvmctl.s.vehicle", size: int = 4 * MIB) -> ShmRegion:
     return ShmRegion("vehicle", name, size, ("a", "b"))
-
-
-def test_qemu_owner_is_libvirts_dac_label() -> None:
-    assert hc.qemu_owner(CAPS, "qemu") == (64055, 64055)
-    assert hc.qemu_owner(CAPS, "kvm") == (64055, 107)
-    assert hc.qemu_owner("<capabilities><host/></capabilities>", "qemu") is None
 
 
 def test_a_new_region_is_private_and_sized(tmp_path: Path) -> None:
@@ -81,6 +82,15 @@ def test_destroy_removes_only_the_sets_regions(tmp_path: Path) -> None:
     assert hc.remove_regions("s", shm_dir=tmp_path / "none") == []
 
 
-def test_socket_directory_is_made(tmp_path: Path) -> None:
-    made = hc.prepare_sockets(tmp_path / "run" / "channels")
-    assert made.is_dir() and stat.S_IMODE(made.stat().st_mode) == 0o755
+def test_prepare_makes_what_one_vms_channels_need(tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "channels" / "s.c.hb.sock"
+    plan = ChannelPlan(
+        regions=(region(),), serials=(SerialPort("hb", "c", str(sock), "org.kvmctl.hb"),), owner=ME
+    )
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    assert hc.prepare(plan, shm) == [region()]
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o755
+    assert hc.prepare(plan, shm) == []  # already there: nothing for a rollback to remove
+    hc.remove_region(region(), shm)
+    assert list(shm.iterdir()) == []
