@@ -22,7 +22,7 @@ from kvmctl.errors import HostError
 from kvmctl.planner.channels import SHM_DIR, ChannelPlan, ShmRegion
 from kvmctl.state.paths import ensure_dir
 from kvmctl.xml.base import parse_xml
-from kvmctl.xml.names import SHMEM_PREFIX
+from kvmctl.xml.names import shmem_set_prefix
 
 REGION_MODE = 0o600
 
@@ -91,16 +91,17 @@ def prepare_region(
     return created
 
 
-def remove_region(region: ShmRegion, shm_dir: Path = Path(SHM_DIR)) -> None:
-    (shm_dir / region.name).unlink(missing_ok=True)
+def remove(name: str, shm_dir: Path = Path(SHM_DIR)) -> None:
+    """Remove one region file (a rollback, or a channel that left the spec)."""
+    (shm_dir / name).unlink(missing_ok=True)
 
 
-def remove_regions(
+def remove_set(
     set_name: str, keep: Collection[str] = (), shm_dir: Path = Path(SHM_DIR)
 ) -> list[str]:
-    """Remove the set's region files but those named in `keep`; their names.
-    Set names hold no '.', so the prefix never matches another set's files."""
-    prefix = f"{SHMEM_PREFIX}{set_name}."
+    """Remove the set's region files but those named in `keep` (destroy);
+    their names. The prefix never matches another set's files."""
+    prefix = shmem_set_prefix(set_name)
     removed: list[str] = []
     try:
         entries = sorted(shm_dir.iterdir())

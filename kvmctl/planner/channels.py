@@ -21,7 +21,7 @@ from kvmctl.spec.units import format_size
 from kvmctl.xml.base import parse_xml
 from kvmctl.xml.chardev import Channel as XmlChannel
 from kvmctl.xml.devices import Shmem, Vsock
-from kvmctl.xml.names import shmem_name
+from kvmctl.xml.names import shmem_name, shmem_set_prefix
 
 if TYPE_CHECKING:
     from kvmctl.planner.plan import VmPlan
@@ -71,6 +71,9 @@ class ChannelPlan:
     # Who the region files belong to: the user libvirt runs QEMU as
     # (HostFacts.qemu_owner); None leaves them to the user kvmctl runs as.
     owner: tuple[int, int] | None = None
+    # The set's region files on this host that no channel declares any more:
+    # apply removes them once the members run without them.
+    stale: tuple[str, ...] = ()
 
     def of_vm(self, vm: str) -> ChannelPlan:
         return ChannelPlan(
@@ -92,6 +95,7 @@ class ChannelPlan:
             for s in self.serials
         ]
         out += [f"channel {v.channel}: vsock in {v.vm}, CID {v.cid}" for v in self.vsocks]
+        out += [f"region {SHM_DIR}/{name}: no longer declared, removed" for name in self.stale]
         return out
 
     def summary(self) -> list[dict[str, object]]:
@@ -125,7 +129,7 @@ class ChannelPlan:
 
 
 def plan_channels(
-    spec: Cockpit, here: Collection[str], channel_dir: str, owner: tuple[int, int] | None = None
+    spec: Cockpit, here: Collection[str], channel_dir: str, facts: HostFacts
 ) -> ChannelPlan:
     """The channels of the VMs in `here` (those planned on this host)."""
     cids = assign_cids(spec.name, [c.vm for c in spec.channels if c.kind == "vsock" and c.vm])
@@ -143,7 +147,19 @@ def plan_channels(
                 serials.append(SerialPort(ch.name, ch.vm, socket, SERIAL_PORT_PREFIX + ch.name))
             else:
                 vsocks.append(VsockDevice(ch.name, ch.vm, cids[ch.vm]))
-    return ChannelPlan(tuple(regions), tuple(serials), tuple(vsocks), owner)
+    planned = {r.name for r in regions}
+    prefix = shmem_set_prefix(spec.name)
+    stale = tuple(sorted(n for n in facts.shm_files if n.startswith(prefix) and n not in planned))
+    return ChannelPlan(tuple(regions), tuple(serials), tuple(vsocks), facts.qemu_owner, stale)
+
+
+def region_names(spec: Cockpit, vms: Collection[str]) -> set[str]:
+    """Host-wide names of the regions any of `vms` is a member of."""
+    return {
+        shmem_name(spec.name, ch.name)
+        for ch in spec.channels
+        if ch.kind == "shm" and any(m.vm in vms for m in ch.members or ())
+    }
 
 
 def assign_cids(set_name: str, vms: Collection[str]) -> dict[str, int]:

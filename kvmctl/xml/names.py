@@ -58,10 +58,15 @@ def validate_shmem_name(name: str) -> str:
 SHMEM_PREFIX = "kvmctl."
 
 
+def shmem_set_prefix(set_name: str) -> str:
+    """What the names of a set's regions, and no other set's, start with."""
+    return f"{SHMEM_PREFIX}{set_name}."
+
+
 def shmem_name(set_name: str, channel: str) -> str:
     """The host-wide name of a set's region. Set and channel names cannot
     contain '.', so no two (set, channel) pairs share a name."""
-    return validate_shmem_name(f"{SHMEM_PREFIX}{set_name}.{channel}")
+    return validate_shmem_name(shmem_set_prefix(set_name) + channel)
 
 
 def validate_ifname(name: str) -> str:

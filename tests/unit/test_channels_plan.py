@@ -275,3 +275,21 @@ def test_a_member_cannot_migrate_with_qemus_reason() -> None:
     assert problem.startswith("VM 'a' is a member of shared region 'vehicle': QEMU refuses")
     assert chan.IVSHMEM_BLOCKER in problem
     assert plan_destination(cockpit, ["c"], facts(), LiveState(), PlanOptions()).problems == []
+
+
+def test_regions_that_left_the_spec_are_listed_for_removal() -> None:
+    there = facts().model_copy(
+        update={
+            "shm_files": {
+                "kvmctl.s1.vehicle": MIB,
+                "kvmctl.s1.old": MIB,
+                "kvmctl.s1-x.old": MIB,  # another set's
+            }
+        }
+    )
+    plan = make_plan(spec(two()), there)
+    assert plan.channels.stale == ("kvmctl.s1.old",)
+    assert plan.channels.lines()[-1] == "region /dev/shm/kvmctl.s1.old: no longer declared, removed"
+    assert plan.vms["a"].channels.stale == ()
+    assert chan.region_names(spec(two()), ["b"]) == {"kvmctl.s1.vehicle"}
+    assert chan.region_names(spec(two()), ["c"]) == set()

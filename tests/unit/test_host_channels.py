@@ -76,10 +76,10 @@ def test_a_directory_or_a_link_is_refused(tmp_path: Path) -> None:
 def test_destroy_removes_only_the_sets_regions(tmp_path: Path) -> None:
     for name in ("kvmctl.s.vehicle", "kvmctl.s.media", "kvmctl.s-2.vehicle", "other"):
         (tmp_path / name).write_bytes(b"x")
-    assert hc.remove_regions("s", keep={"kvmctl.s.media"}, shm_dir=tmp_path) == ["kvmctl.s.vehicle"]
-    assert hc.remove_regions("s", shm_dir=tmp_path) == ["kvmctl.s.media"]
+    assert hc.remove_set("s", keep={"kvmctl.s.media"}, shm_dir=tmp_path) == ["kvmctl.s.vehicle"]
+    assert hc.remove_set("s", shm_dir=tmp_path) == ["kvmctl.s.media"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kvmctl.s-2.vehicle", "other"]
-    assert hc.remove_regions("s", shm_dir=tmp_path / "none") == []
+    assert hc.remove_set("s", shm_dir=tmp_path / "none") == []
 
 
 def test_prepare_makes_what_one_vms_channels_need(tmp_path: Path) -> None:
@@ -92,5 +92,5 @@ def test_prepare_makes_what_one_vms_channels_need(tmp_path: Path) -> None:
     assert hc.prepare(plan, shm) == [region()]
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o755
     assert hc.prepare(plan, shm) == []  # already there: nothing for a rollback to remove
-    hc.remove_region(region(), shm)
+    hc.remove(region().name, shm)
     assert list(shm.iterdir()) == []
