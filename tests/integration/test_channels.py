@@ -23,8 +23,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.integration.cockpit_helpers import URI, kvmctl, libvirt_objects, sweep, write_spec
-from tests.integration.ops_helpers import guest_run, qemu_pid, wait_until
+from tests.integration.cockpit_helpers import URI, kvmctl, libvirt_objects, write_spec
+from tests.integration.ops_helpers import applied_set, guest_run, qemu_pid, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -83,14 +83,10 @@ def remove_leftovers(set_name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = write_spec(tmp_path_factory.mktemp("ch"), SPEC)
     try:
-        run = kvmctl("apply", str(path), timeout=600)
-        assert run.returncode == 0, run.stderr
-        yield path
+        with applied_set(tmp_path_factory.mktemp("ch"), SET, SPEC) as path:
+            yield path
     finally:
-        kvmctl("destroy", str(path), timeout=180)
-        sweep(SET)
         remove_leftovers(SET)
 
 
@@ -177,20 +173,16 @@ def test_audit_checks_the_declared_devices(applied: Path) -> None:
 
 
 def test_two_sets_with_the_same_channel_name_do_not_share(applied: Path, tmp_path: Path) -> None:
-    path = write_spec(tmp_path, OTHER_SPEC)
     try:
-        run = kvmctl("apply", str(path), timeout=600)
-        assert run.returncode == 0, run.stderr
-        assert region_files(SET) == [f"kvmctl.{SET}.vehicle"]
-        assert region_files(OTHER) == [f"kvmctl.{OTHER}.vehicle"]
-        mine = devmem("a", bar("a"), 0x1111_1111)
-        theirs = devmem("x", bar("x", OTHER), 0x2222_2222, set_name=OTHER)
-        assert devmem("y", bar("y", OTHER), set_name=OTHER) == theirs
-        assert devmem("b", bar("b")) == mine
-        assert (host_word(), host_word(OTHER)) == (mine, theirs)
+        with applied_set(tmp_path, OTHER, OTHER_SPEC):
+            assert region_files(SET) == [f"kvmctl.{SET}.vehicle"]
+            assert region_files(OTHER) == [f"kvmctl.{OTHER}.vehicle"]
+            mine = devmem("a", bar("a"), 0x1111_1111)
+            theirs = devmem("x", bar("x", OTHER), 0x2222_2222, set_name=OTHER)
+            assert devmem("y", bar("y", OTHER), set_name=OTHER) == theirs
+            assert devmem("b", bar("b")) == mine
+            assert (host_word(), host_word(OTHER)) == (mine, theirs)
     finally:
-        kvmctl("destroy", str(path), timeout=180)
-        sweep(OTHER)
         left = remove_leftovers(OTHER)
     assert left == [], "destroy left region files in /dev/shm"
 
