@@ -47,6 +47,7 @@ def plan_options(spec: Cockpit) -> PlanOptions:
         image_root=str(paths.image_dir()),
         pool_path=str(paths.volume_dir()),
         log_dir=str(paths.log_dir()),
+        channel_dir=str(paths.channel_dir()),
     )
     kernels = dict(options.boot_kernels)
     flavours = sorted({vm.image.builtin for vm in spec.vms.values() if vm.image.builtin})

@@ -16,7 +16,9 @@ from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.cockpit import record
 from kvmctl.cockpit.applier import Applier, ApplyResult, Progress, destroy_domain
 from kvmctl.errors import ApplyError, HostError
+from kvmctl.host import channels as host_channels
 from kvmctl.host import images, remote
+from kvmctl.planner.channels import region_names
 from kvmctl.planner.hosts import host_groups
 from kvmctl.session import Session, open_session
 from kvmctl.spec import Cockpit, load_spec
@@ -211,6 +213,7 @@ def destroy(
                 virt.close()
             if not group.remote:
                 _destroy_bridges(spec.name, say, result)
+                host_channels.remove_set(spec.name, keep=region_names(spec, keep))
     if host is None:
         history.forget(spec.name)  # the durations of snapshots that went with the domains
         record.forget(spec.name)

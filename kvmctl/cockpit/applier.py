@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.ready import NotReady, ReadyWatch
@@ -23,6 +24,7 @@ from kvmctl.cockpit.journal import Journal
 from kvmctl.cockpit.retune import retune
 from kvmctl.cockpit.seed import seed_iso
 from kvmctl.errors import ApplyError, KvmctlError
+from kvmctl.host import channels as host_channels
 from kvmctl.host import rt
 from kvmctl.planner.cloudinit import SeedPlan
 from kvmctl.planner.diff import Action
@@ -108,6 +110,10 @@ class Applier:
                     self._delete(action)
                     outcomes[action.vm] = VmOutcome(action.vm, "delete")
             bridges += apply_bridges(self.plan, "delete", self.netlink, self.journal, self.progress)
+            if self.on_this_host:
+                # Channels that left the spec: their members now run without them.
+                for name in self.plan.channels.stale:
+                    host_channels.remove(name)
         except BaseException as err:
             failures = self.journal.rollback()
             if isinstance(err, KeyboardInterrupt):
@@ -188,8 +194,17 @@ class Applier:
         if action.kind in ("create", "restart"):
             self._storage(plan)
             self._define(plan, created=action.kind == "create")
+        self._channels(plan)
         self._boot(plan, outcome)
         return outcome
+
+    def _channels(self, plan: VmPlan) -> None:
+        """Region files private to QEMU's user and the socket directory, before
+        QEMU starts (QEMU itself would make the files world-readable)."""
+        if not self.on_this_host:
+            return
+        for region in host_channels.prepare(plan.channels):
+            self.journal.record(f"create {region.path}", partial(host_channels.remove, region.name))
 
     def _storage(self, plan: VmPlan) -> None:
         if plan.seed is not None:

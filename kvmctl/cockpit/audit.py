@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from kvmctl.host.observe import observe
+from kvmctl.planner.channels import device_checks
 from kvmctl.planner.drift import Check, compare, drift
 from kvmctl.planner.live import Observation
 from kvmctl.planner.plan import Plan, VmPlan
@@ -39,10 +40,17 @@ class AuditReport:
 
 
 def audit_plan(
-    plan: Plan, states: dict[str, str], look: Callable[[VmPlan, str], Observation] = observe_planned
+    plan: Plan,
+    states: dict[str, str],
+    look: Callable[[VmPlan, str], Observation] = observe_planned,
+    live_xml: Callable[[str], str] | None = None,
 ) -> AuditReport:
-    """`states`: domain name -> libvirt state name ("running", "shut off", ...)."""
+    """`states`: domain name -> libvirt state name ("running", "shut off", ...);
+    `live_xml`: a domain's XML, to check its channel devices."""
     checks: list[Check] = []
     for p in plan.vms.values():
-        checks += compare(p, look(p, states.get(p.domain, "absent")))
+        state = states.get(p.domain, "absent")
+        checks += compare(p, look(p, state))
+        if live_xml is not None and state in ("running", "paused"):
+            checks += device_checks(p, live_xml(p.domain))
     return AuditReport(plan.set_name, checks)

@@ -18,7 +18,7 @@ def run_audit(file: Path, uri: str, host: str | None = None) -> AuditReport:
     session = cockpit.open_session(file, uri, host=host)
     assert session.virt is not None
     states = {d.name: STATE_NAMES.get(d.state, "?") for d in session.virt.domains()}
-    return audit_plan(session.plan, states)
+    return audit_plan(session.plan, states, live_xml=session.virt.xml)
 
 
 @app.command()

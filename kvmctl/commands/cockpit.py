@@ -124,6 +124,8 @@ def _print_plan(p: Plan, where: str) -> None:
     )
     for b in p.bridge_actions:
         typer.echo(f"bridge {b.bridge} ({b.network}): {b.kind}")
+    for line in p.channels.lines():
+        typer.echo(line)
     for line in p.warnings + p.notes:
         typer.echo(f"note: {line}")
     for line in p.problems:

@@ -73,6 +73,16 @@ class HostFacts(_Frozen):
     # vm.unprivileged_userfaultfd: QEMU before 8.1, running as an unprivileged
     # user, can receive a post-copy migration only when it is 1. None: unknown.
     userfaultfd_unprivileged: bool | None = None
+    # /dev/shm, where libvirt backs shared regions (ivshmem): bytes free there,
+    # and kvmctl's region files already present (file name -> size in bytes).
+    # None: not known (a host reached only through its libvirtd).
+    shm_free_bytes: int | None = None
+    shm_files: dict[str, int] = Field(default_factory=dict)
+    # /dev/vhost-vsock exists, so a vsock device can start. None: not known.
+    vhost_vsock: bool | None = None
+    # (uid, gid) libvirt runs QEMU as (its DAC label); shared regions' files
+    # are made private to it. None: not known, or QEMU runs as its caller.
+    qemu_owner: tuple[int, int] | None = None
 
     @property
     def cpu_ids(self) -> list[int]:

@@ -1,5 +1,6 @@
 """What the kernel says about this host, from /proc and /sys: CPUs, memory and
-hugepages, mounts and cgroups, limits and capabilities, network, daemons.
+hugepages, mounts and cgroups, limits and capabilities, network, /dev/shm
+and /dev/vhost-vsock, daemons.
 
 Every reader is a pure function of text, or of a directory tree under a root
 that tests replace with a fake one; `kvmctl.host.probe` wires them to the
@@ -8,6 +9,7 @@ real paths.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from collections.abc import Iterable
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmctl.host.facts import CpuInfo, HugepagePool
+from kvmctl.xml.names import SHMEM_PREFIX
 
 CAP_SYS_RESOURCE = 24
 V1_CONTROLLERS = {
@@ -267,6 +270,31 @@ def vlan_supported(root: Path = Path("/"), release: str | None = None) -> bool:
 def userfaultfd_unprivileged(root: Path = Path("/")) -> bool | None:
     text = _read(_under(root, "/proc/sys/vm/unprivileged_userfaultfd"), default="").strip()
     return None if not text.isdigit() else text != "0"
+
+
+# --- channels ---------------------------------------------------------------------
+
+
+def read_shm(root: Path = Path("/")) -> tuple[int | None, dict[str, int]]:
+    """Bytes free in /dev/shm and kvmctl's region files there (name -> size)."""
+    shm = _under(root, "/dev/shm")
+    try:
+        st = os.statvfs(shm)
+        entries = list(shm.iterdir())
+    except OSError:
+        return None, {}
+    files: dict[str, int] = {}
+    for entry in entries:
+        if entry.name.startswith(SHMEM_PREFIX):
+            try:
+                files[entry.name] = entry.stat().st_size
+            except OSError:
+                continue  # removed meanwhile
+    return st.f_bavail * st.f_frsize, files
+
+
+def vhost_vsock(root: Path = Path("/")) -> bool:
+    return _under(root, "/dev/vhost-vsock").exists()
 
 
 # --- daemons ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvmctl.host.channels import parse_dac_owner
 from kvmctl.host.facts import HostFacts, LibvirtInfo
 from kvmctl.host.kernelinfo import (
     CAP_SYS_RESOURCE,
@@ -32,7 +33,9 @@ from kvmctl.host.kernelinfo import (
     read_hugepages,
     read_isolated,
     read_rt_budget,
+    read_shm,
     userfaultfd_unprivileged,
+    vhost_vsock,
     vlan_supported,
 )
 from kvmctl.host.kvmdevice import guest_domain_types, qemu_access_problem
@@ -55,8 +58,9 @@ from kvmctl.state.paths import run_dir
 
 def _libvirt_facts(
     uri: str | None, timeout: float, reprobe: bool, root: Path
-) -> tuple[LibvirtInfo, KvmVerdict, str]:
-    """Versions and the KVM verdict through the libvirt adapter; unreachable is a fact here."""
+) -> tuple[LibvirtInfo, KvmVerdict, str, str]:
+    """Versions, the KVM verdict and the capabilities XML through the libvirt
+    adapter; unreachable is a fact here."""
     from kvmctl.adapters.libvirt import connect, library_version
     from kvmctl.errors import HostError
 
@@ -80,7 +84,7 @@ def _libvirt_facts(
                 "qemu",
                 blocking=True,
             )
-        return info, verdict, ""
+        return info, verdict, "", ""
     with lv:
         versions = lv.versions()
         info = LibvirtInfo(
@@ -90,7 +94,8 @@ def _libvirt_facts(
             daemon_version=versions.daemon,
             hypervisor_version=versions.hypervisor,
         )
-        types = guest_domain_types(lv.capabilities_xml(), platform.machine())
+        caps = lv.capabilities_xml()
+        types = guest_domain_types(caps, platform.machine())
         image, image_problem = locate_image()
         boot_id = _read(_under(root, "/proc/sys/kernel/random/boot_id")).strip()
         cache = run_dir() / CACHE_NAME
@@ -98,7 +103,7 @@ def _libvirt_facts(
         if image is not None and device.exists() and not reprobe:
             cached = load_cached(cache, key)
             if cached is not None:
-                return info, cached, boot_id
+                return info, cached, boot_id, caps
         booter = libvirt_booter(lv.boot_until_marker, image, timeout) if image is not None else None
         verdict = decide_kvm(
             device,
@@ -116,7 +121,7 @@ def _libvirt_facts(
         )
         if verdict.probed and not verdict.blocking:
             store_cached(cache, key, verdict)
-        return info, verdict, boot_id
+        return info, verdict, boot_id, caps
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ def probe(
             f"host facts come from the machine kvmctl runs on, and {uri} is another one: "
             "run `kvmctl doctor` or `kvmctl facts -o host.json` there"
         )
-    info, verdict, boot_id = _libvirt_facts(uri, kvm_timeout, reprobe, root)
+    info, verdict, boot_id, caps = _libvirt_facts(uri, kvm_timeout, reprobe, root)
     meminfo = parse_meminfo(_read(_under(root, "/proc/meminfo")))
     mounts = parse_mounts(_read(_under(root, "/proc/mounts")))
     cg = cgroup_info(mounts, root)
@@ -156,6 +161,7 @@ def probe(
     memlock_source = f"libvirtd, pid {libvirtd}" if libvirtd is not None else "kvmctl itself"
     limits = _read(_under(root, f"/proc/{who}/limits"))
     status = _read(_under(root, f"/proc/{who}/status"))
+    shm_free, shm_files = read_shm(root)
     facts = HostFacts(
         hostname=socket.gethostname() if root == Path("/") else "",
         boot_id=boot_id or _read(_under(root, "/proc/sys/kernel/random/boot_id")).strip(),
@@ -179,6 +185,10 @@ def probe(
         bridges=read_bridges(root),
         vlan_supported=vlan_supported(root),
         userfaultfd_unprivileged=userfaultfd_unprivileged(root),
+        shm_free_bytes=shm_free,
+        shm_files=shm_files,
+        vhost_vsock=vhost_vsock(root),
+        qemu_owner=parse_dac_owner(caps, verdict.virt_type) if caps else None,
     )
     return Probe(facts=facts, kvm=verdict, memlock_source=memlock_source)
 

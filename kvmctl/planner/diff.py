@@ -28,6 +28,7 @@ RESTART_GROUPS = (
     "display",
     "watchdog",
     "virt-type",
+    "channels",
 )
 LIVE_GROUPS = ("shares", "cap", "pins", "iotune", "labels", "rt-budget")
 
@@ -54,7 +55,9 @@ class Fingerprint:
         return cls({k: _hash(v) for k, v in sorted(settings.items())})
 
     def _part(self, names: tuple[str, ...]) -> str:
-        return _hash({k: self.groups.get(k, "") for k in names})
+        # A group a VM does not use (channels) is left out rather than hashed
+        # empty, so adding a group changes no existing VM's hash.
+        return _hash({k: self.groups[k] for k in names if k in self.groups})
 
     @property
     def restart_hash(self) -> str:

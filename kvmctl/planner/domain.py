@@ -13,9 +13,10 @@ import uuid
 
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.plan import VmPlan
+from kvmctl.spec.models import MIB
 from kvmctl.xml.chardev import Channel, Console, Serial
 from kvmctl.xml.cputune import CPUTune, IOThreadPin, VCPUPin, VCPUSched
-from kvmctl.xml.devices import RNG, Devices, MemBalloon, Panic, Watchdog
+from kvmctl.xml.devices import RNG, Devices, MemBalloon, Panic, Shmem, Vsock, Watchdog
 from kvmctl.xml.disk import Disk, IOTune
 from kvmctl.xml.display import Graphics, Video
 from kvmctl.xml.domain import CrashAction, Domain
@@ -213,17 +214,28 @@ def _devices(plan: VmPlan) -> Devices:
     watchdog = Watchdog(model=vm.watchdog.model, action=vm.watchdog.action) if vm.watchdog else None
     # A balloon could hand a safety VM's reserved memory back to the host.
     reserved = plan.placement.dedicated or bool(vm.memory.hugepages)
+    channels = plan.channels
+    serial_ports = tuple(
+        Channel(type="unix", source_mode="bind", source_path=s.socket, target_name=s.port)
+        for s in channels.serials
+    )
     balloon = MemBalloon(model="none") if reserved else MemBalloon(model="virtio", stats_period=5)
     return Devices(
         disks=disks,
         interfaces=interfaces,
         serials=(Serial(type="pty", log_file=plan.serial_log, log_append=False, target_port=0),),
         consoles=(Console(type="pty", target_type="serial", target_port=0),),
-        channels=(Channel(type="unix", source_mode="bind"),),
+        channels=(Channel(type="unix", source_mode="bind"),) + serial_ports,
         graphics=graphics,
         videos=videos,
         watchdog=watchdog,
         memballoon=balloon,
         rngs=(RNG(model="virtio"),),
         panics=(Panic(model="isa"),),
+        # No role: QEMU then blocks migration and memory snapshots of a member,
+        # which would tear the region apart (docs/channels.md).
+        shmems=tuple(Shmem(name=r.name, size_mib=r.size // MIB) for r in channels.regions),
+        vsock=Vsock(cid_auto=False, cid_address=channels.vsocks[0].cid)
+        if channels.vsocks
+        else None,
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from kvmctl.host.facts import HostFacts
+from kvmctl.planner.channels import migration_refusals
 from kvmctl.planner.live import LiveState
 from kvmctl.planner.order import level_of, start_levels
 from kvmctl.planner.placement import CRITICALITY_ORDER
@@ -140,6 +141,7 @@ def plan_destination(
         for a in plan.actions
         if a.vm in names and a.kind != "create"
     ]
+    problems += migration_refusals(spec, names)
     return DestinationPlan(plan.vms, problems, plan.notes + plan.warnings)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from kvmctl.host.facts import HostFacts, VirtType
+from kvmctl.planner import channels as chan
 from kvmctl.planner import protection, resources
 from kvmctl.planner.cloudinit import SeedPlan, seed_files
 from kvmctl.planner.cpuset import format_cpuset
@@ -44,6 +45,8 @@ class PlanOptions:
     pool: str = "kvmctl"
     pool_path: str = "/var/lib/kvmctl/volumes"
     log_dir: str = "/var/log/kvmctl"
+    # Host ends of serial channels (kvmctl.state.paths.channel_dir()).
+    channel_dir: str = "/run/kvmctl/channels"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class VmPlan:
     set_name: str
     spec_hash: str
     seed: SeedPlan | None = None  # cloud-init NoCloud seed, for cloud images
+    channels: chan.ChannelPlan = field(default_factory=chan.ChannelPlan)  # this VM's
     fingerprint: Fingerprint = field(default_factory=Fingerprint)
 
     def summary(self) -> dict[str, object]:
@@ -103,6 +107,7 @@ class VmPlan:
                 {"network": n.network, "bridge": n.bridge, "mac": n.mac, "address": str(n.address)}
                 for n in self.nics
             ],
+            "channels": self.channels.summary(),
         }
 
 
@@ -124,6 +129,7 @@ class Plan:
     # VMs of the spec placed on another host whose domain is here (moved by a
     # migration): left alone, neither deleted nor counted as this host's.
     strays: tuple[str, ...] = ()
+    channels: chan.ChannelPlan = field(default_factory=chan.ChannelPlan)
 
     @property
     def changes(self) -> list[Action]:
@@ -161,6 +167,7 @@ def make_plan(
     levels = start_levels(vms)
     levels_by_vm = level_of(levels)
     whole_hash = spec_hash(spec)
+    channels = chan.plan_channels(spec, frozenset(vms), options.channel_dir, facts)
 
     warnings: list[str] = []
     if facts.virt_type == "qemu":
@@ -184,6 +191,7 @@ def make_plan(
             budgets.get(name),
             options,
             whole_hash,
+            channels.of_vm(name),
         )
         if plan is not None:
             vm_plans[name] = plan
@@ -200,6 +208,7 @@ def make_plan(
     problems += resources.check_memory({n: vms[n] for n in sorted(to_start)}, facts)
     problems += resources.check_memlock(vms, facts)
     problems += _foreign_domains(spec.name, vm_plans, live)
+    problems += chan.problems(channels, facts)
     bridges = plan_bridges(spec, {a.name for vm in vms.values() for a in vm.networks})
     bridge_actions, bridge_problems = diff_bridges(spec.name, bridges, live.bridges)
     problems += bridge_problems + vlan_problems(local, facts.vlan_supported)
@@ -220,6 +229,7 @@ def make_plan(
         + [protection.note(p) for p in vm_plans.values() if protection.protected(p.vm)]
         + [_stray_note(spec, vm) for vm in strays],
         strays=strays,
+        channels=channels,
     )
 
 
@@ -242,6 +252,7 @@ def _vm_plan(
     budget: RealtimeBudget | None,
     options: PlanOptions,
     whole_hash: str,
+    channels: chan.ChannelPlan,
 ) -> VmPlan | None:
     if placement is None or len(placement.vcpu_pins) != vm.vcpus:
         return None  # placement failed; the problem is already recorded
@@ -279,6 +290,7 @@ def _vm_plan(
         set_name=spec.name,
         spec_hash=whole_hash,
         seed=seed,
+        channels=channels,
     )
     return _with_fingerprint(plan)
 
@@ -293,7 +305,7 @@ def guest_cmdline(base: str, name: str, nics: tuple[NicPlan, ...]) -> str:
 
 def _with_fingerprint(plan: VmPlan) -> VmPlan:
     vm = plan.vm
-    settings = {
+    settings: dict[str, object] = {
         "vcpus": vm.vcpus,
         "cpu-mode": vm.cpu.placement,
         # Policy and priority need the domain XML (vcpusched) at start; the
@@ -343,6 +355,9 @@ def _with_fingerprint(plan: VmPlan) -> VmPlan:
         "iotune": [vm.disk.iops_limit, vm.disk.bps_limit],
         "labels": [vm.role, vm.criticality],
     }
+    channels = plan.channels.settings()
+    if channels is not None:
+        settings["channels"] = channels
     return replace(plan, fingerprint=Fingerprint.of(settings))
 
 

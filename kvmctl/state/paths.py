@@ -9,6 +9,7 @@ installation) can point kvmctl at an empty tree with one variable,
 | run directory   | ROOT/run/kvmctl                  | KVMCTL_RUN_DIR        |
 | set locks       | RUN/locks                        | KVMCTL_LOCK_DIR       |
 | supervisor state| RUN/supervise                    | KVMCTL_SUPERVISE_DIR  |
+| channel sockets | RUN/channels                     | KVMCTL_CHANNEL_DIR    |
 | applied specs   | ROOT/var/lib/kvmctl/specs        | KVMCTL_SPECS_DIR      |
 | history         | ROOT/var/lib/kvmctl/history      | KVMCTL_HISTORY_DIR    |
 | snapshots       | ROOT/var/lib/kvmctl/snapshots    | KVMCTL_SNAPSHOT_DIR   |
@@ -72,6 +73,11 @@ def supervise_dir() -> Path:
     return _env("KVMCTL_SUPERVISE_DIR") or run_dir() / "supervise"
 
 
+def channel_dir() -> Path:
+    """Host ends of serial channels: unix sockets libvirt listens on."""
+    return _env("KVMCTL_CHANNEL_DIR") or run_dir() / "channels"
+
+
 def specs_dir() -> Path:
     return _env("KVMCTL_SPECS_DIR") or lib_dir() / "specs"
 
@@ -103,6 +109,7 @@ def all_dirs() -> dict[str, Path]:
         "run": run_dir(),
         "locks": lock_dir(),
         "supervise": supervise_dir(),
+        "channels": channel_dir(),
         "specs": specs_dir(),
         "history": history_dir(),
         "snapshots": snapshot_dir(),

@@ -36,7 +36,16 @@ from kvmctl.xml.cputune import (
     VCPUPin,
     VCPUSched,
 )
-from kvmctl.xml.devices import RNG, Controller, Devices, MemBalloon, Panic, Watchdog
+from kvmctl.xml.devices import (
+    RNG,
+    Controller,
+    Devices,
+    MemBalloon,
+    Panic,
+    Shmem,
+    Vsock,
+    Watchdog,
+)
 from kvmctl.xml.disk import Disk, IOTune
 from kvmctl.xml.display import Graphics, Input, Video
 from kvmctl.xml.domain import Domain
@@ -83,12 +92,14 @@ __all__ = [
     "NumaTune",
     "Panic",
     "Serial",
+    "Shmem",
     "StoragePool",
     "StorageVolume",
     "Timer",
     "VCPUPin",
     "VCPUSched",
     "Video",
+    "Vsock",
     "Watchdog",
     "XMLModel",
     "read_kvmctl_metadata",

@@ -6,10 +6,11 @@ from typing import Literal
 
 from kvmctl.xml.base import XMLModel, child, children, value
 from kvmctl.xml.chardev import Channel, Console, Serial
-from kvmctl.xml.convert import INT, ONOFF
+from kvmctl.xml.convert import INT, ONOFF, YESNO
 from kvmctl.xml.disk import Disk
 from kvmctl.xml.display import Graphics, Input, Video
 from kvmctl.xml.interface import Interface
+from kvmctl.xml.names import validate_shmem_name
 
 
 class Controller(XMLModel, tag="controller"):
@@ -69,6 +70,37 @@ class Panic(XMLModel, tag="panic"):
     )
 
 
+class Shmem(XMLModel, tag="shmem"):
+    """Memory shared between domains (QEMU's ivshmem). For ``ivshmem-plain``
+    libvirt backs it with the file ``/dev/shm/<name>``, so the name is one
+    host-wide namespace. Without ``role='master'`` QEMU blocks migration and
+    memory snapshots of the domain."""
+
+    name: str = value("@name")
+    role: Literal["master", "peer"] | None = value("@role", default=None)
+    model: Literal["ivshmem-plain", "ivshmem-doorbell"] = value(
+        "model/@type", default="ivshmem-plain"
+    )
+    size_mib: int | None = value("size", INT, unit="M", default=None)
+
+    def _validate(self) -> None:
+        validate_shmem_name(self.name)
+
+
+class Vsock(XMLModel, tag="vsock"):
+    """An AF_VSOCK device (vhost-vsock: the host needs /dev/vhost-vsock)."""
+
+    model: Literal["virtio", "virtio-transitional", "virtio-non-transitional"] | None = value(
+        "@model", default="virtio"
+    )
+    cid_auto: bool | None = value("cid/@auto", YESNO, default=None)
+    cid_address: int | None = value("cid/@address", INT, default=None)
+
+    def _validate(self) -> None:
+        if self.cid_address is not None and not 3 <= self.cid_address <= 0xFFFFFFFE:
+            raise ValueError(f"vsock: CID {self.cid_address} is reserved or out of range")
+
+
 class Devices(XMLModel, tag="devices"):
     """Fields follow libvirt's own device order, so a definition read back
     from libvirt lists its devices in the order written here. Devices
@@ -88,12 +120,18 @@ class Devices(XMLModel, tag="devices"):
     memballoon: MemBalloon | None = child(MemBalloon, default=None)
     rngs: tuple[RNG, ...] = children(RNG, default=())
     panics: tuple[Panic, ...] = children(Panic, default=())
+    shmems: tuple[Shmem, ...] = children(Shmem, default=())
+    vsock: Vsock | None = child(Vsock, default=None)
 
     def _validate(self) -> None:
         targets = [d.target_dev for d in self.disks]
         duplicate = next((t for t in targets if targets.count(t) > 1), None)
         if duplicate is not None:
             raise ValueError(f"devices: disk target {duplicate!r} is used twice")
+        names = [s.name for s in self.shmems]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise ValueError(f"devices: shmem {twice!r} is listed twice")
         no_usb = any(c.type == "usb" and c.model == "none" for c in self.controllers)
         if no_usb and any(i.bus == "usb" for i in self.inputs):
             raise ValueError("devices: a USB input device needs a USB controller, not model 'none'")

@@ -18,6 +18,8 @@ _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 
 DOMAIN_NAME_MAX = 64
 VOLUME_NAME_MAX = 255
+# A shmem's name is a file name in /dev/shm (NAME_MAX).
+SHMEM_NAME_MAX = 255
 
 
 def check_name(kind: str, name: object, max_len: int) -> str:
@@ -45,6 +47,26 @@ def validate_pool_name(name: str) -> str:
 def validate_volume_name(name: str) -> str:
     """Volume names become file names inside the pool directory."""
     return check_name("volume", name, VOLUME_NAME_MAX)
+
+
+def validate_shmem_name(name: str) -> str:
+    """libvirt backs an ivshmem-plain region with /dev/shm/<name>."""
+    return check_name("shmem", name, SHMEM_NAME_MAX)
+
+
+# Every region kvmctl declares is named SHMEM_PREFIX + "<set>.<channel>".
+SHMEM_PREFIX = "kvmctl."
+
+
+def shmem_set_prefix(set_name: str) -> str:
+    """What the names of a set's regions, and no other set's, start with."""
+    return f"{SHMEM_PREFIX}{set_name}."
+
+
+def shmem_name(set_name: str, channel: str) -> str:
+    """The host-wide name of a set's region. Set and channel names cannot
+    contain '.', so no two (set, channel) pairs share a name."""
+    return validate_shmem_name(shmem_set_prefix(set_name) + channel)
 
 
 def validate_ifname(name: str) -> str:

@@ -26,6 +26,7 @@ GOLDEN = ROOT / "tests" / "data" / "golden"
 CASES = [
     ("cockpit.yaml", 2, "present-but-unusable"),
     ("cockpit-4core.yaml", 4, "usable"),
+    ("cockpit-channels.yaml", 2, "present-but-unusable"),
 ]
 
 

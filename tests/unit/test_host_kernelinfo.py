@@ -231,6 +231,24 @@ def test_cap_sys_resource_bit() -> None:
     assert ki.parse_cap_eff("Name: x\n") == 0
 
 
+# --- channels ---------------------------------------------------------------------------------
+
+
+def test_shm_free_space_and_kvmctl_regions(tmp_path: Path) -> None:
+    write(tmp_path, "/dev/shm/kvmctl.demo.vehicle-state", "x" * 10)
+    write(tmp_path, "/dev/shm/pulse-shm-1", "other")
+    free, files = ki.read_shm(tmp_path)
+    assert free is not None and free > 0
+    assert files == {"kvmctl.demo.vehicle-state": 10}
+    assert ki.read_shm(tmp_path / "none") == (None, {})
+
+
+def test_vhost_vsock_device(tmp_path: Path) -> None:
+    assert not ki.vhost_vsock(tmp_path)
+    write(tmp_path, "/dev/vhost-vsock", "")
+    assert ki.vhost_vsock(tmp_path)
+
+
 # --- network ----------------------------------------------------------------------------------
 
 

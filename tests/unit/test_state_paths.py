@@ -16,6 +16,7 @@ VARIABLES = (
     "KVMCTL_RUN_DIR",
     "KVMCTL_LOCK_DIR",
     "KVMCTL_SUPERVISE_DIR",
+    "KVMCTL_CHANNEL_DIR",
     "KVMCTL_SPECS_DIR",
     "KVMCTL_HISTORY_DIR",
     "KVMCTL_SNAPSHOT_DIR",
@@ -27,6 +28,7 @@ DEFAULTS = {
     "run": "/run/kvmctl",
     "locks": "/run/kvmctl/locks",
     "supervise": "/run/kvmctl/supervise",
+    "channels": "/run/kvmctl/channels",
     "specs": "/var/lib/kvmctl/specs",
     "history": "/var/lib/kvmctl/history",
     "snapshots": "/var/lib/kvmctl/snapshots",
@@ -65,6 +67,7 @@ def test_state_root_prefixes_state_but_not_images_or_volumes(
         ("KVMCTL_RUN_DIR", "run"),
         ("KVMCTL_LOCK_DIR", "locks"),
         ("KVMCTL_SUPERVISE_DIR", "supervise"),
+        ("KVMCTL_CHANNEL_DIR", "channels"),
         ("KVMCTL_SPECS_DIR", "specs"),
         ("KVMCTL_HISTORY_DIR", "history"),
         ("KVMCTL_SNAPSHOT_DIR", "snapshots"),
@@ -85,6 +88,7 @@ def test_run_dir_moves_the_dirs_under_it(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KVMCTL_RUN_DIR", "/tmp/run")
     assert paths.lock_dir() == Path("/tmp/run/locks")
     assert paths.supervise_dir() == Path("/tmp/run/supervise")
+    assert paths.channel_dir() == Path("/tmp/run/channels")
 
 
 def test_empty_variable_means_default(monkeypatch: pytest.MonkeyPatch) -> None:

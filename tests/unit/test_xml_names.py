@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from kvmctl.xml import StoragePool, StorageVolume
+from kvmctl.xml import Devices, Shmem, StoragePool, StorageVolume, Vsock
 from kvmctl.xml.names import (
     validate_cpuset,
     validate_domain_name,
     validate_ifname,
     validate_mac,
+    validate_shmem_name,
     validate_uuid,
     validate_volume_name,
 )
@@ -33,6 +34,21 @@ def test_volume_names_allow_file_names_but_no_paths() -> None:
     for bad in ("..", "../x", "a/b", "." * 3, "a" * 256):
         with pytest.raises(ValueError, match="volume name"):
             validate_volume_name(bad)
+
+
+def test_shmem_names_are_file_names_in_dev_shm() -> None:
+    assert validate_shmem_name("kvmctl.demo-cockpit.vehicle-state")
+    for bad in ("..", "a/b", "../../etc/x", "a" * 256, ""):
+        with pytest.raises(ValueError, match="shmem name"):
+            Shmem(name=bad, size_mib=1)
+
+
+def test_a_shmem_is_listed_once_and_a_cid_is_never_reserved() -> None:
+    with pytest.raises(ValueError, match="listed twice"):
+        Devices(shmems=(Shmem(name="a", size_mib=1), Shmem(name="a", size_mib=2)))
+    for cid in (0, 1, 2, 0xFFFFFFFF):
+        with pytest.raises(ValueError, match="reserved"):
+            Vsock(cid_address=cid)
 
 
 def test_ifnames_follow_the_kernel_limit() -> None:

@@ -45,12 +45,14 @@ from kvmctl.xml import (
     NumaTune,
     Panic,
     Serial,
+    Shmem,
     StoragePool,
     StorageVolume,
     Timer,
     VCPUPin,
     VCPUSched,
     Video,
+    Vsock,
     Watchdog,
     XMLModel,
 )
@@ -357,6 +359,11 @@ def full_devices() -> Devices:
             RNG(backend_model="builtin"),
         ),
         panics=(Panic(model="isa"),),
+        shmems=(
+            Shmem(name="kvmctl.demo.vehicle-state", size_mib=4),
+            Shmem(name="kvmctl.demo.media-meta", role="peer", model="ivshmem-plain", size_mib=1),
+        ),
+        vsock=Vsock(model="virtio", cid_auto=False, cid_address=3),
     )
 
 
