@@ -17,7 +17,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -318,6 +320,29 @@ class Watchdog(Model):
 class Ready(Model):
     probe: str = "agent"
     timeout: Duration = 60.0
+    # A boot deadline: ready within this long of the start of apply (or of the
+    # supervisor's decision to restart). A miss is reported; it fails the
+    # apply (rolled back) only with deadline_fatal.
+    deadline: Duration | None = None
+    deadline_fatal: bool = False
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be longer than 0 s")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _without_unset_deadline(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A spec without a deadline keeps the hash it had before deadlines
+        # existed (domains' metadata, snapshots' records).
+        data: dict[str, Any] = handler(self)
+        if self.deadline is None:
+            data.pop("deadline", None)
+        if not self.deadline_fatal:
+            data.pop("deadline_fatal", None)
+        return data
 
     @field_validator("probe")
     @classmethod

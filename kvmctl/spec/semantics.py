@@ -17,7 +17,7 @@ Problem = tuple[Path, str]
 
 def check(spec: Cockpit) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_hosts, _networks, _attachments, _depends_on, _cpus, _images):
+    for rule in (_hosts, _networks, _attachments, _depends_on, _cpus, _images, _deadlines):
         problems.extend(rule(spec))
     return problems
 
@@ -222,3 +222,16 @@ def _images(spec: Cockpit) -> Iterator[Problem]:
                 f"'{vm.image.path}' is outside the allowed image directories "
                 f"({', '.join(allowed)}); move it there or add its directory to host.image_dirs",
             )
+
+
+def _deadlines(spec: Cockpit) -> Iterator[Problem]:
+    for name, vm in spec.vms.items():
+        ready = vm.ready
+        if ready.deadline is not None and ready.deadline > ready.timeout:
+            yield (
+                ("vms", name, "ready", "deadline"),
+                f"{ready.deadline:g} s is longer than the ready timeout ({ready.timeout:g} s): "
+                "readiness would be given up before the deadline",
+            )
+        if ready.deadline_fatal and ready.deadline is None:
+            yield (("vms", name, "ready", "deadline_fatal"), "needs a ready.deadline")
