@@ -13,6 +13,7 @@ from kvmctl.commands._output import print_json, print_table, progress_lines
 from kvmctl.errors import HostError, UsageError
 from kvmctl.observe.overview import overview
 from kvmctl.observe.status import VmStatus
+from kvmctl.planner import deadline
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.plan import Plan
@@ -151,6 +152,9 @@ def apply(
                         "started_at": o.started_at,
                         "ready_at": o.ready_at,
                         "ready_seconds": o.ready_seconds,
+                        "since_apply_s": o.since_apply_s,
+                        "deadline_s": o.deadline_s,
+                        "deadline_met": o.deadline_met,
                         "notes": o.notes,
                         "host": result.hosts.get(name),
                     }
@@ -165,6 +169,8 @@ def apply(
         return
     for name, o in result.outcomes.items():
         ready = f", ready in {o.ready_seconds:.1f} s" if o.ready_seconds is not None else ""
+        if o.deadline_s is not None and o.since_apply_s is not None:
+            ready += f", {deadline.verdict(o.deadline_s, o.since_apply_s)}"
         where = f" on {result.hosts[name]}" if name in result.hosts else ""
         typer.echo(f"{name}{where}: {o.action}{ready}")
         for note in o.notes:
