@@ -214,7 +214,7 @@ def status(
                 r.vm,
                 r.host or "-",
                 r.state,
-                {True: "yes", False: "no", None: "-"}[r.ready],
+                _ready_cell(r),
                 f"{r.uptime_s:.0f}s" if r.uptime_s is not None else "",
                 " ".join(r.vcpus_planned),
                 " ".join(r.vcpus_actual),
@@ -230,6 +230,13 @@ def status(
             for r in rows
         ],
     )
+
+
+def _ready_cell(r: VmStatus) -> str:
+    ready = {True: "yes", False: "no", None: "-"}[r.ready]
+    if r.ready_deadline_s is None or r.last_ready_s is None:
+        return ready
+    return f"{ready}, {deadline.verdict(r.ready_deadline_s, r.last_ready_s)}"
 
 
 def _hugepages_cell(r: VmStatus) -> str:

@@ -152,3 +152,21 @@ def test_best_cold_ignores_junk() -> None:
     doc = {"vms": {"a": {"ready": {"best_cold_seconds": "x"}}, "b": {"ready": None}, "c": None}}
     assert history.best_cold(doc) == {}
     assert history.best_cold({"vms": {"a": {"ready": {"best_cold_seconds": True}}}}) == {}
+
+
+def test_status_rows_judge_the_last_boot_against_the_deadline() -> None:
+    rows = [
+        VmStatus("a", "s-a", "running", ready_deadline_s=2.0),
+        VmStatus("b", "s-b", "running", ready_deadline_s=5.0),
+        VmStatus("c", "s-c", "running"),
+        VmStatus("d", "s-d", "running", ready_deadline_s=1.0),
+    ]
+    r = history.Readiness
+    doc = history.merge_ready({}, "s", {"a": r(4.5), "b": r(4.5), "c": r(1.0)}, at=1.0)
+    add_history(rows, {}, {}, doc)
+    assert [(x.last_ready_s, x.deadline_met) for x in rows] == [
+        (4.5, False),
+        (4.5, True),
+        (1.0, None),
+        (None, None),
+    ]
