@@ -21,7 +21,7 @@ from kvmctl.planner.hosts import check_host, is_remote
 from kvmctl.planner.live import LiveState
 from kvmctl.planner.plan import Plan, PlanOptions, make_plan
 from kvmctl.spec import Cockpit, load_spec
-from kvmctl.state import paths
+from kvmctl.state import history, paths
 
 
 @dataclass
@@ -42,12 +42,13 @@ class Session:
 
 def plan_options(spec: Cockpit) -> PlanOptions:
     """Plan options from the built images' manifests, where they are built
-    (preflight reports the missing ones)."""
+    (preflight reports the missing ones), and the set's recorded boot times."""
     options = PlanOptions(
         image_root=str(paths.image_dir()),
         pool_path=str(paths.volume_dir()),
         log_dir=str(paths.log_dir()),
         channel_dir=str(paths.channel_dir()),
+        best_cold_ready=history.best_cold(history.read(spec.name)),
     )
     kernels = dict(options.boot_kernels)
     flavours = sorted({vm.image.builtin for vm in spec.vms.values() if vm.image.builtin})

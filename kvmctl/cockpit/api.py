@@ -6,6 +6,7 @@ call them the same way.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.virt import Virt, open_connection
-from kvmctl.cockpit import record
+from kvmctl.cockpit import readiness, record
 from kvmctl.cockpit.applier import Applier, ApplyResult, Progress, destroy_domain
 from kvmctl.errors import ApplyError, HostError
 from kvmctl.host import channels as host_channels
@@ -90,6 +91,7 @@ def apply(
             local = any(not s.remote for s in sessions)
             netlink = stack.enter_context(Netlink()) if local else None
             result = _apply_hosts(sessions, netlink, progress)
+        readiness.remember(spec.name, result.outcomes.values(), "apply")
         if path is not None:
             record.remember(spec.name, path, sessions[0].plan.spec_hash)
         return result
@@ -100,6 +102,7 @@ def _apply_hosts(
 ) -> ApplyResult:
     done: list[Applier] = []
     results: list[ApplyResult] = []
+    since = time.monotonic()  # boot deadlines count from here, on every host
     for session in sessions:
         assert session.virt is not None
         applier = Applier(
@@ -111,6 +114,7 @@ def _apply_hosts(
             host_cpus=max(session.facts.cpu_ids, default=0) + 1,
             progress=progress,
             on_this_host=not session.remote,
+            since=since,
         )
         try:
             results.append(applier.run(commit=False))

@@ -26,6 +26,7 @@ from kvmctl.cockpit.seed import seed_iso
 from kvmctl.errors import ApplyError, KvmctlError
 from kvmctl.host import channels as host_channels
 from kvmctl.host import rt
+from kvmctl.planner import deadline
 from kvmctl.planner.cloudinit import SeedPlan
 from kvmctl.planner.diff import Action
 from kvmctl.planner.domain import build_domain, build_volume
@@ -47,6 +48,10 @@ class VmOutcome:
     started_at: float | None = None  # wall clock, when resumed
     ready_at: float | None = None
     ready_seconds: float | None = None
+    # From the start of the run (see Applier's `since`) to ready, and its ready.deadline.
+    since_apply_s: float | None = None
+    deadline_s: float | None = None
+    deadline_met: bool | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -78,6 +83,7 @@ class Applier:
         host_cpus: int,
         progress: Progress | None = None,
         on_this_host: bool = True,
+        since: float | None = None,
     ):
         self.virt = virt
         self.plan = plan
@@ -88,6 +94,8 @@ class Applier:
         # A remote host's QEMU threads are out of reach: only libvirt applies there.
         self.on_this_host = on_this_host
         self.progress = progress or (lambda _vm, _what: None)
+        # When boot deadlines start counting (time.monotonic()); None: when run() begins.
+        self.since = since
         self.journal = Journal()
         self.notes: list[str] = []
         # One netlink socket, used from the VM threads one at a time.
@@ -98,6 +106,7 @@ class Applier:
         `commit` False the undo steps are kept after success, for a caller
         applying several hosts to `rollback()` when a later host fails."""
         t0 = time.monotonic()
+        self.since = t0 if self.since is None else self.since
         outcomes: dict[str, VmOutcome] = {}
         actions = {a.vm: a for a in self.plan.actions}
         try:
@@ -265,6 +274,11 @@ class Applier:
         outcome.ready_seconds = ready - t_resume
         outcome.ready_at = outcome.started_at + outcome.ready_seconds
         self.progress(plan.name, f"ready after {outcome.ready_seconds:.1f} s")
+        outcome.since_apply_s = ready - (self.since or t_resume)
+        outcome.deadline_s = limit = plan.vm.ready.deadline
+        outcome.deadline_met = deadline.met(limit, outcome.since_apply_s)
+        if limit is not None and not outcome.deadline_met and plan.vm.ready.deadline_fatal:
+            raise ApplyError(deadline.missed(plan.name, limit, outcome.since_apply_s))
 
     def _netlink(self) -> Callable[[], Netlink] | None:
         nl = self.netlink

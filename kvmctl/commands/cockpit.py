@@ -13,6 +13,7 @@ from kvmctl.commands._output import print_json, print_table, progress_lines
 from kvmctl.errors import HostError, UsageError
 from kvmctl.observe.overview import overview
 from kvmctl.observe.status import VmStatus
+from kvmctl.planner import deadline
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.plan import Plan
@@ -153,6 +154,9 @@ def apply(
                         "started_at": o.started_at,
                         "ready_at": o.ready_at,
                         "ready_seconds": o.ready_seconds,
+                        "since_apply_s": o.since_apply_s,
+                        "deadline_s": o.deadline_s,
+                        "deadline_met": o.deadline_met,
                         "notes": o.notes,
                         "host": result.hosts.get(name),
                     }
@@ -167,6 +171,8 @@ def apply(
         return
     for name, o in result.outcomes.items():
         ready = f", ready in {o.ready_seconds:.1f} s" if o.ready_seconds is not None else ""
+        if o.deadline_s is not None and o.since_apply_s is not None:
+            ready += f", {deadline.verdict(o.deadline_s, o.since_apply_s)}"
         where = f" on {result.hosts[name]}" if name in result.hosts else ""
         typer.echo(f"{name}{where}: {o.action}{ready}")
         for note in o.notes:
@@ -210,7 +216,7 @@ def status(
                 r.vm,
                 r.host or "-",
                 r.state,
-                {True: "yes", False: "no", None: "-"}[r.ready],
+                _ready_cell(r),
                 f"{r.uptime_s:.0f}s" if r.uptime_s is not None else "",
                 " ".join(r.vcpus_planned),
                 " ".join(r.vcpus_actual),
@@ -226,6 +232,13 @@ def status(
             for r in rows
         ],
     )
+
+
+def _ready_cell(r: VmStatus) -> str:
+    ready = {True: "yes", False: "no", None: "-"}[r.ready]
+    if r.ready_deadline_s is None or r.last_ready_s is None:
+        return ready
+    return f"{ready}, {deadline.verdict(r.ready_deadline_s, r.last_ready_s)}"
 
 
 def _hugepages_cell(r: VmStatus) -> str:

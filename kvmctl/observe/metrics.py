@@ -134,6 +134,25 @@ _PER_VM: tuple[tuple[str, str, str, Callable[[VmStatus], float | None]], ...] = 
         "How long the VM's newest migration took.",
         lambda r: r.last_migration_seconds,
     ),
+    (
+        "kvmctl_vm_last_ready_seconds",
+        "gauge",
+        "From the start of the VM's newest recorded boot (apply, or the supervisor's decision "
+        "to restart) to ready.",
+        lambda r: r.last_ready_s,
+    ),
+    (
+        "kvmctl_vm_ready_deadline_seconds",
+        "gauge",
+        "The VM's boot deadline (ready.deadline in the spec).",
+        lambda r: r.ready_deadline_s,
+    ),
+    (
+        "kvmctl_vm_ready_deadline_met",
+        "gauge",
+        "1 when the VM's newest recorded boot was ready within its deadline, 0 when not.",
+        lambda r: _flag(r.deadline_met),
+    ),
 )
 
 

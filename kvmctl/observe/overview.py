@@ -1,7 +1,8 @@
 """`kvmctl status` as a whole: each VM's state and pinning (kvmctl.observe.status) plus
-its history: restarts by the supervisor, snapshots and how long the last
-snapshot and migration took. Kept apart from kvmctl.cockpit because the
-snapshot and supervisor modules build on it."""
+its history: restarts by the supervisor, snapshots, how long the last
+snapshot and migration took, and its last boot to ready against its deadline.
+Kept apart from kvmctl.cockpit because the snapshot and supervisor modules
+build on it."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from kvmctl.adapters.virt import Virt
 from kvmctl.host import threads
+from kvmctl.planner import deadline
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.plan import Plan, VmPlan
 from kvmctl.state import history
@@ -53,6 +54,11 @@ class VmStatus:
     latest_snapshot: str | None = None
     last_snapshot_seconds: float | None = None  # how long the newest snapshot took
     last_migration_seconds: float | None = None
+    ready_deadline_s: float | None = None  # the spec's ready.deadline
+    # The newest boot to ready recorded (from the start of apply, or of a
+    # supervisor's decision to restart), and whether it met the deadline.
+    last_ready_s: float | None = None
+    deadline_met: bool | None = None
     drift: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -93,6 +99,7 @@ def _planned(plan: VmPlan, states: dict[str, int]) -> VmStatus:
         vcpus_planned=[format_cpuset(c) for c in plan.placement.vcpu_pins],
         emulator_planned=format_cpuset(plan.placement.emulator),
         hugepages_planned_kib=plan.vm.memory.size // 1024 if plan.vm.memory.hugepages else 0,
+        ready_deadline_s=plan.vm.ready.deadline,
     )
 
 
@@ -177,7 +184,7 @@ def add_history(
     durations: dict[str, Any] | None = None,
 ) -> None:
     """Fold in what the supervisor, the snapshots and the recorded durations
-    (kvmctl.state.history) say about each VM."""
+    and boots (kvmctl.state.history) say about each VM."""
     for row in rows:
         if row.vm in supervised:
             row.restarts = supervised[row.vm].get("restarts")
@@ -186,3 +193,5 @@ def add_history(
         row.latest_snapshot = snap.get("latest")
         row.last_snapshot_seconds = history.last_seconds(durations or {}, row.vm, "snapshot")
         row.last_migration_seconds = history.last_seconds(durations or {}, row.vm, "migration")
+        row.last_ready_s = history.last_seconds(durations or {}, row.vm, "ready")
+        row.deadline_met = deadline.met(row.ready_deadline_s, row.last_ready_s)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from kvmctl.host.facts import HostFacts, VirtType
 from kvmctl.planner import channels as chan
-from kvmctl.planner import protection, resources
+from kvmctl.planner import deadline, protection, resources
 from kvmctl.planner.cloudinit import SeedPlan, seed_files
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.diff import Action, Fingerprint, diff
@@ -47,6 +47,9 @@ class PlanOptions:
     log_dir: str = "/var/log/kvmctl"
     # Host ends of serial channels (kvmctl.state.paths.channel_dir()).
     channel_dir: str = "/run/kvmctl/channels"
+    # VM -> its fastest cold boot to ready recorded (kvmctl.state.history):
+    # a ready.deadline shorter than that is warned about.
+    best_cold_ready: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ def make_plan(
         )
     if budgets and not facts.rt_group_sched:
         warnings.append("no RT group scheduling on this host: real-time vCPUs need no budget")
+    warnings += deadline.cold_warnings(vms, options.best_cold_ready)
 
     vm_plans: dict[str, VmPlan] = {}
     for name, vm in vms.items():

@@ -66,18 +66,9 @@ def parse_spec(text: str, filename: str = "<spec>") -> Cockpit:
     return spec
 
 
-# Top-level sections added after specs were hashed into running domains and
-# snapshots: left out while empty, so a spec without them keeps its hash.
-_HASHED_WHEN_USED = ("channels",)
-
-
 def spec_hash(spec: BaseModel) -> str:
     """Stable hash of a spec (or one VM of it): same content, same hash."""
-    data = spec.model_dump(mode="json", by_alias=True)
-    for key in _HASHED_WHEN_USED:
-        if isinstance(spec, Cockpit) and not data.get(key):
-            data.pop(key, None)
-    canonical = json.dumps(data, sort_keys=True)
+    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -17,7 +17,16 @@ Problem = tuple[Path, str]
 
 def check(spec: Cockpit) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_hosts, _networks, _attachments, _depends_on, _cpus, _images, _channels):
+    for rule in (
+        _hosts,
+        _networks,
+        _attachments,
+        _depends_on,
+        _cpus,
+        _images,
+        _channels,
+        _deadlines,
+    ):
         problems.extend(rule(spec))
     return problems
 
@@ -297,3 +306,14 @@ def _members(spec: Cockpit, ch: Channel, path: Path) -> Iterator[Problem]:
 
 def _unknown_vm(spec: Cockpit, name: str) -> str:
     return f"unknown VM '{name}' (known: {', '.join(sorted(spec.vms))})"
+def _deadlines(spec: Cockpit) -> Iterator[Problem]:
+    for name, vm in spec.vms.items():
+        ready = vm.ready
+        if ready.deadline is not None and ready.deadline > ready.timeout:
+            yield (
+                ("vms", name, "ready", "deadline"),
+                f"{ready.deadline:g} s is longer than the ready timeout ({ready.timeout:g} s): "
+                "readiness would be given up before the deadline",
+            )
+        if ready.deadline_fatal and ready.deadline is None:
+            yield (("vms", name, "ready", "deadline_fatal"), "needs a ready.deadline")

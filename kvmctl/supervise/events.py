@@ -74,6 +74,7 @@ class EventHandler:
 
     def decide(self, w: VmWatch, cause: str, *, in_place: bool = False) -> None:
         now = time.time()
+        decided = time.monotonic()  # a restart's boot deadline counts from here
         with self.board.lock:
             d = decide(w.policy, cause, w.history, now, in_place=in_place)
             w.epoch += 1
@@ -91,7 +92,7 @@ class EventHandler:
         if d.kind == "restart":
             self.board.set_phase(w, "waiting", ready=False)
             self.workers.spawn(
-                f"restart-{w.name}", lambda: self.workers.restart(w, epoch, d, cause)
+                f"restart-{w.name}", lambda: self.workers.restart(w, epoch, d, cause, decided)
             )
         elif d.kind == "recover":
             self.board.set_phase(w, "recovering", ready=False)

@@ -21,6 +21,7 @@ from typing import Any
 from kvmctl.adapters.events_watch import EventWatch
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.ready import NotReady, ReadyWatch
+from kvmctl.cockpit import readiness
 from kvmctl.cockpit.applier import Applier, VmOutcome
 from kvmctl.errors import HostError, KvmctlError
 from kvmctl.host import threads
@@ -74,7 +75,11 @@ class Workers:
     def _current(self, w: VmWatch, epoch: int) -> bool:
         return not self._stop.is_set() and w.epoch == epoch
 
-    def restart(self, w: VmWatch, epoch: int, decision: Decision, cause: str) -> None:
+    def restart(
+        self, w: VmWatch, epoch: int, decision: Decision, cause: str, decided: float
+    ) -> None:
+        """`decided`: when the decision was taken (time.monotonic()), which the
+        VM's boot deadline counts from."""
         if decision.delay and self._stop.wait(decision.delay):
             return
         if not self._wait_dependencies(w, epoch) or not self._current(w, epoch):
@@ -85,7 +90,7 @@ class Workers:
             with self._set_lock(w, epoch):
                 if not self._current(w, epoch):
                     return
-                outcome = self._start(w, hung=cause == "not-ready")
+                outcome = self._start(w, hung=cause == "not-ready", since=decided)
         except KvmctlError as err:
             if not self._current(w, epoch):
                 return
@@ -99,9 +104,13 @@ class Workers:
             "restarted",
             w.name,
             action=outcome.action,
-            ready_s=None if outcome.ready_seconds is None else round(outcome.ready_seconds, 2),
+            ready_s=_rounded(outcome.ready_seconds),
+            since_decision_s=_rounded(outcome.since_apply_s),
+            deadline_s=outcome.deadline_s,
+            deadline_met=outcome.deadline_met,
             pid=pid,
         )
+        readiness.remember(self.board.set_name, [outcome], "restart")
         if self._current(w, epoch):
             self.board.set_phase(w, "running", ready=True)
 
@@ -141,10 +150,11 @@ class Workers:
                 if self._stop.wait(1.0) or not self._current(w, epoch):
                     raise KvmctlError("supervisor stopping") from None
 
-    def _start(self, w: VmWatch, hung: bool) -> VmOutcome | None:
+    def _start(self, w: VmWatch, hung: bool, since: float) -> VmOutcome | None:
         """Start a defined, stopped domain the way `kvmctl apply` does, from the
         spec as it is now; `hung`: it runs but never became ready, so it is
-        powered off first. None when there was nothing to start."""
+        powered off first; `since`: when its boot deadline started counting.
+        None when there was nothing to start."""
         session = open_session(self.spec_path, self.uri, host=self.host)
         virt = session.virt
         assert virt is not None
@@ -178,6 +188,7 @@ class Workers:
                     host_cpus=max(session.facts.cpu_ids, default=0) + 1,
                     progress=lambda vm, what: self.board.log("progress", vm, what=what),
                     on_this_host=not session.remote,
+                    since=since,
                 ).run()
             return result.outcomes[w.name]
         finally:
@@ -212,6 +223,10 @@ class Workers:
         if self._current(w, epoch):
             self.board.log("recovered", w.name, ready_s=round(time.time() - since, 2))
             self.board.set_phase(w, "running", ready=True)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)
 
 
 def _alive(conn: Any) -> bool:

@@ -112,3 +112,61 @@ def test_status_rows_carry_the_durations() -> None:
     assert (rows[0].last_snapshot_seconds, rows[0].last_migration_seconds) == (2.0, None)
     assert (rows[1].last_snapshot_seconds, rows[1].last_migration_seconds) == (None, 7.0)
     assert (rows[0].restarts, rows[0].snapshots, rows[1].restarts) == (1, 2, None)
+
+
+def test_readiness_keeps_the_newest_and_the_fastest_cold_boot() -> None:
+    r = history.Readiness
+    doc = history.merge_ready({}, "s", {"a": r(4.61234, 2.0, False)}, at=100.0)
+    doc = history.merge_ready(doc, "s", {"a": r(3.5, 2.0, False, after="restart")}, at=101.0)
+    doc = history.merge_ready(doc, "s", {"a": r(5.0, 6.0, True)}, at=102.0)
+    doc = history.merge_ready(doc, "s", {"b": r(0.3, cold=False)}, at=103.0)
+    assert doc["vms"]["a"]["ready"] == {
+        "seconds": 5.0,
+        "at": 102.0,
+        "after": "apply",
+        "cold": True,
+        "deadline": 6.0,
+        "met": True,
+        "best_cold_seconds": 3.5,
+    }
+    # A start from a saved state is no cold boot: no fastest cold boot from it.
+    assert "best_cold_seconds" not in doc["vms"]["b"]["ready"]
+    assert history.best_cold(doc) == {"a": 3.5}
+    assert history.last_seconds(doc, "a", "ready") == 5.0
+
+
+def test_readiness_sits_beside_the_other_kinds(tmp_path: Path) -> None:
+    assert history.record("s", "snapshot", {"a": 1.5}, name="x", at=10.0, directory=tmp_path)
+    ready = {"a": history.Readiness(2.25, 3.0, True)}
+    assert history.record_ready("s", ready, at=11.0, directory=tmp_path)
+    doc = history.read("s", tmp_path)
+    assert history.last_seconds(doc, "a", "snapshot") == 1.5
+    assert history.last_seconds(doc, "a", "ready") == 2.25
+    assert history.best_cold(doc) == {"a": 2.25}
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert history.record_ready("s", ready, directory=blocker / "sub") is False
+
+
+def test_best_cold_ignores_junk() -> None:
+    doc = {"vms": {"a": {"ready": {"best_cold_seconds": "x"}}, "b": {"ready": None}, "c": None}}
+    assert history.best_cold(doc) == {}
+    assert history.best_cold({"vms": {"a": {"ready": {"best_cold_seconds": True}}}}) == {}
+
+
+def test_status_rows_judge_the_last_boot_against_the_deadline() -> None:
+    rows = [
+        VmStatus("a", "s-a", "running", ready_deadline_s=2.0),
+        VmStatus("b", "s-b", "running", ready_deadline_s=5.0),
+        VmStatus("c", "s-c", "running"),
+        VmStatus("d", "s-d", "running", ready_deadline_s=1.0),
+    ]
+    r = history.Readiness
+    doc = history.merge_ready({}, "s", {"a": r(4.5), "b": r(4.5), "c": r(1.0)}, at=1.0)
+    add_history(rows, {}, {}, doc)
+    assert [(x.last_ready_s, x.deadline_met) for x in rows] == [
+        (4.5, False),
+        (4.5, True),
+        (1.0, None),
+        (None, None),
+    ]

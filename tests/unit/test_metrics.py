@@ -96,6 +96,30 @@ def test_running_vm_every_family() -> None:
     assert value(fams, "kvmctl_vm_vcpu_wait_seconds_total", vm="hud", vcpu="1") == 0.0
 
 
+def test_boot_deadline_met_missed_or_unknown() -> None:
+    fams = families(
+        Scrape(
+            "s",
+            [
+                row("ok", ready_deadline_s=2.0, last_ready_s=1.5, deadline_met=True),
+                row("late", ready_deadline_s=0.001, last_ready_s=4.6, deadline_met=False),
+                row("new", ready_deadline_s=2.0),  # no boot recorded yet
+                row("free", last_ready_s=3.0),  # no deadline
+            ],
+        )
+    )
+    assert value(fams, "kvmctl_vm_ready_deadline_met", vm="ok") == 1.0
+    assert value(fams, "kvmctl_vm_ready_deadline_met", vm="late") == 0.0
+    assert value(fams, "kvmctl_vm_ready_deadline_seconds", vm="late") == 0.001
+    assert value(fams, "kvmctl_vm_last_ready_seconds", vm="late") == 4.6
+    assert value(fams, "kvmctl_vm_ready_deadline_seconds", vm="new") == 2.0
+    for name in ("kvmctl_vm_ready_deadline_met", "kvmctl_vm_last_ready_seconds"):
+        assert value(fams, name, vm="new") is None, name
+    assert value(fams, "kvmctl_vm_ready_deadline_seconds", vm="free") is None
+    assert value(fams, "kvmctl_vm_ready_deadline_met", vm="free") is None
+    assert value(fams, "kvmctl_vm_last_ready_seconds", vm="free") == 3.0
+
+
 @pytest.mark.parametrize("state", [*STATES, "?"])
 def test_state_is_one_hot(state: str) -> None:
     fams = families(Scrape("s", [row(state=state)]))

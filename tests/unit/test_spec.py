@@ -51,6 +51,31 @@ def test_minimal_defaults() -> None:
     assert spec.host.housekeeping_cpus == [0]
 
 
+def test_ready_deadline() -> None:
+    assert parse_spec(MINIMAL).vms["a"].ready.deadline is None
+    ready = parse_spec(
+        "name: t\nvms:\n  a: {ready: {timeout: 2s, deadline: 2s, deadline_fatal: true}}\n"
+    ).vms["a"].ready
+    assert (ready.deadline, ready.deadline_fatal) == (2.0, True)  # the timeout itself is allowed
+    assert parse_spec("name: t\nvms:\n  a: {ready: {deadline: 1ms}}\n").vms["a"].ready == (
+        ready.model_copy(update={"timeout": 60.0, "deadline": 0.001, "deadline_fatal": False})
+    )
+
+
+def test_spec_without_deadline_hashes_as_before() -> None:
+    plain = parse_spec(MINIMAL)
+    assert plain.vms["a"].ready.model_dump() == {"probe": "agent", "timeout": 60.0}
+    timed = parse_spec("name: t\nvms:\n  a: {ready: {deadline: 3s}}\n")
+    assert spec_hash(timed) != spec_hash(plain)
+
+
+def test_bad_deadline_is_exit_2_naming_the_field() -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec("name: t\nvms:\n  a: {ready: {timeout: 1s, deadline: 2s}}\n", "c.yaml")
+    assert err.value.exit_code == 2
+    assert err.value.problems[0].startswith("c.yaml:3 vms.a.ready.deadline: ")
+
+
 def test_hash_is_stable_and_content_sensitive() -> None:
     a = parse_spec(MINIMAL)
     b = parse_spec("name: t\nvms:\n  a: {vcpus: 1}\n")
@@ -254,6 +279,31 @@ BAD = {
         "'agent' or 'serial:<marker>'",
     ),
     "ready-timeout": ("name: t\nvms:\n  a: {ready: {timeout: soon}}\n", 3, "not a duration"),
+    "ready-deadline-zero": (
+        "name: t\nvms:\n  a: {ready: {deadline: 0s}}\n",
+        3,
+        "vms.a.ready.deadline: must be longer than 0 s",
+    ),
+    "ready-deadline-negative": (
+        "name: t\nvms:\n  a: {ready: {deadline: -2}}\n",
+        3,
+        "vms.a.ready.deadline: must not be negative",
+    ),
+    "ready-deadline-text": (
+        "name: t\nvms:\n  a: {ready: {deadline: quickly}}\n",
+        3,
+        "vms.a.ready.deadline: 'quickly' is not a duration",
+    ),
+    "ready-deadline-past-timeout": (
+        "name: t\nvms:\n  a:\n    ready: {timeout: 10s, deadline: 10500ms}\n",
+        4,
+        "vms.a.ready.deadline: 10.5 s is longer than the ready timeout (10 s)",
+    ),
+    "ready-deadline-fatal-alone": (
+        "name: t\nvms:\n  a: {ready: {deadline_fatal: true}}\n",
+        3,
+        "vms.a.ready.deadline_fatal: needs a ready.deadline",
+    ),
     "watchdog-action": (
         "name: t\nvms:\n  a: {watchdog: {action: explode}}\n",
         3,
