@@ -306,6 +306,8 @@ class Applier:
             steps: list[rt.RtStep] = []
             self.journal.record(f"real-time budgets of {plan.domain}", lambda: rt.undo(steps))
             self.notes += poststart.reschedule(plan, rt_by_thread=self.rt_by_thread, rt_steps=steps)
+            # Idempotent; puts back shaping a new tap lacks (a VM that arrived by migration).
+            self.notes += poststart.shape(plan, self._netlink(), self._net_lock)
 
     def _restore(self, name: str, old_xml: str) -> None:
         self.virt.stop(name)
