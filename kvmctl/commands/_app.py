@@ -1,7 +1,8 @@
-"""The shared Typer app and the options every verb takes."""
+"""The shared Typer app and the arguments and options the verbs share."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -29,6 +30,7 @@ ConnectOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+SpecArg = Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)]
 HostOpt = Annotated[
     str | None,
     typer.Option(

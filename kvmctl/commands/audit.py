@@ -9,7 +9,7 @@ import typer
 
 from kvmctl import cockpit
 from kvmctl.cockpit.audit import AuditReport, audit_plan
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, SpecArg, app
 from kvmctl.commands._output import print_json, print_table
 from kvmctl.observe.status import STATE_NAMES
 
@@ -23,7 +23,7 @@ def run_audit(file: Path, uri: str, host: str | None = None) -> AuditReport:
 
 @app.command()
 def audit(
-    file: Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)],
+    file: SpecArg,
     connect: ConnectOpt = DEFAULT_URI,
     host: HostOpt = None,
     json_out: JsonOpt = False,

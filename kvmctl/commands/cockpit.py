@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from kvmctl import cockpit
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, SpecArg, app
 from kvmctl.commands._output import print_json, print_table, progress_lines
 from kvmctl.errors import HostError, UsageError
 from kvmctl.observe.overview import overview
@@ -18,8 +18,6 @@ from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.plan import Plan
 from kvmctl.spec import load_spec
-
-SpecArg = Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)]
 
 
 def _plan_rows(plan: Plan) -> list[list[object]]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import signal
 import threading
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, SpecArg, app
 from kvmctl.observe.exporter import CockpitCollector, parse_listen, serve
 from kvmctl.session import open_session
 from kvmctl.spec import load_spec
@@ -19,7 +18,7 @@ DEFAULT_LISTEN = "127.0.0.1:9477"
 
 @app.command()
 def exporter(
-    file: Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)],
+    file: SpecArg,
     connect: ConnectOpt = DEFAULT_URI,
     on_host: HostOpt = None,
     listen: Annotated[

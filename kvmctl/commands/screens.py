@@ -11,7 +11,7 @@ import psutil
 import typer
 
 from kvmctl import cockpit
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, SpecArg, app
 from kvmctl.commands._output import print_json, print_table
 from kvmctl.errors import HostError, KvmctlError
 from kvmctl.host import threads
@@ -63,7 +63,7 @@ def _write(tiles: list[Tile], output: Path) -> list[Box]:
 
 @app.command()
 def screens(
-    file: Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)],
+    file: SpecArg,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="PNG file to write.", show_default=False)
     ],

@@ -13,13 +13,12 @@ so the second positional is the group's name.
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from kvmctl import snapshot as api
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, SpecArg, app
 from kvmctl.commands._output import print_json, print_table, progress_lines
 from kvmctl.errors import UsageError
 
@@ -30,7 +29,6 @@ snapshot_app = typer.Typer(
 )
 app.add_typer(snapshot_app, name="snapshot")
 
-SpecArg = Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)]
 FirstArg = Annotated[
     str, typer.Argument(metavar="VM|NAME", help="VM name; with --all the snapshot NAME.")
 ]

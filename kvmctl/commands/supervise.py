@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, app
+from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, SpecArg, app
 from kvmctl.errors import UsageError
 from kvmctl.spec.units import parse_duration
 from kvmctl.supervise import Supervisor
@@ -23,7 +23,7 @@ def _duration(text: str, option: str) -> float:
 
 @app.command()
 def supervise(
-    file: Annotated[Path, typer.Argument(help="Cockpit spec (YAML).", show_default=False)],
+    file: SpecArg,
     connect: ConnectOpt = DEFAULT_URI,
     host: HostOpt = None,
     state_dir: Annotated[

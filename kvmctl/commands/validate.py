@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
 import typer
 
-from kvmctl.commands._app import JsonOpt, app
+from kvmctl.commands._app import JsonOpt, SpecArg, app
 from kvmctl.commands._output import print_json
 from kvmctl.spec import load_spec, spec_hash
 
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="Cockpit spec (YAML).")],
+    file: SpecArg,
     json_out: JsonOpt = False,
 ) -> None:
     """Validate a cockpit spec: every problem at once, with file:line and field path."""
