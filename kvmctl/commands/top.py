@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -14,14 +13,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from kvmctl.adapters.stats import domain_stats
-from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
 from kvmctl.commands._output import console, print_table
-from kvmctl.observe.top import DomainSample, TopRow, rows, sample
-from kvmctl.planner.plan import domain_name
-from kvmctl.spec import load_spec
-from kvmctl.state.supervisor import supervisor_state
+from kvmctl.observe.top import Sampler, TopRow
 
 COLUMNS = [
     "vm",
@@ -79,44 +73,6 @@ def _cells(rs: list[TopRow]) -> list[list[object]]:
     return out
 
 
-class _Sampler:
-    def __init__(self, file: Path | None, uri: str):
-        self.conn = open_connection(uri)
-        self.virt = Virt(self.conn)
-        if file is not None:
-            spec = load_spec(file)
-            self.targets: dict[str, tuple[str | None, str | None]] = {
-                domain_name(spec.name, vm): (spec.name, vm) for vm in spec.vms
-            }
-            self.title = f"cockpit '{spec.name}'"
-        else:
-            self.targets = {
-                d.name: (d.meta.set_name, d.meta.vm_name) for d in self.virt.domains() if d.meta
-            }
-            self.title = "kvmctl VMs on this host"
-
-    def take(self) -> dict[str, DomainSample]:
-        stats = domain_stats(self.conn, list(self.targets))
-        return sample(stats, self.targets, time.monotonic())
-
-    def restarts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for set_name in {s for s, _ in self.targets.values() if s}:
-            state = supervisor_state(set_name)
-            for vm, data in ((state or {}).get("vms") or {}).items():
-                count = int(data.get("restarts", 0)) + int(data.get("resets", 0))
-                out[domain_name(set_name, vm)] = count
-        return out
-
-    def rounds(self, interval: float) -> Iterator[list[TopRow]]:
-        before = self.take()
-        while True:
-            time.sleep(interval)
-            after = self.take()
-            yield rows(before, after, self.restarts())
-            before = after
-
-
 def _table(title: str, rs: list[TopRow]) -> Table:
     table = Table(title=escape(title))
     for col in COLUMNS:
@@ -141,7 +97,7 @@ def top(
 ) -> None:
     """CPU % and current pCPU of every VM and vCPU, vCPU wait for a pCPU, memory, hugepages
     and restarts (from `kvmctl supervise`). 100 % is one host CPU."""
-    sampler = _Sampler(file, connect)
+    sampler = Sampler(file, connect)
     title = f"{sampler.title}: every {interval:g} s"
     try:
         if json_out:
@@ -168,7 +124,4 @@ def top(
     except KeyboardInterrupt:
         return
     finally:
-        try:
-            sampler.conn.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection
-            pass
+        sampler.close()

@@ -3,19 +3,27 @@
 A `Sample` is taken from libvirt's bulk statistics (CPU and per-vCPU time,
 run-queue delay, balloon) and from /proc (the pCPU each vCPU thread last ran
 on, its affinity, the QEMU process's RSS and hugepages). `rows()` turns two
-samples into rates and is pure. 100 % CPU is one host CPU busy for the whole
-interval; `wait %` is the share of the interval a vCPU was runnable but
-waited for a pCPU (schedstat delay): the price of sharing a CPU.
+samples into rates and is pure; a `Sampler` holds the one libvirt
+connection and yields those rows round after round. 100 % CPU is one host CPU
+busy for the whole interval; `wait %` is the share of the interval a vCPU was
+runnable but waited for a pCPU (schedstat delay): the price of sharing a CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from kvmctl.adapters.stats import domain_stats
+from kvmctl.adapters.virt import Virt, open_connection
 from kvmctl.host import threads
 from kvmctl.planner.cpuset import format_cpuset
+from kvmctl.planner.plan import domain_name
+from kvmctl.spec import load_spec
+from kvmctl.state.supervisor import supervisor_state
 
 
 @dataclass(frozen=True)
@@ -187,3 +195,52 @@ def _inspect(domain: str) -> threads.QemuProcess | None:
         return None
     except Exception:  # noqa: BLE001 - psutil.NoSuchProcess: it ended while we looked
         return None
+
+
+class Sampler:
+    """The VMs of the spec in `file` (None: every kvmctl VM on the host), sampled
+    over one libvirt connection to `uri`."""
+
+    def __init__(self, file: Path | None, uri: str):
+        self.conn = open_connection(uri)
+        self.virt = Virt(self.conn)
+        if file is not None:
+            spec = load_spec(file)
+            self.targets: dict[str, tuple[str | None, str | None]] = {
+                domain_name(spec.name, vm): (spec.name, vm) for vm in spec.vms
+            }
+            self.title = f"cockpit '{spec.name}'"
+        else:
+            self.targets = {
+                d.name: (d.meta.set_name, d.meta.vm_name) for d in self.virt.domains() if d.meta
+            }
+            self.title = "kvmctl VMs on this host"
+
+    def take(self) -> dict[str, DomainSample]:
+        stats = domain_stats(self.conn, list(self.targets))
+        return sample(stats, self.targets, time.monotonic())
+
+    def restarts(self) -> dict[str, int]:
+        """Restarts and resets by `kvmctl supervise`, per domain."""
+        out: dict[str, int] = {}
+        for set_name in {s for s, _ in self.targets.values() if s}:
+            state = supervisor_state(set_name)
+            for vm, data in ((state or {}).get("vms") or {}).items():
+                count = int(data.get("restarts", 0)) + int(data.get("resets", 0))
+                out[domain_name(set_name, vm)] = count
+        return out
+
+    def rounds(self, interval: float) -> Iterator[list[TopRow]]:
+        """Rows every `interval` seconds, the first after one interval."""
+        before = self.take()
+        while True:
+            time.sleep(interval)
+            after = self.take()
+            yield rows(before, after, self.restarts())
+            before = after
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection
+            pass
