@@ -7,11 +7,9 @@ from typing import Annotated
 
 import typer
 
-from kvmctl.adapters.netlink import Netlink
-from kvmctl.adapters.netlink.status import BridgeStatus, collect
 from kvmctl.commands._app import JsonOpt, app
 from kvmctl.commands._output import print_json, print_table
-from kvmctl.planner.nics import plan_nics
+from kvmctl.observe.net import BridgeStatus, net_status
 from kvmctl.spec import load_spec
 
 net_app = typer.Typer(
@@ -52,9 +50,7 @@ def status(
     Counters are the host's view of a port: rx is what the guest sent, tx what it received.
     """
     spec = load_spec(file) if file is not None else None
-    nics = plan_nics(spec) if spec is not None else None
-    with Netlink(netns) as nl:
-        bridges = collect(nl, spec, nics)
+    bridges = net_status(spec, netns)
     if json_out:
         print_json({"netns": netns, "bridges": [b.to_dict() for b in bridges]})
         return

@@ -1,4 +1,5 @@
-"""What `kvmctl net status` shows: bridges, their ports, and which VM NIC each port is.
+"""What `kvmctl net status` shows: bridges, their ports, and which VM NIC each port is,
+read through the netlink adapter.
 
 A libvirt tap carries the guest's MAC with its first byte set to 0xfe, so a
 port is matched to a VM through the spec's planned MACs (NicPlan.mac); the
@@ -10,12 +11,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.netlink.support import guest_mac
 from kvmctl.errors import HostError
 from kvmctl.planner.networks import bridge_alias, parse_alias
+from kvmctl.planner.nics import plan_nics
 
 if TYPE_CHECKING:
-    from kvmctl.adapters.netlink import Netlink, PortInfo
+    from kvmctl.adapters.netlink import PortInfo
     from kvmctl.planner.nics import NicPlan
     from kvmctl.spec.models import Cockpit
 
@@ -52,6 +55,13 @@ class BridgeStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def net_status(spec: Cockpit | None, netns: str | None = None) -> list[BridgeStatus]:
+    """The spec's bridges (or, without one, every bridge kvmctl made) as found
+    in network namespace `netns` (None: this one), each port named by its VM NIC."""
+    with Netlink(netns) as nl:
+        return collect(nl, spec, plan_nics(spec) if spec is not None else None)
 
 
 def nic_index(nics: dict[str, list[NicPlan]]) -> dict[str, tuple[str, NicPlan]]:

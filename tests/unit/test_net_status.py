@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from kvmctl.adapters.netlink import PortInfo
-from kvmctl.adapters.netlink.status import (
+from kvmctl.commands.net import rows
+from kvmctl.observe.net import (
     BridgeStatus,
     nic_index,
     port_status,
     wanted_bridges,
 )
-from kvmctl.commands.net import rows
 from kvmctl.planner.nics import plan_nics
 from kvmctl.spec import parse_spec
 
