@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kvmctl import cockpit
-from kvmctl.cockpit.audit import AuditReport, audit_plan
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, SpecArg, app
 from kvmctl.commands._output import print_json, print_table
-from kvmctl.observe.status import STATE_NAMES
-
-
-def run_audit(file: Path, uri: str, host: str | None = None) -> AuditReport:
-    session = cockpit.open_session(file, uri, host=host)
-    assert session.virt is not None
-    states = {d.name: STATE_NAMES.get(d.state, "?") for d in session.virt.domains()}
-    return audit_plan(session.plan, states, live_xml=session.virt.xml)
+from kvmctl.observe.audit import audit as run_audit
 
 
 @app.command()

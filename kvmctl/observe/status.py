@@ -171,6 +171,11 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
+def domain_states(virt: Virt) -> dict[str, str]:
+    """Each domain's state by name ("running", "shut off", ...)."""
+    return {d.name: STATE_NAMES.get(d.state, "?") for d in virt.domains()}
+
+
 def cockpit_status(virt: Virt, plan: Plan, remote: bool = False) -> list[VmStatus]:
     states = {d.name: d.state for d in virt.domains()}
     one = remote_vm_status if remote else vm_status

@@ -1,0 +1,21 @@
+"""`kvmctl audit` on one host: the set's plan there checked, promise by
+promise, against what runs (the checks are kvmctl.cockpit.audit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kvmctl.cockpit.audit import AuditReport, audit_plan
+from kvmctl.observe.status import domain_states
+from kvmctl.session import open_session
+
+
+def audit(file: Path, uri: str, host: str | None = None) -> AuditReport:
+    """The audit of the VMs the spec in `file` places on `host` (None: those
+    without host:), read through `uri`."""
+    session = open_session(file, uri, host=host)
+    try:
+        assert session.virt is not None
+        return audit_plan(session.plan, domain_states(session.virt), live_xml=session.virt.xml)
+    finally:
+        session.close()
