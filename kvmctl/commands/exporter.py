@@ -9,9 +9,7 @@ from typing import Annotated
 import typer
 
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, SpecArg, app
-from kvmctl.observe.exporter import CockpitCollector, parse_listen, serve
-from kvmctl.session import open_session
-from kvmctl.spec import load_spec
+from kvmctl.observe.exporter import export, parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:9477"
 
@@ -28,15 +26,8 @@ def exporter(
     """Serve the set's metrics for Prometheus at http://HOST:PORT/metrics until SIGTERM or
     Ctrl-C: VM state, readiness, supervisor restarts, CPU time per vCPU, audit drift,
     hugepage backing, snapshots and snapshot/migration durations (docs/metrics.md)."""
-    host, port = parse_listen(listen)  # before anything else: a bad flag starts nothing
+    address = parse_listen(listen)  # before anything else: a bad flag starts nothing
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())
-    spec = load_spec(file)
-    session = open_session(spec, connect, host=on_host)
-    try:
-        if not stop.is_set():  # asked to stop while the session opened
-            serve(CockpitCollector(session), host, port, stop)
-    finally:
-        if session.virt is not None:
-            session.virt.close()
+    export(file, connect, on_host, address, stop)

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import suppress
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import Metric
@@ -28,7 +29,7 @@ from kvmctl.cockpit.audit import audit_plan
 from kvmctl.errors import HostError, UsageError
 from kvmctl.observe import metrics
 from kvmctl.observe.overview import gather
-from kvmctl.session import Session, replan
+from kvmctl.session import Session, open_session, replan
 from kvmctl.state.supervisor import supervisor_state
 
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
@@ -91,6 +92,19 @@ class CockpitCollector(Collector):
             sys.stderr.write(f"kvmctl: {error or 'reading the cockpit works again'}\n")
             sys.stderr.flush()
         self._last_error = error
+
+
+def export(
+    file: Path, uri: str, host: str | None, listen: tuple[str, int], stop: threading.Event
+) -> None:
+    """Serve the metrics of the VMs the spec in `file` places on `host` (None:
+    those without host:), read through `uri`, on `listen` until `stop` is set."""
+    session = open_session(file, uri, host=host)
+    try:
+        if not stop.is_set():  # asked to stop while the session opened
+            serve(CockpitCollector(session), *listen, stop)
+    finally:
+        session.close()
 
 
 def serve(collector: Collector, host: str, port: int, stop: threading.Event) -> None:
