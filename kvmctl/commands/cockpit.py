@@ -8,16 +8,14 @@ from typing import Annotated
 import typer
 
 from kvmctl import cockpit
+from kvmctl.cockpit.preview import domain_xml, plan_sessions
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, HostOpt, JsonOpt, SpecArg, app
 from kvmctl.commands._output import print_json, print_table, progress_lines
-from kvmctl.errors import HostError, UsageError
 from kvmctl.observe.overview import overview
 from kvmctl.observe.status import VmStatus
 from kvmctl.planner import deadline
 from kvmctl.planner.cpuset import format_cpuset
-from kvmctl.planner.domain import build_domain
 from kvmctl.planner.plan import Plan
-from kvmctl.spec import load_spec
 
 
 def _plan_rows(plan: Plan) -> list[list[object]]:
@@ -88,10 +86,7 @@ def plan(
     json_out: JsonOpt = False,
 ) -> None:
     """Show what each VM gets (vCPU -> pCPU, emulator, memory, shares/cap, order) and the diff."""
-    if facts is not None:
-        sessions = [cockpit.open_session(file, connect, facts_file=facts, host=host)]
-    else:
-        sessions = cockpit.open_sessions(load_spec(file), connect, host)
+    sessions = plan_sessions(file, connect, facts, host)
     multi = len(sessions) > 1 or sessions[0].host is not None
     if json_out:
         plans = [_plan_json(s.plan) | {"host": s.host, "uri": s.uri} for s in sessions]
@@ -281,14 +276,4 @@ def xml(
     ] = None,
 ) -> None:
     """Print the libvirt domain XML kvmctl would define for one VM (on its host:)."""
-    spec = load_spec(file)
-    if vm not in spec.vms:
-        raise UsageError(f"no VM '{vm}' in {file} (known: {', '.join(spec.vms)})")
-    host = spec.vms[vm].host
-    if host is not None and facts is None:
-        connect = spec.hosts[host].uri
-    session = cockpit.open_session(spec, connect, facts_file=facts, host=host)
-    vm_plan = session.plan.vms.get(vm)
-    if vm_plan is None:
-        raise HostError(f"VM '{vm}' cannot be placed", session.plan.problems)
-    typer.echo(build_domain(vm_plan, session.facts.rt_group_sched).to_xml(), nl=False)
+    typer.echo(domain_xml(file, vm, connect, facts), nl=False)
