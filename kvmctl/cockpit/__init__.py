@@ -9,7 +9,7 @@ the VMs there in depends_on order and rolls this run back on failure;
 Inside: `api` (apply/destroy over the hosts), `applier` (one plan through the
 adapters, with its rollback journal `journal`), `audit` (what is in force
 compared with the plan), `seed` (cloud-init seed images), `record` (which spec
-file each set was last applied from).
+file each set was last applied from), `preview` (what plan and xml show).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The Typer app. Each verb lives in its own module here and only formats output:
-the logic is in the public API modules (spec, host, planner, apply, ...)."""
+"""The Typer app. Each verb lives in its own module here and only parses its
+arguments, calls the operation packages (cockpit, snapshot, migration,
+supervise, observe, host, state) and formats what they return."""
 
 from __future__ import annotations
 

@@ -10,18 +10,20 @@ Also `kvmctl migrate --all FILE --to URI` (the whole set) and
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kvmctl import migration
-from kvmctl.adapters.migration import JobProgress
 from kvmctl.cockpit import record
 from kvmctl.commands._app import DEFAULT_URI, ConnectOpt, JsonOpt, app
 from kvmctl.commands._output import console, print_json
 from kvmctl.errors import UsageError
 from kvmctl.planner.migration import Overrides
 from kvmctl.spec.units import parse_duration, parse_rate
+
+if TYPE_CHECKING:
+    from kvmctl.adapters.migration import JobProgress
 
 MiB = 1024 * 1024
 
