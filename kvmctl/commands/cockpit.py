@@ -23,7 +23,7 @@ def _plan_rows(plan: Plan) -> list[list[object]]:
     rows: list[list[object]] = []
     for name, p in plan.vms.items():
         action = kinds.get(name)
-        change = action.kind if action else "?"
+        change: str = action.kind if action else "?"
         if action and action.reasons:
             change += f" ({', '.join(action.reasons)})"
         rt = f"{p.realtime.policy}:{p.realtime.priority}" if p.realtime else ""
