@@ -98,7 +98,8 @@ def top(
     """CPU % and current pCPU of every VM and vCPU, vCPU wait for a pCPU, memory, hugepages
     and restarts (from `kvmctl supervise`). 100 % is one host CPU."""
     sampler = Sampler(file, connect)
-    title = f"{sampler.title}: every {interval:g} s"
+    what = f"cockpit '{sampler.set_name}'" if sampler.set_name else "kvmctl VMs on this host"
+    title = f"{what}: every {interval:g} s"
     try:
         if json_out:
             for rs in sampler.rounds(interval):

@@ -204,17 +204,17 @@ class Sampler:
     def __init__(self, file: Path | None, uri: str):
         self.conn = open_connection(uri)
         self.virt = Virt(self.conn)
+        self.set_name: str | None = None  # the spec's set, when given one
         if file is not None:
             spec = load_spec(file)
+            self.set_name = spec.name
             self.targets: dict[str, tuple[str | None, str | None]] = {
                 domain_name(spec.name, vm): (spec.name, vm) for vm in spec.vms
             }
-            self.title = f"cockpit '{spec.name}'"
         else:
             self.targets = {
                 d.name: (d.meta.set_name, d.meta.vm_name) for d in self.virt.domains() if d.meta
             }
-            self.title = "kvmctl VMs on this host"
 
     def take(self) -> dict[str, DomainSample]:
         stats = domain_stats(self.conn, list(self.targets))
