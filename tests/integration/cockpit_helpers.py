@@ -68,6 +68,18 @@ def write_spec(tmp: Path, text: str, name: str = "cockpit.yaml") -> Path:
     return path
 
 
+def renamed_example(set_name: str, bridges: tuple[str, str]) -> str:
+    """examples/cockpit.yaml under a set name and bridge names of its own
+    (vehicle, media), so a test never touches a demo cockpit the user left
+    running, nor its bridges."""
+    return (
+        EXAMPLE.read_text()
+        .replace("name: demo-cockpit", f"name: {set_name}")
+        .replace("kvbr-vehicle", bridges[0])
+        .replace("kvbr-media", bridges[1])
+    )
+
+
 def refresh_pool(pool: libvirt.virStoragePool, timeout: float = 10) -> None:
     """Refresh a pool, waiting while another client creates a volume in it
     ("asynchronous jobs running"); after `timeout`, go on with what libvirt knows."""

@@ -11,30 +11,21 @@ from typing import Any
 import pytest
 
 from tests.integration.cockpit_helpers import (
-    EXAMPLE as SHIPPED,
-)
-from tests.integration.cockpit_helpers import (
     cgroup_value,
     host_snapshot,
     kvmctl,
     kvmctl_json,
     qemu,
+    renamed_example,
     write_spec,
 )
 
 pytestmark = pytest.mark.integration
 
-# The shipped example under a name of its own, so the suite never touches a
-# demo cockpit the user left running (nor its bridges).
 TOKEN = secrets.token_hex(2)
 SET = f"kvt-ck-{TOKEN}"
 BRIDGES = (f"kvt{TOKEN}veh", f"kvt{TOKEN}med")
-TEXT = (
-    SHIPPED.read_text()
-    .replace("name: demo-cockpit", f"name: {SET}")
-    .replace("kvbr-vehicle", BRIDGES[0])
-    .replace("kvbr-media", BRIDGES[1])
-)
+TEXT = renamed_example(SET, BRIDGES)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,14 @@ import pytest
 
 from kvmctl.host import threads
 from kvmctl.testing.lab import LabState
-from tests.integration.cockpit_helpers import EXAMPLE, REPO, URI, kvmctl, sweep, write_spec
+from tests.integration.cockpit_helpers import (
+    REPO,
+    URI,
+    kvmctl,
+    renamed_example,
+    sweep,
+    write_spec,
+)
 from tests.integration.ops_helpers import SupervisorProcess, kill_qemu
 from tests.integration.test_exporter import fetch, free_port, start_exporter
 
@@ -101,12 +108,7 @@ def real_dirs_moved_aside() -> Iterator[None]:
 
 TOKEN = secrets.token_hex(2)
 SET = f"kvt-fresh-{TOKEN}"
-MAIN_JOB_SPEC = (
-    EXAMPLE.read_text()
-    .replace("name: demo-cockpit", f"name: {SET}")
-    .replace("kvbr-vehicle", f"kvt{TOKEN}veh")
-    .replace("kvbr-media", f"kvt{TOKEN}med")
-)
+MAIN_JOB_SPEC = renamed_example(SET, (f"kvt{TOKEN}veh", f"kvt{TOKEN}med"))
 
 
 def assert_made_for_qemu(directory: Path) -> None:
