@@ -30,10 +30,32 @@ def kvmctl(
         text=True,
         timeout=timeout,
         cwd=REPO,
-        env=env if env is not None else {**os.environ, "LIBVIRT_DEFAULT_URI": URI},
+        env=env if env is not None else cli_env(),
     )
     assert "Traceback" not in run.stderr, run.stderr
     return run
+
+
+def kvmctl_popen(
+    *args: str, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[Any]:
+    """The real CLI started in the background, its output where `popen`
+    (stdout=, stderr=, text=) sends it; with `env`, in exactly that environment."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvmctl.cli", *args],
+        cwd=REPO,
+        env=env if env is not None else cli_env(),
+        **popen,
+    )
+
+
+def cli_env(uri: str | None = URI, **extra: str) -> dict[str, str]:
+    """This process's environment with `uri` as LIBVIRT_DEFAULT_URI (None:
+    without one, as a user who set none), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k != "LIBVIRT_DEFAULT_URI"}
+    if uri is not None:
+        env["LIBVIRT_DEFAULT_URI"] = uri
+    return {**env, **extra}
 
 
 def kvmctl_json(*args: str) -> Any:

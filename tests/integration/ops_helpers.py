@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from tests.integration.cockpit_helpers import REPO, URI, kvmctl, sweep, write_spec
+from tests.integration.cockpit_helpers import URI, cli_env, kvmctl, kvmctl_popen, sweep, write_spec
 
 
 def agent(
@@ -116,15 +115,14 @@ class SupervisorProcess:
         self.state_dir = state_dir
         self.stderr_path = state_dir / "supervise.stderr"
         self._stderr = self.stderr_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kvmctl.cli", "supervise", str(spec), *extra],
+        self.proc = kvmctl_popen(
+            "supervise",
+            str(spec),
+            *extra,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
-            cwd=REPO,
-            env=env
-            if env is not None
-            else {**os.environ, "LIBVIRT_DEFAULT_URI": URI, "KVMCTL_SUPERVISE_DIR": str(state_dir)},
+            env=env if env is not None else cli_env(KVMCTL_SUPERVISE_DIR=str(state_dir)),
         )
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()

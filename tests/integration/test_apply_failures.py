@@ -27,6 +27,7 @@ from tests.integration.cockpit_helpers import (
     URI,
     kvmctl,
     kvmctl_json,
+    kvmctl_popen,
     set_snapshot,
     sweep,
 )
@@ -110,13 +111,7 @@ def final_sweep() -> Iterator[None]:
 def popen_kvmctl(*args: str, log: Path) -> subprocess.Popen[bytes]:
     """The CLI in the background; stdout and stderr go to `log`."""
     with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "kvmctl.cli", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "LIBVIRT_DEFAULT_URI": URI},
-        )
+        return kvmctl_popen(*args, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_until(

@@ -9,32 +9,25 @@ path of "libvirtd is down".
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.cockpit_helpers import EXAMPLE, cli_env
+from tests.integration.cockpit_helpers import URI as REAL_URI
+from tests.integration.cockpit_helpers import kvmctl as run_kvmctl
+
 pytestmark = pytest.mark.integration
 
-REAL_URI = os.environ.get("KVMCTL_TEST_URI", "qemu:///system")
 MISSING = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
 
 
 def kvmctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "LIBVIRT_DEFAULT_URI"}
-    full_env.update(env or {})
-    result = subprocess.run(
-        [sys.executable, "-m", "kvmctl.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=full_env,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
+    """The CLI with no LIBVIRT_DEFAULT_URI unless `env` sets one."""
+    result = run_kvmctl(*args, timeout=180, env=cli_env(None, **(env or {})))
     assert "Traceback" not in result.stdout
     return result
 
@@ -129,12 +122,9 @@ def test_malformed_uri_is_exit_2(verb: str, uri: str) -> None:
     assert f"'{uri}' is not a valid libvirt URI" in one_line(result.stderr)
 
 
-SPEC = Path(__file__).resolve().parents[2] / "examples" / "cockpit.yaml"
-
-
 @pytest.mark.parametrize("verb", ["plan", "status"])
 def test_cockpit_verbs_with_the_daemon_down_exit_3(verb: str) -> None:
-    result = kvmctl(verb, str(SPEC), "-c", MISSING)
+    result = kvmctl(verb, str(EXAMPLE), "-c", MISSING)
     assert result.returncode == 3, result.stderr
     assert f"cannot reach libvirt at {MISSING}" in one_line(result.stderr)
 
@@ -142,7 +132,7 @@ def test_cockpit_verbs_with_the_daemon_down_exit_3(verb: str) -> None:
 @pytest.mark.parametrize("uri", ["bogus://", "qemu:///sys tem"])
 @pytest.mark.parametrize("verb", ["plan", "status"])
 def test_cockpit_verbs_with_a_malformed_uri_exit_2(verb: str, uri: str) -> None:
-    result = kvmctl(verb, str(SPEC), "-c", uri)
+    result = kvmctl(verb, str(EXAMPLE), "-c", uri)
     assert result.stderr.startswith("kvmctl: ")
     assert result.returncode == 2, result.stderr
     assert f"'{uri}' is not a valid libvirt URI" in one_line(result.stderr)

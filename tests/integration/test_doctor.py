@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +23,10 @@ import pytest
 from kvmctl.adapters import libvirt as lv
 from kvmctl.host import images, kvmprobe, probeguest
 from kvmctl.host.facts import HostFacts
+from tests.integration.cockpit_helpers import URI, cli_env, kvmctl_popen
 
 pytestmark = pytest.mark.integration
 
-URI = os.environ.get("KVMCTL_TEST_URI", "qemu:///system")
 FirstProbe = tuple[Path, dict[str, Any], float, int]  # run dir, doctor JSON, seconds, pid
 
 
@@ -42,17 +41,14 @@ class Run:
 
 
 def kvmctl(*args: str, **env: str) -> Run:
-    full_env = {k: v for k, v in os.environ.items() if k != "LIBVIRT_DEFAULT_URI"}
-    full_env.update(env)
-    cmd = [sys.executable, "-m", "kvmctl.cli", *args]
     t0 = time.monotonic()
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
+    with kvmctl_popen(
+        *args, env=cli_env(None, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
         out, err = proc.communicate(timeout=180)
     seconds = time.monotonic() - t0
     assert "Traceback" not in err, err
-    return Run(subprocess.CompletedProcess(cmd, proc.returncode, out, err), seconds, proc.pid)
+    return Run(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seconds, proc.pid)
 
 
 def probe_domains(conn: libvirt.virConnect, pid: int) -> list[str]:

@@ -16,7 +16,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvmctl.observe.metrics import STATES
 from kvmctl.state import history
-from tests.integration.cockpit_helpers import REPO, URI, kvmctl, kvmctl_json
+from tests.integration.cockpit_helpers import URI, kvmctl, kvmctl_json, kvmctl_popen
 from tests.integration.ops_helpers import applied_set, tool
 
 pytestmark = pytest.mark.integration
@@ -90,13 +89,15 @@ def free_port() -> int:
 def start_exporter(
     spec: Path, listen: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "kvmctl.cli", "exporter", str(spec), "--listen", listen],
+    return kvmctl_popen(
+        "exporter",
+        str(spec),
+        "--listen",
+        listen,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=REPO,
-        env=env if env is not None else {**os.environ, "LIBVIRT_DEFAULT_URI": URI},
+        env=env,
     )
 
 

@@ -18,7 +18,7 @@ import pytest
 from kvmctl.host import threads
 from kvmctl.testing import labops
 from kvmctl.testing.lab import LabState
-from tests.integration.cockpit_helpers import REPO, URI, kvmctl, sweep, write_spec
+from tests.integration.cockpit_helpers import URI, kvmctl, kvmctl_popen, sweep, write_spec
 from tests.integration.migration_helpers import plain_move
 from tests.integration.ops_helpers import counter, guest_run, tool, wait_until
 
@@ -372,22 +372,16 @@ def start_slow_migration(s: MigSet, dirty_seconds: int, settle: float = 0) -> su
 
 
 def start_migrate(s: MigSet, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kvmctl.cli",
-            "migrate",
-            str(s.spec),
-            "a",
-            "--to",
-            s.lab.uri,
-            "--insecure",
-            "--copy-storage",
-            "--json",
-            *args,
-        ],
-        cwd=REPO,
+    return kvmctl_popen(
+        "migrate",
+        str(s.spec),
+        "a",
+        "--to",
+        s.lab.uri,
+        "--insecure",
+        "--copy-storage",
+        "--json",
+        *args,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

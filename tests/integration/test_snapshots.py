@@ -25,7 +25,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,11 +35,11 @@ import libvirt_qemu
 import pytest
 
 from tests.integration.cockpit_helpers import (
-    REPO,
     URI,
     host_snapshot,
     kvmctl,
     kvmctl_json,
+    kvmctl_popen,
     qemu,
     write_spec,
 )
@@ -576,13 +575,9 @@ def test_member_killed_during_group_snapshot_leaves_the_set_running(
     reduced = specs["reduced"]
     victim = dom_name("ivi")
     survivors = ("cl", "hud")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kvmctl.cli", "snapshot", "create", "--all", str(reduced), "gk"],
-        cwd=REPO,
-        env={**os.environ, "LIBVIRT_DEFAULT_URI": URI},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = kvmctl_popen(
+        "snapshot", "create", "--all", str(reduced), "gk",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     killed = False
     try:

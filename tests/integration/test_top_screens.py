@@ -16,7 +16,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from tests.integration.cockpit_helpers import REPO, URI, qemu
+from tests.integration.cockpit_helpers import cli_env, kvmctl, kvmctl_popen, qemu
 from tests.integration.ops_helpers import applied_set, domain_state, guest_run, wait_until
 from tests.integration.screen_helpers import banner_bitmap, read_banner
 
@@ -66,16 +65,7 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "kvmctl.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env={**os.environ, "LIBVIRT_DEFAULT_URI": URI, **(env or {})},
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
+    return kvmctl(*args, timeout=120, env=cli_env(**(env or {})))
 
 
 def test_top_per_vm_and_vcpu(spec: Path, tmp_path: Path) -> None:
@@ -209,13 +199,9 @@ def test_rt_guest_tile_shows_its_own_name(spec: Path, tmp_path: Path) -> None:
 
 def test_screens_watch_rewrites_until_interrupted(spec: Path, tmp_path: Path) -> None:
     out = tmp_path / "watch.png"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kvmctl.cli", "screens", str(spec), "-o", str(out), "--watch", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "LIBVIRT_DEFAULT_URI": URI},
+    proc = kvmctl_popen(
+        "screens", str(spec), "-o", str(out), "--watch", "1",
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 30
