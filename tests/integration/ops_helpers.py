@@ -1,6 +1,7 @@
-"""Helpers for the operate-verb tests (supervise, audit, top, screens): run a
-command in a guest through its agent, run `kvmctl supervise` as a child
-process and read its JSON lines, and remove a set's leftovers."""
+"""Helpers for the operate-verb tests (supervise, audit, top, screens,
+exporter): run a command in a guest through its agent, run `kvmctl supervise`
+as a child process and read its JSON lines, run `kvmctl exporter` and scrape
+it, and apply a set for a test and remove it after."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +21,16 @@ from typing import Any
 
 import libvirt
 import libvirt_qemu
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.cockpit_helpers import URI, cli_env, kvmctl, kvmctl_popen, sweep, write_spec
+from tests.integration.cockpit_helpers import (
+    URI,
+    cli_env,
+    kvmctl,
+    kvmctl_popen,
+    sweep,
+    write_spec,
+)
 
 
 def agent(
@@ -230,3 +241,49 @@ def applied_set(directory: Path, set_name: str, spec_text: str) -> Iterator[Path
     finally:
         kvmctl("destroy", str(path), timeout=120)
         assert sweep(set_name) == []
+
+
+# --------------------------------------------------------------------------- exporter
+
+START_TIMEOUT = 120.0  # opening the session may boot the KVM probe guest first
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_exporter(
+    spec: Path, listen: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return kvmctl_popen(
+        "exporter",
+        str(spec),
+        "--listen",
+        listen,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def fetch(url: str, proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """/metrics parsed: {sample name: {frozenset(labels): value}}, waiting for
+    the exporter to listen."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                text = reply.read().decode()
+            break
+        except OSError:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "exporter did not start listening"
+            time.sleep(0.1)
+    out: dict[str, Any] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, {})[frozenset(s.labels.items())] = s.value
+    return out

@@ -15,21 +15,17 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from kvmctl.observe.metrics import STATES
 from kvmctl.state import history
-from tests.integration.cockpit_helpers import URI, kvmctl, kvmctl_json, kvmctl_popen
-from tests.integration.ops_helpers import applied_set, tool
+from tests.integration.cockpit_helpers import URI, kvmctl, kvmctl_json
+from tests.integration.ops_helpers import applied_set, fetch, free_port, start_exporter, tool
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +45,6 @@ vms:
     disk: {{size: 32MiB}}
     ready: {{probe: agent, timeout: 90s}}
 """
-START_TIMEOUT = 120.0  # opening the session may boot the KVM probe guest first
 
 
 @pytest.fixture(scope="module")
@@ -78,47 +73,6 @@ def spec(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Itera
     with applied_set(tmp_path_factory.mktemp("exspec"), SET, SPEC) as path:
         yield path
     assert not history.history_path(SET).exists()  # destroy forgot the durations
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_exporter(
-    spec: Path, listen: str, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    return kvmctl_popen(
-        "exporter",
-        str(spec),
-        "--listen",
-        listen,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def fetch(url: str, proc: subprocess.Popen[str]) -> dict[str, Any]:
-    """/metrics parsed: {sample name: {frozenset(labels): value}}, waiting for
-    the exporter to listen."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=30) as reply:
-                text = reply.read().decode()
-            break
-        except OSError:
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "exporter did not start listening"
-            time.sleep(0.1)
-    out: dict[str, Any] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, {})[frozenset(s.labels.items())] = s.value
-    return out
 
 
 def get(m: dict[str, Any], name: str, **labels: str) -> float | None:

@@ -39,8 +39,13 @@ from tests.integration.cockpit_helpers import (
     sweep,
     write_spec,
 )
-from tests.integration.ops_helpers import SupervisorProcess, kill_qemu
-from tests.integration.test_exporter import fetch, free_port, start_exporter
+from tests.integration.ops_helpers import (
+    SupervisorProcess,
+    fetch,
+    free_port,
+    kill_qemu,
+    start_exporter,
+)
 
 pytestmark = pytest.mark.integration
 
