@@ -4,10 +4,15 @@ supervisor, again and again."""
 
 from __future__ import annotations
 
-import base64
 import threading
 
-from tests.integration.ops_helpers import SupervisorProcess, agent, guest_run, kill_qemu
+from tests.integration.ops_helpers import (
+    SupervisorProcess,
+    guest_run,
+    guest_start,
+    guest_status,
+    kill_qemu,
+)
 
 # Each runs until killed. setsid makes the program a process group leader, so
 # killing the group also ends the workers it forked (awk, dd).
@@ -31,21 +36,15 @@ class Hogs:
     def start(self) -> None:
         for dom in self.domains:
             for name, argv in HOGS.items():
-                reply = agent(
-                    dom,
-                    "guest-exec",
-                    {"path": "/usr/bin/setsid", "arg": argv, "capture-output": True},
-                )
-                self.pids[(dom, name)] = reply["pid"]
+                self.pids[(dom, name)] = guest_start(dom, "/usr/bin/setsid", *argv)
 
     def ended(self) -> list[str]:
         """Hogs that are no longer running (they should all still be)."""
         out = []
         for (dom, name), pid in self.pids.items():
-            st = agent(dom, "guest-exec-status", {"pid": pid})
-            if st.get("exited"):
-                err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")
-                why = err.strip().splitlines()[-1:] or [f"exit status {st.get('exitcode')}"]
+            res = guest_status(dom, pid)
+            if res is not None:
+                why = res.stderr.strip().splitlines()[-1:] or [f"exit status {res.exitcode}"]
                 out.append(f"{dom} {name} ({why[0]})")
         return out
 

@@ -15,8 +15,6 @@ pytest dependency so `bench/boot.py` reuses them.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import queue
 import secrets
@@ -30,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-import libvirt_qemu
 import pytest
 from lxml import etree
 
 from kvmctl.adapters.events import ensure_event_loop
 from kvmctl.errors import HostError
 from kvmctl.host import images
+from tests.integration.guest_agent import ExecResult, agent_command, exec_start, exec_status
 
 URI = os.environ.get("KVMCTL_TEST_URI", "qemu:///system")
 DOMAIN_TYPE = os.environ.get("KVMCTL_TEST_DOMAIN_TYPE", "qemu")
@@ -186,28 +184,6 @@ def pool_xml(name: str, path: Path) -> str:
 # --------------------------------------------------------------------------- guests
 
 
-@dataclass
-class ExecResult:
-    exitcode: int | None
-    signal: int | None
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exitcode == 0
-
-    def fields(self) -> dict[str, str]:
-        """The `key=value` words of the last output line (kvmctl-tool's format)."""
-        lines = self.stdout.strip().splitlines()
-        out: dict[str, str] = {}
-        for word in (lines[-1] if lines else "").split():
-            key, sep, value = word.partition("=")
-            if sep:
-                out[key] = value
-        return out
-
-
 class GuestError(AssertionError):
     """A test guest did not do what was expected; carries its serial log tail."""
 
@@ -300,11 +276,7 @@ class TestGuest:
     def agent(self, command: str, arguments: Mapping[str, Any] | None = None,
               timeout: int = 10) -> Any:
         """One agent command through libvirt; its `return` value."""
-        msg: dict[str, Any] = {"execute": command}
-        if arguments:
-            msg["arguments"] = dict(arguments)
-        reply = libvirt_qemu.qemuAgentCommand(self.dom, json.dumps(msg), timeout, 0)
-        return json.loads(reply)["return"]
+        return agent_command(self.dom, command, arguments, timeout)
 
     def wait_agent(self, timeout: float = BOOT_TIMEOUT) -> float:
         start = time.monotonic()
@@ -320,20 +292,12 @@ class TestGuest:
     def exec(self, path: str, args: Sequence[str] = (), *, timeout: float = 60,
              stdin: bytes | None = None) -> ExecResult:
         """Run a program in the guest through guest-exec and wait for it."""
-        arguments: dict[str, Any] = {"path": path, "arg": list(args), "capture-output": True}
-        if stdin is not None:
-            arguments["input-data"] = base64.b64encode(stdin).decode()
-        pid = self.agent("guest-exec", arguments)["pid"]
+        pid = exec_start(self.dom, path, args, stdin)
         deadline = time.monotonic() + timeout
         while True:
-            status = self.agent("guest-exec-status", {"pid": pid})
-            if status.get("exited"):
-                return ExecResult(
-                    exitcode=status.get("exitcode"),
-                    signal=status.get("signal"),
-                    stdout=base64.b64decode(status.get("out-data", "")).decode("utf-8", "replace"),
-                    stderr=base64.b64decode(status.get("err-data", "")).decode("utf-8", "replace"),
-                )
+            result = exec_status(self.dom, pid)
+            if result is not None:
+                return result
             if time.monotonic() > deadline:
                 raise GuestError(f"{self.name}: {path} {' '.join(args)} still running after {timeout}s")
             time.sleep(0.05)

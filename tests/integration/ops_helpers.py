@@ -5,7 +5,6 @@ it, and apply a set for a test and remove it after."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -17,10 +16,9 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import libvirt
-import libvirt_qemu
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.cockpit_helpers import (
@@ -31,35 +29,43 @@ from tests.integration.cockpit_helpers import (
     sweep,
     write_spec,
 )
+from tests.integration.guest_agent import ExecResult, exec_start, exec_status
+
+T = TypeVar("T")
 
 
-def agent(
-    domain: str, command: str, arguments: dict[str, Any] | None = None, uri: str = URI
-) -> Any:
+def on_domain(domain: str, uri: str, call: Callable[[libvirt.virDomain], T]) -> T:
+    """`call(domain)` on a connection of its own, so a libvirtd restart between
+    two calls does not matter."""
     conn = libvirt.open(uri)
     try:
-        msg: dict[str, Any] = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
-        reply = libvirt_qemu.qemuAgentCommand(conn.lookupByName(domain), json.dumps(msg), 10, 0)
-        return json.loads(reply)["return"]
+        return call(conn.lookupByName(domain))
     finally:
         conn.close()
+
+
+def guest_start(domain: str, path: str, *args: str, uri: str = URI) -> int:
+    """Start a program in the guest; its guest pid."""
+    return on_domain(domain, uri, lambda dom: exec_start(dom, path, args))
+
+
+def guest_status(domain: str, pid: int, uri: str = URI) -> ExecResult | None:
+    """What guest program `pid` did, or None while it runs."""
+    return on_domain(domain, uri, lambda dom: exec_status(dom, pid))
 
 
 def guest_run(
     domain: str, path: str, *args: str, timeout: float = 30, wait: bool = True, uri: str = URI
 ) -> str:
     """Run a program in the guest; its stdout (or "" when not waiting)."""
-    exec_args = {"path": path, "arg": list(args), "capture-output": True}
-    pid = agent(domain, "guest-exec", exec_args, uri=uri)["pid"]
+    pid = guest_start(domain, path, *args, uri=uri)
     if not wait:
         return ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        st = agent(domain, "guest-exec-status", {"pid": pid}, uri=uri)
-        if st.get("exited"):
-            return base64.b64decode(st.get("out-data", "")).decode(errors="replace")
+        result = guest_status(domain, pid, uri)
+        if result is not None:
+            return result.stdout
         time.sleep(0.1)
     raise AssertionError(f"{domain}: {path} {args} did not finish within {timeout} s")
 

@@ -14,9 +14,7 @@ no host address, no uplink, no default route in any guest.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import json
 import os
 import secrets
 import subprocess
@@ -29,7 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import libvirt
-import libvirt_qemu
 import pytest
 
 from kvmctl.adapters.netlink.support import ifb_name
@@ -44,6 +41,7 @@ from tests.integration.cockpit_helpers import (
     qemu,
     write_spec,
 )
+from tests.integration.guest_agent import ExecResult, exec_start, exec_status
 
 pytestmark = pytest.mark.integration
 
@@ -91,59 +89,26 @@ SPEC = (
 # --------------------------------------------------------------------------- guest-exec
 
 
-@dataclass(frozen=True)
-class Result:
-    exitcode: int | None
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exitcode == 0
-
-    def fields(self) -> dict[str, str]:
-        """The `key=value` words of the last output line."""
-        lines = self.stdout.strip().splitlines()
-        words = lines[-1].split() if lines else []
-        return dict(w.split("=", 1) for w in words if "=" in w)
-
-
 @cache
 def _conn() -> libvirt.virConnect:
     return libvirt.open(URI)
 
 
-def _agent(domain: str, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
-    msg: dict[str, Any] = {"execute": command}
-    if arguments:
-        msg["arguments"] = dict(arguments)
-    dom = _conn().lookupByName(domain)
-    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(msg), 10, 0))["return"]
-
-
 def _start(domain: str, argv: Sequence[str]) -> int:
-    args = {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
-    return int(_agent(domain, "guest-exec", args)["pid"])
+    return exec_start(_conn().lookupByName(domain), argv[0], argv[1:])
 
 
-def _status(domain: str, pid: int) -> Result | None:
-    st = _agent(domain, "guest-exec-status", {"pid": pid})
-    if not st.get("exited"):
-        return None
-    return Result(
-        st.get("exitcode"),
-        base64.b64decode(st.get("out-data", "")).decode("utf-8", "replace"),
-        base64.b64decode(st.get("err-data", "")).decode("utf-8", "replace"),
-    )
+def _status(domain: str, pid: int) -> ExecResult | None:
+    return exec_status(_conn().lookupByName(domain), pid)
 
 
 K = TypeVar("K")
 
 
-def run_all(jobs: Mapping[K, tuple[str, Sequence[str]]], timeout: float = 60) -> dict[K, Result]:
+def run_all(jobs: Mapping[K, tuple[str, Sequence[str]]], timeout: float = 60) -> dict[K, ExecResult]:
     """Start every (domain, argv) job at once through guest-exec, then wait for all."""
     pids = {key: (dom, _start(dom, argv)) for key, (dom, argv) in jobs.items()}
-    done: dict[K, Result] = {}
+    done: dict[K, ExecResult] = {}
     deadline = time.monotonic() + timeout
     while len(done) < len(pids):
         for key, (dom, pid) in pids.items():
@@ -170,7 +135,7 @@ def sh(vm: str, script: str, *args: str) -> tuple[str, list[str]]:
     return dom(vm), ["/bin/sh", "-c", script, "sh", *args]
 
 
-def run(job: tuple[str, Sequence[str]], timeout: float = 60) -> Result:
+def run(job: tuple[str, Sequence[str]], timeout: float = 60) -> ExecResult:
     return run_all({0: job}, timeout)[0]
 
 

@@ -19,8 +19,6 @@ domain, volume or overlay file behind, snapshots notwithstanding.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import secrets
 import signal
@@ -31,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-import libvirt_qemu
 import pytest
 
 from tests.integration.cockpit_helpers import (
@@ -43,6 +40,7 @@ from tests.integration.cockpit_helpers import (
     qemu,
     write_spec,
 )
+from tests.integration.guest_agent import agent_command, exec_start, exec_status
 
 pytestmark = pytest.mark.integration
 
@@ -120,29 +118,18 @@ class Guests:
         return int(self._retry(lambda: self.dom(vm).state()[0]))
 
     def agent(self, vm: str, command: str, args: dict[str, Any] | None = None) -> Any:
-        msg: dict[str, Any] = {"execute": command}
-        if args:
-            msg["arguments"] = args
-        reply = self._retry(
-            lambda: libvirt_qemu.qemuAgentCommand(self.dom(vm), json.dumps(msg), 10, 0)
-        )
-        return json.loads(reply)["return"]
+        return self._retry(lambda: agent_command(self.dom(vm), command, args))
 
     def sh(self, vm: str, script: str, *args: str, timeout: float = 30) -> str:
         """`sh -c script sh args...` in the guest; stdout. Fails on a non-zero exit."""
-        pid = self.agent(
-            vm,
-            "guest-exec",
-            {"path": "/bin/sh", "arg": ["-c", script, "sh", *args], "capture-output": True},
-        )["pid"]
+        argv = ["-c", script, "sh", *args]
+        pid = self._retry(lambda: exec_start(self.dom(vm), "/bin/sh", argv))
         deadline = time.monotonic() + timeout
         while True:
-            st = self.agent(vm, "guest-exec-status", {"pid": pid})
-            if st.get("exited"):
-                out = base64.b64decode(st.get("out-data", "")).decode()
-                err = base64.b64decode(st.get("err-data", "")).decode()
-                assert st.get("exitcode") == 0, f"{vm}: {script!r} failed: {out}{err}"
-                return out
+            res = self._retry(lambda: exec_status(self.dom(vm), pid))
+            if res is not None:
+                assert res.ok, f"{vm}: {script!r} failed: {res.stdout}{res.stderr}"
+                return res.stdout
             assert time.monotonic() < deadline, f"{vm}: {script!r} still running"
             time.sleep(0.02)
 
