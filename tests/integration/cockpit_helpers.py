@@ -90,6 +90,30 @@ def write_spec(tmp: Path, text: str, name: str = "cockpit.yaml") -> Path:
     return path
 
 
+def cluster_and_ivi(set_name: str) -> str:
+    """The two-VM cockpit of the operate-verb tests (exporter, top, screens): a
+    hugepage-backed cluster and an IVI capped at 50 % of a CPU, each with a
+    display and ready once its serial console says so. The text ends inside
+    `vms:`, so a test may add VMs after it."""
+    return f"""
+name: {set_name}
+vms:
+  cluster:
+    role: instrument-cluster
+    memory: {{size: 128MiB, hugepages: 2MiB}}
+    disk: {{size: 32MiB}}
+    display: {{width: 1280, height: 480}}
+    ready: {{probe: "serial:KVMCTL-READY cluster", timeout: 90s}}
+  ivi:
+    role: infotainment
+    cpu: {{shares: 512, limit: 50%}}
+    memory: {{size: 128MiB}}
+    disk: {{size: 32MiB}}
+    display: {{width: 1024, height: 600}}
+    ready: {{probe: "serial:KVMCTL-READY ivi", timeout: 90s}}
+"""
+
+
 def renamed_example(set_name: str, bridges: tuple[str, str]) -> str:
     """examples/cockpit.yaml under a set name and bridge names of its own
     (vehicle, media), so a test never touches a demo cockpit the user left

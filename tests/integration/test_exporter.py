@@ -24,27 +24,13 @@ import pytest
 
 from kvmctl.observe.metrics import STATES
 from kvmctl.state import history
-from tests.integration.cockpit_helpers import URI, kvmctl, kvmctl_json
+from tests.integration.cockpit_helpers import URI, cluster_and_ivi, kvmctl, kvmctl_json
 from tests.integration.ops_helpers import applied_set, fetch, free_port, start_exporter, tool
 
 pytestmark = pytest.mark.integration
 
 SET = f"kvt-ex-{secrets.token_hex(2)}"
-SPEC = f"""
-name: {SET}
-vms:
-  cluster:
-    role: instrument-cluster
-    memory: {{size: 128MiB, hugepages: 2MiB}}
-    disk: {{size: 32MiB}}
-    ready: {{probe: "serial:KVMCTL-READY cluster", timeout: 90s}}
-  ivi:
-    role: infotainment
-    cpu: {{shares: 512}}
-    memory: {{size: 128MiB}}
-    disk: {{size: 32MiB}}
-    ready: {{probe: agent, timeout: 90s}}
-"""
+SPEC = cluster_and_ivi(SET)
 
 
 @pytest.fixture(scope="module")

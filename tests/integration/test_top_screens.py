@@ -24,37 +24,22 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from tests.integration.cockpit_helpers import cli_env, kvmctl, kvmctl_popen, qemu
+from tests.integration.cockpit_helpers import cli_env, cluster_and_ivi, kvmctl, kvmctl_popen, qemu
 from tests.integration.ops_helpers import applied_set, domain_state, guest_run, wait_until
 from tests.integration.screen_helpers import banner_bitmap, read_banner
 
 pytestmark = pytest.mark.integration
 
 SET = f"kvt-ts-{secrets.token_hex(2)}"
-SPEC = f"""
-name: {SET}
-vms:
-  cluster:
-    role: instrument-cluster
-    memory: {{size: 128MiB, hugepages: 2MiB}}
-    disk: {{size: 32MiB}}
-    display: {{width: 1280, height: 480}}
-    ready: {{probe: "serial:KVMCTL-READY cluster", timeout: 90s}}
-  ivi:
-    role: infotainment
-    cpu: {{shares: 512, limit: 50%}}
-    memory: {{size: 128MiB}}
-    disk: {{size: 32MiB}}
-    display: {{width: 1024, height: 600}}
-    ready: {{probe: "serial:KVMCTL-READY ivi", timeout: 90s}}
+SPEC = cluster_and_ivi(SET) + """\
   rear:
     role: passenger
-    image: {{builtin: test-guest-rt}}
-    memory: {{size: 192MiB}}
-    disk: {{size: 32MiB}}
-    display: {{width: 1024, height: 600}}
+    image: {builtin: test-guest-rt}
+    memory: {size: 192MiB}
+    disk: {size: 32MiB}
+    display: {width: 1024, height: 600}
     # The serial marker comes after the banner is drawn (the agent, before).
-    ready: {{probe: "serial:KVMCTL-READY rear", timeout: 120s}}
+    ready: {probe: "serial:KVMCTL-READY rear", timeout: 120s}
 """
 
 
