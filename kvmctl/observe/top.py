@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvmctl.adapters.connection import open_connection
 from kvmctl.adapters.stats import domain_stats
-from kvmctl.adapters.virt import Virt, open_connection
+from kvmctl.adapters.virt import Virt
 from kvmctl.host import threads
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.plan import domain_name
