@@ -30,7 +30,7 @@ help:
 	@echo "make demo         set up this host, then run the example cockpit"
 	@echo "make test         set up this host, then lint and run unit + integration tests"
 	@echo "make setup        Debian packages, .venv, Ansible role kvm_host on localhost, guest images"
-	@echo "make lint         ruff, mypy (pure layers), ansible-lint"
+	@echo "make lint         ruff, mypy --strict (all of kvmctl), ansible-lint"
 	@echo "make unit | integration | bench"
 
 ## setup: fresh Debian 12 -> venv, host prepared (packages, hugepages, daemons), images
@@ -72,9 +72,9 @@ unit:
 integration:
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
-# Lint what exists: the pure-layer directories may still be nearly empty.
-RUFF_PATHS := $(wildcard kvmctl tests bench)
-MYPY_PATHS := $(wildcard kvmctl/spec kvmctl/planner kvmctl/xml kvmctl/host/facts.py kvmctl/state/paths.py)
+# Strict mypy (pyproject.toml) over the whole package, not only the pure layers.
+RUFF_PATHS := kvmctl tests bench
+MYPY_PATHS := kvmctl
 
 lint:
 	$(BIN)/ruff check $(RUFF_PATHS)

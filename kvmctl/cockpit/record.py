@@ -63,21 +63,20 @@ def spec_of(set_name: str) -> Path:
 def find_vms(virt: Virt, names: list[str]) -> tuple[Path, list[str]]:
     """(spec file, VM names) for VMs named by domain name or VM name on this
     connection. All must belong to one set."""
-    owned = [d for d in virt.domains() if d.meta is not None]
+    owned = [(d, d.meta) for d in virt.domains() if d.meta is not None]
     sets: set[str] = set()
     vms: list[str] = []
     for name in names:
-        hits = [d for d in owned if name in (d.name, d.meta.vm_name)]  # type: ignore[union-attr]
+        hits = [(d, meta) for d, meta in owned if name in (d.name, meta.vm_name)]
         if not hits:
             raise UsageError(
                 f"no kvmctl domain or VM named '{name}' on {virt.uri} "
                 "(name the domain, or pass the spec file first)"
             )
         if len(hits) > 1:
-            domains = ", ".join(sorted(d.name for d in hits))
+            domains = ", ".join(sorted(d.name for d, _ in hits))
             raise UsageError(f"'{name}' is a VM of several cockpits ({domains}): name the domain")
-        meta = hits[0].meta
-        assert meta is not None
+        meta = hits[0][1]
         sets.add(meta.set_name)
         vms.append(meta.vm_name)
     if len(sets) > 1:

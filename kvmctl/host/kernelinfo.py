@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from kvmctl.host.facts import CpuInfo, HugepagePool
 from kvmctl.xml.names import SHMEM_PREFIX
@@ -186,7 +187,7 @@ def hugetlbfs_mounts(mounts: Iterable[Mount]) -> list[str]:
 
 @dataclass(frozen=True)
 class CgroupInfo:
-    version: int | None
+    version: Literal[1, 2] | None
     controllers: list[str]
     cpu_mount: str | None  # v1: where the cpu controller is mounted
 

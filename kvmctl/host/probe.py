@@ -178,7 +178,7 @@ def probe(
         hugetlbfs_mounts=hugetlbfs_mounts(mounts),
         memlock_limit_kib=parse_limits_memlock(limits) if limits else _own_memlock_kib(),
         cap_sys_resource=has_capability(parse_cap_eff(status), CAP_SYS_RESOURCE),
-        cgroup_version=cg.version,  # type: ignore[arg-type]
+        cgroup_version=cg.version,
         cgroup_controllers=cg.controllers,
         rt_group_sched=rt,
         rt_runtime_us_root=rt_budget,

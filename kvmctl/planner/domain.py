@@ -144,7 +144,7 @@ def _cputune(plan: VmPlan, rt_by_thread: bool) -> CPUTune:
         scheds = (
             VCPUSched(
                 vcpus=f"0-{plan.vm.vcpus - 1}" if plan.vm.vcpus > 1 else "0",
-                scheduler=plan.realtime.policy,  # type: ignore[arg-type]
+                scheduler=plan.realtime.policy,
                 priority=plan.realtime.priority,
             ),
         )

@@ -8,6 +8,7 @@ host's free count.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from kvmctl.host.facts import HostFacts
 from kvmctl.spec.models import VM
@@ -21,7 +22,7 @@ QEMU_OVERHEAD_KIB = 64 * 1024
 
 @dataclass(frozen=True)
 class RealtimeBudget:
-    policy: str
+    policy: Literal["fifo", "rr"]
     priority: int
     period_us: int
     domain_runtime_us: int  # the domain's cgroup

@@ -142,7 +142,7 @@ class XMLModel:
         dataclass(frozen=True, kw_only=True)(cls)
         cls._PROPS = tuple(
             (f.name, f.metadata[PROP_KEY])
-            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]  # a dataclass since above
             if PROP_KEY in f.metadata
         )
         cls._CLAIMED = _claimed(cls._PROPS)
@@ -192,7 +192,7 @@ class XMLModel:
                 raise ValueError(f"<{expected}> {prop.path or name}: {exc}") from None
             if got is not dataclasses.MISSING:
                 kwargs[name] = got
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # dataclass from __init_subclass__
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if required and f.name not in kwargs:
                 where = f.metadata[PROP_KEY].path or f.name
