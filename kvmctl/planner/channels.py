@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from kvmctl.host.facts import HostFacts
 from kvmctl.planner.drift import Check
-from kvmctl.spec.models import MIB, Cockpit
+from kvmctl.spec.channels import MIB
+from kvmctl.spec.models import Cockpit
 from kvmctl.spec.units import format_size
 from kvmctl.xml.base import parse_xml
 from kvmctl.xml.chardev import Channel as XmlChannel

@@ -13,7 +13,7 @@ import uuid
 
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.plan import VmPlan
-from kvmctl.spec.models import MIB
+from kvmctl.spec.channels import MIB
 from kvmctl.xml.chardev import Channel, Console, Serial
 from kvmctl.xml.cputune import CPUTune, IOThreadPin, VCPUPin, VCPUSched
 from kvmctl.xml.devices import RNG, Devices, MemBalloon, Panic, Shmem, Vsock, Watchdog

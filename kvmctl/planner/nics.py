@@ -10,7 +10,8 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
-from kvmctl.spec.models import Bandwidth, Cockpit
+from kvmctl.spec.models import Cockpit
+from kvmctl.spec.networks import Bandwidth
 
 
 @dataclass(frozen=True)

@@ -7,68 +7,29 @@ other (dependency graph, network references, CPU claims) live in
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
-from kvmctl.spec.units import parse_duration, parse_percent, parse_rate, parse_size
-
-# A name that is safe as a libvirt domain name, a file name, a metadata value and
-# a shell word: lower-case letters, digits and inner dashes. No XML or shell
-# metacharacters can pass.
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
-# Linux interface names: at most 15 bytes, no '/', ':' or white space.
-BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-DEFAULT_IMAGE_DIRS = ("/var/lib/kvmctl/images", "/var/lib/libvirt/images")
-
-
-def _check_name(value: str) -> str:
-    if not NAME_RE.match(value):
-        raise ValueError(
-            f"'{value}' is not a valid name: use 1-32 lower-case letters, digits and inner "
-            "dashes, starting with a letter"
-        )
-    return value
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Percent = Annotated[float, BeforeValidator(parse_percent)]
-Rate = Annotated[int, BeforeValidator(parse_rate)]
-CpuId = Annotated[int, Field(ge=0, le=4095)]
-VlanId = Annotated[int, Field(ge=1, le=4094)]
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-    # Fields added after specs were hashed into running domains' metadata and
-    # snapshot records: left out of a dump while at their default, so a spec
-    # that does not use them keeps the hash it had (kvmctl.spec.loader.spec_hash)
-    # and its snapshots revert without --force after an upgrade.
-    added_later: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _without_unused_additions(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        for name in self.added_later:
-            info = type(self).model_fields[name]
-            if getattr(self, name) == info.get_default(call_default_factory=True):
-                data.pop(info.alias or name, None)
-        return data
-
+from kvmctl.spec.channels import Channel
+from kvmctl.spec.networks import AttachmentIn, Network
+from kvmctl.spec.types import (
+    DEFAULT_IMAGE_DIRS,
+    CpuId,
+    Duration,
+    Model,
+    Name,
+    Percent,
+    Rate,
+    Size,
+)
+from kvmctl.spec.units import parse_size
 
 # --- host --------------------------------------------------------------------
 
@@ -114,87 +75,6 @@ class HostRef(Model):
     # How VMs run there. Unset: KVM when a probe guest booted under it there
     # reaches user space (kvmctl.host.remote), as `kvmctl doctor` judges this host.
     virt_type: Literal["kvm", "qemu"] | None = None
-
-
-# --- networks ----------------------------------------------------------------
-
-
-class Network(Model):
-    bridge: str
-    subnet: ipaddress.IPv4Network
-    isolated: bool = False
-    vlan: VlanId | None = None
-    mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
-    # The host's own address on the bridge; never on an isolated network.
-    host_address: ipaddress.IPv4Address | None = None
-
-    @field_validator("bridge")
-    @classmethod
-    def _bridge_name(cls, value: str) -> str:
-        if not BRIDGE_RE.match(value):
-            raise ValueError(
-                f"'{value}' is not a valid bridge name: at most 15 letters, digits, '-', '_' or '.'"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _host_address(self) -> Network:
-        if self.host_address is not None:
-            if self.isolated:
-                raise ValueError("an isolated network has no host address")
-            if self.host_address not in self.subnet:
-                raise ValueError(f"host_address {self.host_address} is outside {self.subnet}")
-        return self
-
-
-class BandwidthLimit(Model):
-    average: Rate
-    peak: Rate | None = None
-    burst: Size | None = None
-
-
-class Bandwidth(Model):
-    """Per-direction limits seen from the guest: `out` is what it sends."""
-
-    in_: BandwidthLimit | None = Field(default=None, alias="in")
-    out: BandwidthLimit | None = None
-    average: Rate | None = None  # shorthand: both directions
-    peak: Rate | None = None
-    burst: Size | None = None
-
-    @model_validator(mode="after")
-    def _one_form(self) -> Bandwidth:
-        short = self.average is not None or self.peak is not None or self.burst is not None
-        if short and (self.in_ is not None or self.out is not None):
-            raise ValueError("give either average/peak/burst or in/out, not both")
-        if not short and self.in_ is None and self.out is None:
-            raise ValueError("needs average (both directions) or in/out limits")
-        if (self.peak is not None or self.burst is not None) and self.average is None:
-            raise ValueError("peak and burst need an average")
-        return self
-
-    def limits(self) -> tuple[BandwidthLimit | None, BandwidthLimit | None]:
-        """(inbound, outbound) as seen from the guest."""
-        if self.average is not None:
-            both = BandwidthLimit(average=self.average, peak=self.peak, burst=self.burst)
-            return both, both
-        return self.in_, self.out
-
-
-class Attachment(Model):
-    name: str
-    address: ipaddress.IPv4Address | None = None
-    port_isolated: bool = False
-    bandwidth: Bandwidth | None = None
-    vlan: VlanId | None = None
-    mac: Annotated[str, Field(pattern=r"^52:54:00(:[0-9a-f]{2}){3}$")] | None = None
-
-
-def _attachment(value: Any) -> Any:
-    return {"name": value} if isinstance(value, str) else value
-
-
-AttachmentIn = Annotated[Attachment, BeforeValidator(_attachment)]
 
 
 # --- one VM ------------------------------------------------------------------
@@ -348,6 +228,7 @@ class Ready(Model):
         if value is not None and value <= 0:
             raise ValueError("must be longer than 0 s")
         return value
+
     added_later = ("deadline", "deadline_fatal")
 
     @field_validator("probe")
@@ -406,62 +287,6 @@ class VM(Model):
     def _role(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}", value):
             raise ValueError("must be letters, digits, spaces, '.', '_' or '-' (max 64)")
-        return value
-
-
-# --- channels between VMs (docs/channels.md) -----------------------------------
-
-MIB = 1024**2
-# One sentence, shown wherever `access: ro` is refused.
-RO_REFUSED = (
-    "'ro' cannot be enforced: QEMU's ivshmem-plain device (libvirt <shmem>) maps the "
-    "region writable into every member and offers no read-only mapping, so declare the "
-    "member rw and let only the writer write"
-)
-
-
-class ShmMember(Model):
-    vm: str
-    access: Literal["rw", "ro"] = "rw"
-
-    @field_validator("access")
-    @classmethod
-    def _enforced(cls, value: str) -> str:
-        if value == "ro":
-            raise ValueError(RO_REFUSED)
-        return value
-
-
-def _member(value: Any) -> Any:
-    return {"vm": value} if isinstance(value, str) else value
-
-
-ShmMemberIn = Annotated[ShmMember, BeforeValidator(_member)]
-
-
-class Channel(Model):
-    """`shm`: a region shared by `members`; `serial`: a virtio-serial port
-    between the host and `vm`; `vsock`: an AF_VSOCK device for `vm`. Which
-    fields go with which kind is checked in `kvmctl.spec.semantics`."""
-
-    kind: Literal["shm", "serial", "vsock"]
-    name: Name
-    size: Size | None = None
-    members: list[ShmMemberIn] | None = None
-    vm: str | None = None
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, value: int | None) -> int | None:
-        if value is None:
-            return value
-        if value < MIB or value % MIB:
-            raise ValueError("must be a whole number of MiB, at least 1MiB (write it like '4MiB')")
-        if value & (value - 1):
-            raise ValueError(
-                "must be a power of two ('1MiB', '2MiB', '4MiB', ...): ivshmem maps the "
-                "region as one PCI BAR, and a BAR's size is a power of two"
-            )
         return value
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterator
 
-from kvmctl.spec.models import NAME_RE, Channel, Cockpit
+from kvmctl.spec.channels import Channel
+from kvmctl.spec.models import Cockpit
+from kvmctl.spec.types import NAME_RE
 
 Path = tuple[str | int, ...]
 Problem = tuple[Path, str]
@@ -306,6 +308,8 @@ def _members(spec: Cockpit, ch: Channel, path: Path) -> Iterator[Problem]:
 
 def _unknown_vm(spec: Cockpit, name: str) -> str:
     return f"unknown VM '{name}' (known: {', '.join(sorted(spec.vms))})"
+
+
 def _deadlines(spec: Cockpit) -> Iterator[Problem]:
     for name, vm in spec.vms.items():
         ready = vm.ready

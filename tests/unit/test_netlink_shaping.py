@@ -6,7 +6,7 @@ import pytest
 
 from kvmctl.adapters.netlink.shaping import HtbClass, Limit, htb_class
 from kvmctl.errors import UsageError
-from kvmctl.spec.models import Bandwidth, BandwidthLimit
+from kvmctl.spec.networks import Bandwidth, BandwidthLimit
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import pytest
 
 from kvmctl.errors import SpecError
 from kvmctl.spec import parse_spec, spec_hash
-from kvmctl.spec.models import RO_REFUSED
+from kvmctl.spec.channels import RO_REFUSED
 
 pytestmark = pytest.mark.unit
 
