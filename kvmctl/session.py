@@ -108,8 +108,9 @@ def replan(session: Session) -> Session:
     """The session planned again against the domains that run now, on its own
     connection, with the host facts read when it opened: what a long-running
     reader (the exporter) does instead of opening a session per look. Bridges
-    are not re-read, so its bridge actions are not to be applied."""
+    are not re-read and running domains are not observed (drift is the
+    audit's to report), so its actions are not to be applied."""
     assert session.virt is not None
-    live = read_live(session.virt, observe_set=None if session.remote else session.spec.name)
+    live = read_live(session.virt)
     plan = make_plan(session.spec, session.facts, live, session.options, host=session.host)
     return replace(session, plan=plan)

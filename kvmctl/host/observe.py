@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import psutil
+
 from kvmctl.host import threads
 from kvmctl.planner.live import Observation, ThreadObs
 
@@ -26,7 +28,7 @@ def observe(
         return Observation(state)
     try:
         qemu = threads.inspect(pid)
-    except (OSError, ProcessLookupError):
+    except (OSError, psutil.Error):  # it exited while read, or /proc hides it
         return Observation(state)
 
     def obs(t: threads.QemuThread) -> ThreadObs:

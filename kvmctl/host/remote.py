@@ -128,4 +128,9 @@ def problems(plan: Plan, host: str | None, uri: str) -> list[str]:
             out.append(
                 f"VM '{name}' has NIC bandwidth limits, shaped with tc on the host itself; {there}"
             )
+        if vm_plan.channels.regions or vm_plan.channels.serials:
+            out.append(
+                f"VM '{name}' has shared-memory or serial channels, whose region files and "
+                f"sockets kvmctl prepares on the host itself; {there}"
+            )
     return out

@@ -11,6 +11,7 @@ policy on each vCPU thread, then resume.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from kvmctl.errors import HostError
 from kvmctl.host.threads import QemuProcess, cgroup_dir
 
 RUNTIME = "cpu.rt_runtime_us"
+# Budgets are read, summed and written on parent cgroups the VMs share; the
+# Applier starts the VMs of a level in parallel threads, so one at a time.
+_BUDGETS = threading.Lock()
 POLICIES = {"fifo": os.SCHED_FIFO, "rr": os.SCHED_RR, "other": os.SCHED_OTHER}
 
 
@@ -63,6 +67,14 @@ def make_realtime(
 
     Appends every change to `steps` as it is made, so apply can report them
     and give the budgets back even when a later step fails."""
+    with _BUDGETS:
+        _budget(qemu, domain_runtime_us, vcpu_runtime_us, steps)
+    set_policy(qemu, policy, priority)
+
+
+def _budget(
+    qemu: QemuProcess, domain_runtime_us: int, vcpu_runtime_us: int, steps: list[RtStep]
+) -> None:
     vcpus = qemu.vcpus
     if not vcpus:
         raise HostError(f"QEMU process {qemu.pid} has no vCPU threads to make real-time")
@@ -81,7 +93,6 @@ def make_realtime(
         vdir = cgroup_dir(thread.tid, "cpu", qemu.pid)
         if vdir is not None and vdir != domain_dir:
             _write(vdir, vcpu_runtime_us, steps)
-    set_policy(qemu, policy, priority)
 
 
 def set_policy(qemu: QemuProcess, policy: str, priority: int) -> None:
@@ -107,6 +118,11 @@ def _read_or_zero(parent: Path, domain_dir: Path) -> int:
 
 def undo(steps: list[RtStep]) -> None:
     """Give back budgets, children first. Best effort: a vanished cgroup is fine."""
+    with _BUDGETS:
+        _give_back(steps)
+
+
+def _give_back(steps: list[RtStep]) -> None:
     for step in reversed(steps):
         try:
             Path(step.path, RUNTIME).write_text(str(step.old))

@@ -25,9 +25,9 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from kvmctl.adapters.stats import domain_stats
-from kvmctl.cockpit.audit import audit_plan
 from kvmctl.errors import HostError, UsageError
 from kvmctl.observe import metrics
+from kvmctl.observe.audit import audit_session
 from kvmctl.observe.overview import gather
 from kvmctl.session import Session, open_session, replan
 from kvmctl.state.supervisor import supervisor_state
@@ -61,7 +61,7 @@ class CockpitCollector(Collector):
         assert session.virt is not None
         supervisor = supervisor_state(session.spec.name) or {}
         rows = gather(session, supervisor)
-        report = audit_plan(session.plan, {r.domain: r.state for r in rows})
+        report = audit_session(session, {r.domain: r.state for r in rows})
         live = [r.domain for r in rows if r.state in ("running", "paused")]
         stats = domain_stats(session.virt.conn, live) if live else {}
         return metrics.Scrape(

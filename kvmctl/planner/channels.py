@@ -230,6 +230,20 @@ def migration_refusals(spec: Cockpit, names: Collection[str]) -> list[str]:
     ]
 
 
+def memory_snapshot_refusals(spec: Cockpit, names: Collection[str]) -> list[str]:
+    """A snapshot with memory of a region's member fails in QEMU (the same
+    ivshmem blocker as migration) after the set was paused for it: refused
+    up front, with the way that works."""
+    return [
+        f"VM '{m.vm}' is a member of shared region '{ch.name}': QEMU cannot save its memory "
+        f'("{IVSHMEM_BLOCKER}"); take a disk-only snapshot (--disk-only)'
+        for ch in spec.channels
+        if ch.kind == "shm"
+        for m in ch.members or ()
+        if m.vm in names
+    ]
+
+
 # --- audit: the live domain carries exactly the declared devices ------------------
 
 

@@ -13,6 +13,7 @@ from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.adapters.snapshots import SnapshotOps
 from kvmctl.cockpit import poststart
 from kvmctl.errors import ApplyError, KvmctlError
+from kvmctl.host import channels as host_channels
 from kvmctl.planner.plan import VmPlan
 from kvmctl.planner.snapshot import (
     SnapshotRecord,
@@ -96,6 +97,10 @@ def _revert(
                 if records[vm].kind == "internal":
                     ops.revert_paused(vp.domain, records[vm].name, force=note is not None)
                 else:
+                    if not session.remote:
+                        # The VM boots again: its region files and sockets as apply
+                        # makes them (after a host reboot QEMU would make them 0644).
+                        host_channels.prepare(vp.channels)
                     _cold_revert(ops, vp, records[vm])
                     outcomes[vm].notes.append("disk-only snapshot: the guest boots again")
                 outcomes[vm].reverted_at = time.time()
@@ -104,8 +109,9 @@ def _revert(
             failed = _first_error(_run(pool, back, vms))
             if failed is not None:
                 raise ApplyError(f"revert of VM '{failed[0]}' failed: {_say_error(failed[1])}")
-            for vm in vms:
-                outcomes[vm].notes += _after_start(session, plan.vms[vm])
+            if not session.remote:
+                for vm in vms:
+                    outcomes[vm].notes += _after_start(session, plan.vms[vm])
             for level in levels:
                 say("-", f"resuming {', '.join(level)}")
                 failed = _first_error(
@@ -138,7 +144,8 @@ def _revert(
 
 def _after_start(session: Session, vp: VmPlan) -> list[str]:
     """libvirt starts a new QEMU on a revert: the post-start step runs again
-    while the domain is still paused."""
+    while the domain is still paused (on this host only; a remote host's QEMU
+    is out of reach, as for apply)."""
     with ExitStack() as stack:
         return poststart.after_start(
             vp,

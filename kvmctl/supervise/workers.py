@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,8 @@ class Workers:
         if outcome is None:
             return
         pid = threads.qemu_pid(w.domain)
+        # History first: whoever reads the "restarted" line finds the figure recorded.
+        readiness.remember(self.board.set_name, [outcome], "restart")
         self.board.log(
             "restarted",
             w.name,
@@ -110,7 +112,6 @@ class Workers:
             deadline_met=outcome.deadline_met,
             pid=pid,
         )
-        readiness.remember(self.board.set_name, [outcome], "restart")
         if self._current(w, epoch):
             self.board.set_phase(w, "running", ready=True)
 
@@ -175,10 +176,15 @@ class Workers:
             elif dom.isActive():
                 self.board.log("not-restarted", w.name, reason="already running")
                 return VmOutcome(w.name, "unchanged")
+            # Only this VM's start: bridges, and regions the spec no longer
+            # declares (still mapped by running members), wait for `kvmctl apply`.
             single = replace(
-                plan, actions=[Action("start", w.name, w.domain, ("restart",))], bridge_actions=[]
+                plan,
+                actions=[Action("start", w.name, w.domain, ("restart",))],
+                bridge_actions=[],
+                channels=replace(plan.channels, stale=()),
             )
-            with Netlink() as nl:
+            with Netlink() if not session.remote else nullcontext() as nl:
                 result = Applier(
                     virt,
                     single,
@@ -192,10 +198,7 @@ class Workers:
                 ).run()
             return result.outcomes[w.name]
         finally:
-            try:
-                virt.conn.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection
-                pass
+            session.close()
 
     def recover(self, w: VmWatch, epoch: int, since: float) -> None:
         """The hypervisor reset the VM in place: wait for it to be ready again."""

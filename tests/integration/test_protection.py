@@ -46,15 +46,20 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
-def protected_in_force(domain: str) -> None:
-    proc = qemu(domain)
-    assert cgroup_value(domain, "cpu.shares", vcpu=False) == PROTECTED_SHARES
+def protected_in_force(spec: Path) -> None:
+    """The cluster's weight in its domain cgroup, its emulator threads on the
+    housekeeping CPU and its vCPU on its own, as the plan places them."""
+    row = next(v for v in kvmctl_json("plan", str(spec), "--json")["vms"] if v["vm"] == "cluster")
+    proc = qemu(CLUSTER)
+    assert cgroup_value(CLUSTER, "cpu.shares", vcpu=False) == PROTECTED_SHARES
+    assert row["emulator"] == "0"  # host.housekeeping_cpus
     assert proc.emulator and all(t.affinity == {0} for t in proc.emulator)
-    assert all(t.affinity == {1} for t in proc.vcpus)
+    dedicated = {int(row["vcpus"]["0"])}
+    assert dedicated != {0} and all(t.affinity == dedicated for t in proc.vcpus)
 
 
 def test_safety_vm_is_protected_and_the_shared_vm_is_not(applied: Path) -> None:
-    protected_in_force(CLUSTER)
+    protected_in_force(applied)
     assert cgroup_value(IVI, "cpu.shares", vcpu=False) == 1024
     plan = kvmctl("plan", str(applied))
     assert plan.returncode == 0, plan.stderr
@@ -81,7 +86,7 @@ def test_lost_protection_is_drift_that_apply_repairs(applied: Path) -> None:
     result = kvmctl("apply", str(applied))
     assert result.returncode == 0, result.stderr
     assert qemu(CLUSTER).pid == pid  # repaired live, same QEMU
-    protected_in_force(CLUSTER)
+    protected_in_force(applied)
 
 
 def test_protection_comes_back_with_a_supervisor_restart(applied: Path) -> None:
@@ -93,6 +98,6 @@ def test_protection_comes_back_with_a_supervisor_restart(applied: Path) -> None:
             old = kill_qemu(CLUSTER)
             restarted = sup.wait(120, since=mark, event="restarted", vm="cluster")
             assert restarted["pid"] not in (None, old)
-            protected_in_force(CLUSTER)
+            protected_in_force(applied)
         finally:
             sup.terminate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kvmctl.cockpit.audit import audit_plan
@@ -102,6 +103,16 @@ def test_shares_and_quota_drift() -> None:
     assert (quota.planned, quota.actual) == ("80000", "-1")
 
 
+def test_unreadable_cgroup_values_are_unknown_not_drift() -> None:
+    # cgroup v2 (or a vCPU outside its cgroup): quota and shares read as None
+    unread = replace(good(IVI), shares=None, vcpu_quota_us=(None,))
+    checks = compare(IVI, unread)
+    assert drift(checks) == []
+    assert not {"cpu.shares", "vcpu0 quota"} & {c.item for c in checks}
+    plan = make_plan(SPEC, FACTS, running(ivi=unread, cluster=replace(good(), shares=None)))
+    assert [a.kind for a in plan.actions] == ["unchanged", "unchanged"]
+
+
 def test_detached_nic_and_missing_threads() -> None:
     checks = compare(CLUSTER, replace(good(), nic_bridges={}, iothreads=(), vcpus=()))
     assert {"vcpu threads", "vcpu0 affinity", "iothread affinity"} <= items(checks)
@@ -186,6 +197,17 @@ def test_audit_plan_over_all_vms() -> None:
     assert [c.describe() for c in report.drift] == ["ivi: state is absent, planned running"]
     data = report.as_dict()
     assert data["clean"] is False and data["set"] == "au"
+
+
+def test_observe_a_qemu_that_vanishes_mid_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmctl.host import observe as host_observe
+
+    def gone(pid: int) -> None:
+        raise psutil.NoSuchProcess(pid)
+
+    monkeypatch.setattr(host_observe.threads, "qemu_pid", lambda domain: 4242)
+    monkeypatch.setattr(host_observe.threads, "inspect", gone)
+    assert observe(IVI.domain, "running") == Observation("running")
 
 
 def test_observe_a_vm_that_does_not_run_reads_nothing(tmp_path: Path) -> None:

@@ -293,3 +293,14 @@ def test_regions_that_left_the_spec_are_listed_for_removal() -> None:
     assert plan.vms["a"].channels.stale == ()
     assert chan.region_names(spec(two()), ["b"]) == {"kvmctl.s1.vehicle"}
     assert chan.region_names(spec(two()), ["c"]) == set()
+
+
+def test_members_cannot_migrate_or_save_memory_but_others_can() -> None:
+    example = load_spec(EXAMPLE)
+    assert chan.migration_refusals(example, ["cluster"])
+    refused = chan.memory_snapshot_refusals(example, ["cluster", "hud"])
+    assert len(refused) == 2 and all("--disk-only" in r for r in refused)
+    assert "shared region 'vehicle-state'" in refused[0]
+    plain = spec("name: t\nvms:\n  a: {}\n")
+    assert chan.memory_snapshot_refusals(plain, ["a"]) == []
+    assert chan.migration_refusals(plain, ["a"]) == []

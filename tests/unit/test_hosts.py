@@ -162,6 +162,18 @@ def test_remote_host_problems_name_what_only_kvmctl_there_can_do() -> None:
     assert len(remote_problems(plan, "soc-b", "qemu+tls://soc-b/system")) == 1
 
 
+def test_channels_on_a_remote_host_need_kvmctl_there() -> None:
+    s = spec(
+        "name: ch\nhosts: {soc-b: {uri: qemu+tls://soc-b/system}}\n"
+        "vms:\n  a: {host: soc-b}\n  b: {host: soc-b}\n  c: {host: soc-b}\n"
+        "channels:\n  - {kind: shm, name: v, size: 1MiB, members: [a, b]}\n"
+    )
+    plan = make_plan(s, facts(cpus=2), LiveState(), host="soc-b")
+    found = remote_problems(plan, "soc-b", "qemu+tls://soc-b/system")
+    assert [p.split(" has ")[0] for p in found] == ["VM 'a'", "VM 'b'"]
+    assert all("region files and sockets kvmctl prepares on the host itself" in p for p in found)
+
+
 def test_unknown_hugepages_are_not_drift() -> None:
     """A remote host's hugepages are not visible through libvirt: unknown, not wrong."""
     s = spec("name: t\nvms: {a: {memory: {size: 256MiB, hugepages: 2MiB}}}\n")
