@@ -10,8 +10,9 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from kvmctl.adapters.connection import open_connection
 from kvmctl.adapters.netlink import Netlink
-from kvmctl.adapters.virt import Virt, open_connection
+from kvmctl.adapters.virt import Virt
 from kvmctl.errors import HostError
 from kvmctl.host import images, remote
 from kvmctl.host.facts import HostFacts, VirtType
@@ -95,6 +96,10 @@ def open_session(
         virt.close()
         raise
     plan = make_plan(spec, facts, live, options, host=host)
+    if is_remote(uri):
+        # What only kvmctl on that host could do is a problem of this plan, so
+        # `kvmctl plan` shows what `apply` would refuse (exit 3).
+        plan = replace(plan, problems=plan.problems + remote.problems(plan, host, uri))
     if is_remote(uri) and facts.kvm_reason:
         plan = replace(plan, warnings=[*plan.warnings, f"KVM on {uri}: {facts.kvm_reason}"])
     return Session(spec, uri, facts, plan, virt, options, host, is_remote(uri))

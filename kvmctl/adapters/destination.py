@@ -114,8 +114,3 @@ def interfaces(conn: libvirt.virConnect) -> set[str]:
     return {iface.name() for iface in conn.listAllInterfaces()}
 
 
-def pool_named(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool | None:
-    try:
-        return conn.storagePoolLookupByName(name)
-    except libvirt.libvirtError:
-        return None

@@ -20,9 +20,6 @@ import libvirt_qemu
 from lxml import etree
 
 from kvmctl.adapters.connection import _mapped
-
-# Re-exported: kvmctl.cockpit.api, kvmctl.session and kvmctl.commands.top import it from here.
-from kvmctl.adapters.connection import open_connection as open_connection
 from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.adapters.storage import Storage
 from kvmctl.errors import ApplyError

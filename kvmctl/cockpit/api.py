@@ -12,13 +12,20 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvmctl.adapters.connection import open_connection
 from kvmctl.adapters.netlink import Netlink
-from kvmctl.adapters.virt import Virt, open_connection
+from kvmctl.adapters.virt import Virt
 from kvmctl.cockpit import readiness, record
-from kvmctl.cockpit.applier import Applier, ApplyResult, Progress, destroy_domain
+from kvmctl.cockpit.applier import (
+    Applier,
+    ApplyResult,
+    Progress,
+    destroy_domain,
+    session_applier,
+)
 from kvmctl.errors import ApplyError, HostError
 from kvmctl.host import channels as host_channels
-from kvmctl.host import images, remote
+from kvmctl.host import images
 from kvmctl.planner.channels import region_names
 from kvmctl.planner.hosts import host_groups
 from kvmctl.session import Session, open_session
@@ -30,8 +37,6 @@ from kvmctl.state.setlock import set_lock
 def preflight(session: Session) -> None:
     """Everything the host must offer before anything is created (exit 3)."""
     reasons = list(session.plan.problems)
-    if session.remote:
-        reasons += remote.problems(session.plan, session.host, session.uri)
     facts = session.facts
     for daemon, up in sorted(facts.daemons.items()):
         if not up:
@@ -104,18 +109,7 @@ def _apply_hosts(
     results: list[ApplyResult] = []
     since = time.monotonic()  # boot deadlines count from here, on every host
     for session in sessions:
-        assert session.virt is not None
-        applier = Applier(
-            session.virt,
-            session.plan,
-            netlink=None if session.remote else netlink,
-            rt_by_thread=session.facts.rt_group_sched,
-            pool_path=session.options.pool_path,
-            host_cpus=max(session.facts.cpu_ids, default=0) + 1,
-            progress=progress,
-            on_this_host=not session.remote,
-            since=since,
-        )
+        applier = session_applier(session, session.plan, netlink, progress, since)
         try:
             results.append(applier.run(commit=False))
         except BaseException as err:

@@ -31,6 +31,7 @@ from kvmctl.planner.cloudinit import SeedPlan
 from kvmctl.planner.diff import Action
 from kvmctl.planner.domain import build_domain, build_volume
 from kvmctl.planner.plan import Plan, VmPlan
+from kvmctl.session import Session
 from kvmctl.xml.domain import Domain
 from kvmctl.xml.storage import StoragePool, StorageVolume
 
@@ -318,6 +319,29 @@ class Applier:
     def _delete(self, action: Action) -> None:
         self.progress(action.vm, "deleting")
         destroy_domain(self.virt, action.domain)
+
+
+def session_applier(
+    session: Session,
+    plan: Plan,
+    netlink: Netlink | None,
+    progress: Progress | None,
+    since: float | None,
+) -> Applier:
+    """The Applier for one host's session: libvirt only where the host is
+    remote (its QEMU threads and links are out of this process's reach)."""
+    assert session.virt is not None
+    return Applier(
+        session.virt,
+        plan,
+        netlink=None if session.remote else netlink,
+        rt_by_thread=session.facts.rt_group_sched,
+        pool_path=session.options.pool_path,
+        host_cpus=max(session.facts.cpu_ids, default=0) + 1,
+        progress=progress,
+        on_this_host=not session.remote,
+        since=since,
+    )
 
 
 def destroy_domain(virt: Virt, name: str) -> list[str]:

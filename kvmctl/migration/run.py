@@ -50,10 +50,6 @@ class MigrationResult:
         return asdict(self)
 
 
-class Aborted(Exception):
-    """The user (Ctrl-C, `kvmctl migrate --abort`) or the policy stopped the job."""
-
-
 def run_one(
     prepared: Prepared,
     source: Virt,

@@ -22,7 +22,7 @@ from kvmctl.adapters.events_watch import EventWatch
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.cockpit import readiness
-from kvmctl.cockpit.applier import Applier, VmOutcome
+from kvmctl.cockpit.applier import VmOutcome, session_applier
 from kvmctl.errors import HostError, KvmctlError
 from kvmctl.host import threads
 from kvmctl.planner.diff import Action
@@ -185,16 +185,12 @@ class Workers:
                 channels=replace(plan.channels, stale=()),
             )
             with Netlink() if not session.remote else nullcontext() as nl:
-                result = Applier(
-                    virt,
+                result = session_applier(
+                    session,
                     single,
-                    netlink=None if session.remote else nl,
-                    rt_by_thread=session.facts.rt_group_sched,
-                    pool_path=session.options.pool_path,
-                    host_cpus=max(session.facts.cpu_ids, default=0) + 1,
-                    progress=lambda vm, what: self.board.log("progress", vm, what=what),
-                    on_this_host=not session.remote,
-                    since=since,
+                    nl,
+                    lambda vm, what: self.board.log("progress", vm, what=what),
+                    since,
                 ).run()
             return result.outcomes[w.name]
         finally:
