@@ -242,7 +242,7 @@ def bootstrap(flavour: DiskFlavour, target: Path, debs: Path) -> None:
     ]
     log(f"{flavour.name}: mmdebstrap {flavour.suite} ({len(flavour.include)} packages "
         "and their dependencies)")
-    run(argv)
+    run(argv, label="mmdebstrap")
 
 
 def installed(root: Path) -> dict[str, str]:
@@ -400,6 +400,8 @@ def build_flavour(flavour: DiskFlavour, image_root: Path, cache_root: Path,
     if not force and up_to_date(out_dir, key, (DISK,)):
         log(f"{flavour.name}: up to date in {out_dir}")
         return
+    if os.geteuid() != 0:
+        raise BuildError(f"{flavour.name} is built as root (mmdebstrap, chroot, file ownership)")
     if shutil.which("mmdebstrap") is None:
         raise BuildError("mmdebstrap not found (apt-get install mmdebstrap)")
     out_dir.mkdir(parents=True, exist_ok=True)

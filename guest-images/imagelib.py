@@ -28,7 +28,10 @@ def log(msg: str) -> None:
     print(f"guest-images: {msg}", file=sys.stderr, flush=True)
 
 
-def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+        label: str | None = None) -> str:
+    """stdout of argv; on failure a BuildError naming it (`label`, or the whole
+    command line) with the last lines it printed."""
     try:
         proc = subprocess.run(
             argv, cwd=cwd, env=env, check=True, capture_output=True, text=True
@@ -37,7 +40,7 @@ def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None 
         raise BuildError(f"{argv[0]} not found: {exc}") from exc
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or exc.stdout or "").strip().splitlines()[-3:]
-        raise BuildError(f"{' '.join(argv)} failed: {' | '.join(detail)}") from exc
+        raise BuildError(f"{label or ' '.join(argv)} failed: {' | '.join(detail)}") from exc
     return proc.stdout
 
 
