@@ -43,8 +43,9 @@ host: venv
 	@echo "[setup] ansible-playbook ansible/site.yml on localhost"
 	@$(BIN)/ansible-playbook -i $(ANSIBLE_INVENTORY_FILE) ansible/site.yml
 
-# Guest images (kernel + busybox initramfs) built offline from Debian packages; needs
-# the host packages (`make host`) but not the venv.
+# Guest images built from Debian packages: the test guests (kernel + busybox
+# initramfs) and the debian-12 disk image (a few minutes cold, seconds warm; see
+# guest-images/README.md). Needs the host packages (`make host`), not the venv.
 images:
 	@echo "[setup] guest-images/build.sh"
 	@guest-images/build.sh

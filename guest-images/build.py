@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Build the kvmctl test-guest images from Debian packages, offline.
+"""Build the kvmctl guest images from Debian packages, offline.
 
-Two flavours, each a kernel plus a busybox initramfs:
+Two test-guest flavours, each a kernel plus a busybox initramfs:
 
   test-guest     linux-image-cloud-amd64 (fastest boot; softdog, no hw watchdog driver)
   test-guest-rt  linux-image-rt-amd64    (PREEMPT_RT; i6300esb watchdog driver)
+
+and one disk image that boots on its own, built by disk_image.py:
+
+  debian-12      Debian 12 with systemd, cloud-init, the guest agent, the cloud kernel
 
 Output (see README.md): $KVMCTL_IMAGE_DIR/<flavour>/{vmlinuz,initrd.img,manifest.json},
 default root /var/lib/kvmctl/images. Downloads and extracted packages are kept in
@@ -40,12 +44,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from disk_image import DISK_FLAVOURS, build_flavour
+from imagelib import (
+    MANIFEST_FORMAT,
+    BuildError,
+    artifact_entries,
+    file_sha256,
+    host_version,
+    log,
+    publish,
+    run,
+    up_to_date,
+)
+
 HERE = Path(__file__).resolve().parent
 ROOTFS_SRC = HERE / "rootfs"
 
 DEFAULT_IMAGE_DIR = Path("/var/lib/kvmctl/images")
 DEFAULT_CACHE_DIR = Path("/var/cache/kvmctl/guest-images")
-MANIFEST_FORMAT = 1
 
 # The serial console is last so /dev/console (the init's stdout) is ttyS0; tty0
 # still gets kernel messages so the display is never blank while booting.
@@ -105,27 +121,6 @@ HOST_FILES = [
     # glibc dlopens it (not in ldd's list) when a thread is cancelled or exits.
     "/lib/x86_64-linux-gnu/libgcc_s.so.1",
 ]
-
-
-class BuildError(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    print(f"guest-images: {msg}", file=sys.stderr, flush=True)
-
-
-def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    try:
-        proc = subprocess.run(
-            argv, cwd=cwd, env=env, check=True, capture_output=True, text=True
-        )
-    except FileNotFoundError as exc:
-        raise BuildError(f"{argv[0]} not found: {exc}") from exc
-    except subprocess.CalledProcessError as exc:
-        detail = (exc.stderr or exc.stdout or "").strip().splitlines()[-3:]
-        raise BuildError(f"{' '.join(argv)} failed: {' | '.join(detail)}") from exc
-    return proc.stdout
 
 
 # --------------------------------------------------------------------------- packages
@@ -190,18 +185,6 @@ def apt_candidates(names: list[str], memo: Path | None = None) -> dict[str, tupl
     if memo is not None and found:
         memo.write_text(json.dumps({"stamp": stamp, "found": found}))
     return found
-
-
-def host_version(pkg: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}\t${Version}", pkg],
-            check=False, capture_output=True, text=True,
-        ).stdout
-    except FileNotFoundError:
-        return None
-    status, _, version = out.partition("\t")
-    return version if status.endswith(" installed") and version else None
 
 
 class Cache:
@@ -585,17 +568,9 @@ def ldd(binary: Path) -> list[Path]:
 
 
 def source_files() -> list[Path]:
-    files = [Path(__file__).resolve()]
+    files = [Path(__file__).resolve(), HERE / "imagelib.py"]
     files += sorted(p for p in ROOTFS_SRC.rglob("*") if p.is_file() or p.is_symlink())
     return files
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_key(flavour: Flavour, kernel: Package, userland: dict[str, Package],
@@ -753,11 +728,7 @@ def write_flavour(out_dir: Path, flavour: Flavour, kernel: Package, userland: di
             names.append("vmlinux")
             boot_kernel = "vmlinux"
         img.write_gzip(tmp / "initrd.img")
-        artifacts = {}
-        for name in names:
-            p = tmp / name
-            os.chmod(p, 0o644)
-            artifacts[name] = {"sha256": file_sha256(p), "size": p.stat().st_size}
+        artifacts = artifact_entries(tmp, names)
         manifest = {
             "format": MANIFEST_FORMAT,
             "flavour": flavour.name,
@@ -778,49 +749,23 @@ def write_flavour(out_dir: Path, flavour: Flavour, kernel: Package, userland: di
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "build_seconds": None,
         }
-        # Readers check the manifest against the files, so the files go first
-        # and the manifest last: a half-finished update reads as corrupt, never
-        # as a valid old manifest over new files.
-        for name in names:
-            os.replace(tmp / name, out_dir / name)
-        if "vmlinux" not in names:
-            (out_dir / "vmlinux").unlink(missing_ok=True)
-        manifest["build_seconds"] = round(time.monotonic() - started, 2)
-        mpath = tmp / "manifest.json"
-        mpath.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.chmod(mpath, 0o644)
-        os.replace(mpath, out_dir / "manifest.json")
+        publish(out_dir, tmp, names, manifest, started, stale=("vmlinux",))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
-def up_to_date(out_dir: Path, key: str) -> bool:
-    try:
-        manifest = json.loads((out_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if manifest.get("build_key") != key:
-        return False
-    for name, meta in manifest.get("artifacts", {}).items():
-        p = out_dir / name
-        if not p.exists() or p.stat().st_size != meta.get("size"):
-            return False
-        if file_sha256(p) != meta.get("sha256"):
-            return False
-    return {"vmlinuz", "initrd.img"} <= set(manifest.get("artifacts", {}))
-
-
 def main(argv: list[str] | None = None) -> int:
+    every = [*FLAVOURS, *DISK_FLAVOURS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("flavours", nargs="*", metavar="FLAVOUR",
-                        help=f"what to build (default: all of {', '.join(FLAVOURS)})")
+                        help=f"what to build (default: all of {', '.join(every)})")
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
     args = parser.parse_args(argv)
-    wanted = args.flavours or list(FLAVOURS)
-    unknown = [f for f in wanted if f not in FLAVOURS]
+    wanted = args.flavours or every
+    unknown = [f for f in wanted if f not in every]
     if unknown:
-        parser.error(f"unknown flavour {unknown[0]!r}: choose from {', '.join(FLAVOURS)}")
+        parser.error(f"unknown flavour {unknown[0]!r}: choose from {', '.join(every)}")
 
     image_root = Path(os.environ.get("KVMCTL_IMAGE_DIR") or DEFAULT_IMAGE_DIR)
     cache_root = Path(os.environ.get("KVMCTL_IMAGE_CACHE") or DEFAULT_CACHE_DIR)
@@ -832,20 +777,28 @@ def main(argv: list[str] | None = None) -> int:
         with open(cache_root / ".lock", "w") as lock:
             # Two builds at once (a developer and CI) would fight over the cache.
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return build(wanted, image_root, Cache(cache_root), started, args.force)
+            initramfs = [f for f in wanted if f in FLAVOURS]
+            if initramfs:
+                build(initramfs, image_root, Cache(cache_root), args.force)
+            for name in wanted:
+                if name in DISK_FLAVOURS:
+                    build_flavour(DISK_FLAVOURS[name], image_root, cache_root, args.force)
     except BuildError as exc:
         log(f"error: {exc}")
         return 1
+    log(f"done in {time.monotonic() - started:.1f}s")
+    return 0
 
 
-def build(wanted: list[str], image_root: Path, cache: Cache, started: float, force: bool) -> int:
+def build(wanted: list[str], image_root: Path, cache: Cache, force: bool) -> None:
     kernels, userland, host = resolve_packages(cache)
     host_files = host_closure()
     keys = {
         name: build_key(FLAVOURS[name], kernels[name], userland, host, host_files)
         for name in wanted
     }
-    todo = [n for n in wanted if force or not up_to_date(image_root / n, keys[n])]
+    todo = [n for n in wanted
+            if force or not up_to_date(image_root / n, keys[n], ("vmlinuz", "initrd.img"))]
     for name in wanted:
         if name not in todo:
             log(f"{name}: up to date in {image_root / name}")
@@ -863,8 +816,6 @@ def build(wanted: list[str], image_root: Path, cache: Cache, started: float, for
             )
         # Keep only what the current flavours use; old kernels are large.
         cache.prune(list(kernels.values()) + list(userland.values()))
-    log(f"done in {time.monotonic() - started:.1f}s")
-    return 0
 
 
 if __name__ == "__main__":

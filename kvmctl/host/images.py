@@ -1,11 +1,16 @@
-"""The built-in test guests (`image: {builtin: test-guest}`): where their
-artifacts live, whether they are intact, and the kernel command line they obey.
+"""The guest images `make images` builds: where their artifacts live, whether
+they are intact, and the kernel command line the test guests obey.
 
-The artifacts are built by `guest-images/build.sh` (`make images`) into
-`$KVMCTL_IMAGE_DIR/<flavour>/` (default `/var/lib/kvmctl/images`): `vmlinuz`,
-`initrd.img`, for some flavours `vmlinux` (the same kernel uncompressed, booted
-through its PVH entry), and `manifest.json`, which records the sha256 of each
-and names the kernel to boot (`boot_kernel`).
+They are built by `guest-images/build.sh` into `$KVMCTL_IMAGE_DIR/<flavour>/`
+(default `/var/lib/kvmctl/images`), each with a `manifest.json` recording the
+sha256 of every artifact:
+
+- the test guests (`image: {builtin: test-guest}`), booted directly: `vmlinuz`,
+  `initrd.img`, for some flavours `vmlinux` (the same kernel uncompressed,
+  booted through its PVH entry); the manifest names the kernel to boot
+  (`boot_kernel`);
+- disk images (`debian-12`), which boot on their own like a downloaded cloud
+  image: `disk.qcow2` (the manifest's `disk`), a backing image for an overlay.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any
 from kvmctl.errors import HostError, UsageError
 from kvmctl.state.paths import image_dir
 
-FLAVOURS = ("test-guest", "test-guest-rt")
+FLAVOURS = ("test-guest", "test-guest-rt")  # booted directly (kernel + initramfs)
+DISK_FLAVOURS = ("debian-12",)  # booted from their own disk
 ARTIFACTS = ("vmlinuz", "initrd.img")  # always there; "vmlinux" optional
 MANIFEST = "manifest.json"
 
@@ -96,12 +102,10 @@ def _broken(flavour: str, state: str, reason: str) -> HostError:
     )
 
 
-def artifacts(flavour: str) -> GuestImage:
-    """Locate and verify one flavour, or say plainly that `make images` is needed."""
-    if flavour not in FLAVOURS:
-        raise UsageError(
-            f"unknown guest image '{flavour}': choose one of {', '.join(FLAVOURS)}"
-        )
+def _manifest(flavour: str, known: tuple[str, ...]) -> tuple[Path, dict[str, Any]]:
+    """The flavour's directory and its manifest, checked for shape only."""
+    if flavour not in known:
+        raise UsageError(f"unknown guest image '{flavour}': choose one of {', '.join(known)}")
     root = image_dir() / flavour
     mpath = root / MANIFEST
     try:
@@ -114,11 +118,13 @@ def artifacts(flavour: str) -> GuestImage:
         raise _broken(flavour, "corrupt", f"{mpath} lists no artifacts")
     if manifest.get("flavour", flavour) != flavour:
         raise _broken(flavour, "corrupt", f"{mpath} describes '{manifest.get('flavour')}'")
+    return root, manifest
 
-    boot_kernel = manifest.get("boot_kernel", "vmlinuz")
-    if boot_kernel not in ("vmlinuz", "vmlinux"):
-        raise _broken(flavour, "corrupt", f"{mpath} names an odd boot_kernel {boot_kernel!r}")
-    for name in dict.fromkeys((*ARTIFACTS, boot_kernel)):
+
+def _verify(flavour: str, root: Path, manifest: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Each named artifact exists and matches its size and sha256 in the manifest."""
+    mpath = root / MANIFEST
+    for name in dict.fromkeys(names):
         path = root / name
         meta = manifest["artifacts"].get(name)
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
@@ -136,6 +142,16 @@ def artifacts(flavour: str) -> GuestImage:
         if _sha256(path) != meta["sha256"]:
             raise _broken(flavour, "corrupt", f"{path} does not match its sha256 in {mpath}")
 
+
+def artifacts(flavour: str) -> GuestImage:
+    """Locate and verify one test-guest flavour, or say plainly that `make images` is needed."""
+    root, manifest = _manifest(flavour, FLAVOURS)
+    boot_kernel = manifest.get("boot_kernel", "vmlinuz")
+    if boot_kernel not in ("vmlinuz", "vmlinux"):
+        raise _broken(
+            flavour, "corrupt", f"{root / MANIFEST} names an odd boot_kernel {boot_kernel!r}"
+        )
+    _verify(flavour, root, manifest, (*ARTIFACTS, boot_kernel))
     return GuestImage(
         flavour=flavour,
         kernel=root / boot_kernel,
@@ -143,6 +159,29 @@ def artifacts(flavour: str) -> GuestImage:
         manifest=manifest,
         cmdline_base=str(manifest.get("cmdline_base", "")),
     )
+
+
+@dataclass(frozen=True)
+class DiskImage:
+    """A verified disk-image flavour: a backing image for a VM's overlay."""
+
+    flavour: str
+    path: Path
+    virtual_size: int  # bytes; an overlay smaller than this cuts the disk short
+    manifest: Mapping[str, Any] = field(compare=False)
+
+
+def disk_image(flavour: str) -> DiskImage:
+    """Locate and verify one disk-image flavour, or say that `make images` is needed."""
+    root, manifest = _manifest(flavour, DISK_FLAVOURS)
+    disk = manifest.get("disk")
+    size = manifest.get("virtual_size")
+    if not isinstance(disk, str) or "/" in disk or not disk.endswith(".qcow2"):
+        raise _broken(flavour, "corrupt", f"{root / MANIFEST} names an odd disk {disk!r}")
+    if not isinstance(size, int) or size <= 0:
+        raise _broken(flavour, "corrupt", f"{root / MANIFEST} has no virtual_size")
+    _verify(flavour, root, manifest, (disk,))
+    return DiskImage(flavour=flavour, path=root / disk, virtual_size=size, manifest=manifest)
 
 
 def kernel_cmdline(

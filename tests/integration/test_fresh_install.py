@@ -38,7 +38,7 @@ COMMANDS = {
     "/usr/sbin/qemu-ga": "the guest agent copied into the test guests",
     "/usr/sbin/ip": "network namespaces for the lab",
     "/usr/bin/nsenter": "running commands on a lab host",
-    "/usr/bin/mmdebstrap": "building Debian roots",
+    "/usr/bin/mmdebstrap": "building Debian roots (this test's, the debian-12 guest image)",
 }
 DIRECTORIES = (
     "/run/kvmctl",

@@ -157,6 +157,66 @@ def test_hash_checked_once_while_unchanged(image_root: Path, monkeypatch: pytest
     assert calls == ["x"]
 
 
+def make_disk_image(root: Path, **overrides: object) -> Path:
+    """A fake debian-12 directory (the manifest shape guest-images/disk_image.py writes)."""
+    d = root / "debian-12"
+    d.mkdir(parents=True)
+    data = b"QFI\xfb qcow2 bytes"
+    (d / "disk.qcow2").write_bytes(data)
+    manifest = {
+        "format": 1,
+        "flavour": "debian-12",
+        "boot": "disk",
+        "disk": "disk.qcow2",
+        "disk_format": "qcow2",
+        "virtual_size": 1024**3,
+        "kernel_release": "6.1.0-test-cloud-amd64",
+        "artifacts": {
+            "disk.qcow2": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        },
+        "packages": {"cloud-init": "22.4"},
+    }
+    manifest.update(overrides)
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    return d
+
+
+def test_disk_image_found(image_root: Path) -> None:
+    d = make_disk_image(image_root)
+    img = images.disk_image("debian-12")
+    assert img.path == d / "disk.qcow2"
+    assert img.virtual_size == 1024**3
+    assert img.manifest["packages"] == {"cloud-init": "22.4"}
+
+
+def test_disk_image_missing_and_corrupt(image_root: Path) -> None:
+    with pytest.raises(HostError, match=r"^guest image 'debian-12' is missing: run `make images`$"):
+        images.disk_image("debian-12")
+    d = make_disk_image(image_root)
+    (d / "disk.qcow2").write_bytes(b"QFI\xfb qcow2 bytez")
+    with pytest.raises(HostError, match="'debian-12' is corrupt") as exc:
+        images.disk_image("debian-12")
+    assert "disk.qcow2" in exc.value.reasons[0]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"disk": "../test-guest/vmlinuz"}, {"disk": None}, {"virtual_size": "1G"}, {"virtual_size": 0}],
+)
+def test_disk_image_odd_manifest(image_root: Path, overrides: dict[str, object]) -> None:
+    make_disk_image(image_root, **overrides)
+    with pytest.raises(HostError, match="is corrupt"):
+        images.disk_image("debian-12")
+
+
+def test_flavour_kinds_do_not_mix(image_root: Path) -> None:
+    make_disk_image(image_root)
+    with pytest.raises(UsageError, match="unknown guest image 'debian-12'"):
+        images.artifacts("debian-12")
+    with pytest.raises(UsageError, match="unknown guest image 'test-guest'"):
+        images.disk_image("test-guest")
+
+
 def test_kernel_cmdline_contract() -> None:
     line = images.kernel_cmdline(
         "cluster",
@@ -226,8 +286,51 @@ def build() -> ModuleType:
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    # build.py imports its sibling modules, as when it runs as a script.
+    sys.path.insert(0, str(BUILD_PY.parent))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BUILD_PY.parent))
     return mod
+
+
+@pytest.fixture(scope="module")
+def disk(build: ModuleType) -> ModuleType:
+    return sys.modules["disk_image"]
+
+
+def test_mbr_partition_entry_and_boot_code(disk: ModuleType) -> None:
+    boot_img = bytes(range(256)) * 2
+    mbr = disk.boot_sector(boot_img, 0x12345678, 2048, 2095104)
+    assert len(mbr) == 512 and mbr[510:] == b"\x55\xaa"
+    assert mbr[:0x5C] == boot_img[:0x5C]  # GRUB's code, up to the core-image sector
+    assert struct.unpack_from("<Q", mbr, 0x5C)[0] == 1  # core image at sector 1
+    assert mbr[0x64:440] == boot_img[0x64:440]
+    assert struct.unpack_from("<I", mbr, 440)[0] == 0x12345678
+    status, chs_start, ptype, chs_end, start, count = struct.unpack_from("<B3sB3sII", mbr, 446)
+    assert (status, ptype, start, count) == (0x80, 0x83, 2048, 2095104)
+    # LBA 2048 with 255 heads, 63 sectors: cylinder 0, head 32, sector 33.
+    assert chs_start == bytes([32, 33, 0])
+    assert mbr[462:510] == bytes(48)  # the other three entries empty
+    assert disk.chs(1024 * 255 * 63) == b"\xfe\xff\xff"
+
+
+def test_grub_cfg_boots_root_by_uuid(disk: ModuleType) -> None:
+    cfg = disk.grub_cfg("0f0f-uuid", "6.1.0-9-cloud-amd64")
+    assert "linux /boot/vmlinuz-6.1.0-9-cloud-amd64 root=UUID=0f0f-uuid ro " in cfg
+    assert "console=ttyS0,115200n8" in cfg and "set timeout=0" in cfg
+    assert "initrd /boot/initrd.img-6.1.0-9-cloud-amd64" in cfg
+
+
+def test_disk_build_key_follows_package_versions(disk: ModuleType) -> None:
+    flavour = disk.DISK_FLAVOURS["debian-12"]
+    tools = {"mmdebstrap": "1.3.5-7"}
+    key = disk.build_key(flavour, {"cloud-init": "22.4.2-1", "systemd": "252.39"}, tools)
+    assert key == disk.build_key(flavour, {"systemd": "252.39", "cloud-init": "22.4.2-1"}, tools)
+    assert key != disk.build_key(flavour, {"cloud-init": "22.4.2-2", "systemd": "252.39"}, tools)
+    assert key != disk.build_key(flavour, {"cloud-init": "22.4.2-1", "systemd": "252.39"},
+                                 {"mmdebstrap": "1.3.6"})
 
 
 def parse_newc(data: bytes) -> dict[str, tuple[int, bytes, int, int]]:
