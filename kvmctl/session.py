@@ -53,13 +53,18 @@ def plan_options(spec: Cockpit) -> PlanOptions:
     )
     kernels = dict(options.boot_kernels)
     flavours = sorted({vm.image.builtin for vm in spec.vms.values() if vm.image.builtin})
+    disks = dict(options.disk_images)
     for flavour in flavours:
+        if flavour in images.DISK_FLAVOURS:
+            with suppress(HostError):
+                disks[flavour] = str(images.disk_image(flavour).path)
+            continue
         with suppress(HostError):
             img = images.artifacts(flavour)
             kernels[flavour] = img.kernel.name
             # All flavours share one base today.
             options = replace(options, cmdline_base=img.cmdline_base)
-    return replace(options, boot_kernels=kernels)
+    return replace(options, boot_kernels=kernels, disk_images=disks)
 
 
 def open_session(

@@ -29,7 +29,7 @@ from kvmctl.host import images
 from kvmctl.planner.channels import region_names
 from kvmctl.planner.hosts import host_groups
 from kvmctl.session import Session, open_session
-from kvmctl.spec import Cockpit, load_spec
+from kvmctl.spec import VM, Cockpit, load_spec
 from kvmctl.state import history
 from kvmctl.state.setlock import set_lock
 
@@ -44,7 +44,9 @@ def preflight(session: Session) -> None:
     starting = {a.vm for a in session.plan.actions if a.kind in ("create", "restart", "start")}
     for name in sorted(starting):
         vm = session.spec.vms[name]
-        if vm.image.builtin:
+        if vm.image.builtin in images.DISK_FLAVOURS:
+            reasons += _disk_image_problems(name, vm)
+        elif vm.image.builtin:
             try:
                 images.artifacts(vm.image.builtin)
             except HostError as err:
@@ -57,6 +59,20 @@ def preflight(session: Session) -> None:
             f"{where} cannot run cockpit '{session.spec.name}' as planned; nothing was changed",
             reasons,
         )
+
+
+def _disk_image_problems(name: str, vm: VM) -> list[str]:
+    assert vm.image.builtin is not None
+    try:
+        disk = images.disk_image(vm.image.builtin)
+    except HostError as err:
+        return [f"VM '{name}': {err}"]
+    if vm.disk.size < disk.virtual_size:
+        return [
+            f"VM '{name}': disk.size {vm.disk.size // 1024**2} MiB is smaller than image "
+            f"{vm.image.builtin} ({disk.virtual_size // 1024**2} MiB): give it at least that"
+        ]
+    return []
 
 
 def open_sessions(spec: Cockpit, uri: str, host: str | None = None) -> list[Session]:

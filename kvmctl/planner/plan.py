@@ -42,6 +42,11 @@ class PlanOptions:
     boot_kernels: dict[str, str] = field(
         default_factory=lambda: {"test-guest": "vmlinuz", "test-guest-rt": "vmlinux"}
     )
+    # Built-in disk images: flavour -> the qcow2 a VM's overlay is backed by
+    # (its manifest names the file).
+    disk_images: dict[str, str] = field(
+        default_factory=lambda: {"debian-12": "/var/lib/kvmctl/images/debian-12/disk.qcow2"}
+    )
     pool: str = "kvmctl"
     pool_path: str = "/var/lib/kvmctl/volumes"
     log_dir: str = "/var/log/kvmctl"
@@ -265,15 +270,15 @@ def _vm_plan(
     kernel = initrd = cmdline = None
     backing = None
     seed = None
-    if vm.image.builtin is not None:
-        root = f"{options.image_root}/{vm.image.builtin}"
-        boot = options.boot_kernels.get(vm.image.builtin, "vmlinuz")
-        kernel, initrd = f"{root}/{boot}", f"{root}/initrd.img"
-        cmdline = guest_cmdline(options.cmdline_base, name, nics)
-    else:
-        backing = vm.image.path
+    if vm.image.cloud:
+        backing = vm.image.path or options.disk_images[str(vm.image.builtin)]
         files = seed_files(name, vm.image.cloud_init, nics)
         seed = SeedPlan(options.pool, f"{domain}-seed.iso", files)
+    else:
+        root = f"{options.image_root}/{vm.image.builtin}"
+        boot = options.boot_kernels.get(str(vm.image.builtin), "vmlinuz")
+        kernel, initrd = f"{root}/{boot}", f"{root}/initrd.img"
+        cmdline = guest_cmdline(options.cmdline_base, name, nics)
     plan = VmPlan(
         name=name,
         domain=domain,

@@ -172,17 +172,31 @@ class Memory(Model):
         return self
 
 
+# Built-in images that boot from their own disk, like a downloaded cloud image
+# (kvmctl.host.images.DISK_FLAVOURS); the others boot a kernel directly.
+DISK_BUILTINS = ("debian-12",)
+
+
 class Image(Model):
-    builtin: Literal["test-guest", "test-guest-rt"] | None = None
+    builtin: Literal["test-guest", "test-guest-rt", "debian-12"] | None = None
     path: str | None = None
     cloud_init: dict[str, Any] | None = None
+
+    @property
+    def cloud(self) -> bool:
+        """Booted from its own disk, an overlay on a backing image, with a
+        cloud-init seed: a `path` image or a disk built-in."""
+        return self.path is not None or self.builtin in DISK_BUILTINS
 
     @model_validator(mode="after")
     def _one_source(self) -> Image:
         if (self.builtin is None) == (self.path is None):
             raise ValueError("give exactly one of builtin or path")
-        if self.cloud_init is not None and self.path is None:
-            raise ValueError("cloud_init goes with path (a cloud image), not builtin")
+        if self.cloud_init is not None and not self.cloud:
+            raise ValueError(
+                "cloud_init goes with a cloud image (path, or builtin: debian-12), "
+                f"not with builtin: {self.builtin}"
+            )
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError(f"path '{self.path}' must be absolute")
         return self

@@ -11,11 +11,14 @@ import pytest
 import yaml
 
 from kvmctl.cockpit.seed import read_seed, seed_iso
+from kvmctl.errors import SpecError
+from kvmctl.host import images
 from kvmctl.planner.cloudinit import SeedPlan, seed_files
 from kvmctl.planner.domain import build_domain, build_volume
 from kvmctl.planner.nics import NicPlan
-from kvmctl.planner.plan import make_plan
+from kvmctl.planner.plan import PlanOptions, make_plan
 from kvmctl.spec import load_spec
+from kvmctl.spec.models import DISK_BUILTINS
 from tests.golden import assert_golden
 from tests.unit.planner_helpers import facts, spec
 
@@ -105,3 +108,32 @@ def test_seed_change_restarts_builtin_images_have_no_seed() -> None:
     two = make_plan(spec(base.replace("[a]", "[b]")), facts()).vms["a"]
     assert one.fingerprint.restart_hash != two.fingerprint.restart_hash
     assert make_plan(spec("name: t\nvms:\n  a: {}\n"), facts()).vms["a"].seed is None
+
+
+def test_builtin_debian_12_is_a_cloud_image_backed_by_the_built_disk() -> None:
+    text = (
+        "name: t\nvms:\n  a:\n    image:\n      builtin: debian-12\n"
+        "      cloud_init: {user_data: {packages: [a]}}\n"
+    )
+    options = PlanOptions(disk_images={"debian-12": "/img/debian-12/disk.qcow2"})
+    a = make_plan(spec(text), facts(), options=options).vms["a"]
+    assert a.kernel is None and a.initrd is None and a.cmdline is None
+    assert a.volume.backing == "/img/debian-12/disk.qcow2"
+    assert a.seed is not None and a.seed.volume == "t-a-seed.iso"
+    domain = build_domain(a, rt_by_thread=True)
+    assert domain.os.boot_devices == ("hd",)
+    assert [d.device for d in domain.devices.disks] == ["disk", "cdrom"]
+
+
+def test_cloud_init_goes_with_cloud_images_only() -> None:
+    with pytest.raises(SpecError) as err:
+        spec("name: t\nvms:\n  a: {image: {builtin: test-guest, cloud_init: {a: 1}}}\n")
+    assert "cloud_init goes with a cloud image" in str(err.value)
+    assert "builtin: test-guest" in str(err.value)
+    # a disk built-in without user data still gets a seed (instance id, network)
+    plain = make_plan(spec("name: t\nvms:\n  a: {image: {builtin: debian-12}}\n"), facts())
+    assert plain.vms["a"].seed is not None
+
+
+def test_the_spec_and_the_image_builder_agree_on_disk_builtins() -> None:
+    assert set(DISK_BUILTINS) == set(images.DISK_FLAVOURS)

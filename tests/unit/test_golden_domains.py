@@ -27,6 +27,7 @@ CASES = [
     ("cockpit.yaml", 2, "present-but-unusable"),
     ("cockpit-4core.yaml", 4, "usable"),
     ("cockpit-channels.yaml", 2, "present-but-unusable"),
+    ("cockpit-debian.yaml", 2, "present-but-unusable"),
 ]
 
 

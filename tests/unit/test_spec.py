@@ -271,7 +271,7 @@ BAD = {
     "image-unknown-builtin": (
         "name: t\nvms:\n  a: {image: {builtin: windows}}\n",
         3,
-        "'test-guest' or 'test-guest-rt'",
+        "'test-guest', 'test-guest-rt' or 'debian-12'",
     ),
     "ready-probe": (
         "name: t\nvms:\n  a: {ready: {probe: ping}}\n",
