@@ -4,8 +4,10 @@ Attach a watcher while the domain is still paused, then resume it: nothing the
 guest does can be missed. `agent` readiness is libvirt's agent-lifecycle
 event (the guest agent opened its channel) confirmed by a guest-ping;
 `serial:<marker>` reads the console through a non-blocking libvirt stream
-driven by the event loop. A domain that stops or crashes meanwhile fails the
-wait at once instead of running into the timeout.
+driven by the event loop; `cloud-init` is the agent, then cloud-init's own
+status asked through the agent until its final stage is done (a real OS is
+only set up as the spec says once cloud-init has run). A domain that stops or
+crashes meanwhile fails the wait at once instead of running into the timeout.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 
 import libvirt
 import libvirt_qemu
+
+from kvmctl.adapters import guestexec
 
 _STOPPED = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED,
@@ -33,6 +37,7 @@ class ReadyWatch:
         self.conn = conn
         self.name = name
         self.marker = probe[len("serial:") :] if probe.startswith("serial:") else None
+        self.cloud_init = probe == "cloud-init"
         self._ready = threading.Event()
         self._agent_seen = threading.Event()
         self._failure: str | None = None
@@ -130,6 +135,8 @@ class ReadyWatch:
                     )
         else:
             self._wait_agent(deadline, timeout)
+            if self.cloud_init:
+                self._wait_cloud_init(deadline, timeout)
         if self._failure:
             raise NotReady(self._failure)
         assert self.ready_at is not None
@@ -154,6 +161,33 @@ class ReadyWatch:
                 self.ready_at = time.monotonic()
                 return
 
+    def _wait_cloud_init(self, deadline: float, timeout: float) -> None:
+        """`cloud-init status` until done; an error or the timeout names the
+        stage cloud-init had reached."""
+        said = "cloud-init did not answer"
+        while True:
+            self._check_connection()
+            if self._failure:
+                raise NotReady(self._failure)
+            try:
+                out = guestexec.run(self._dom, "cloud-init", ["status", "--long"], 30).stdout
+            except (libvirt.libvirtError, TimeoutError) as err:
+                out, said = "", f"cloud-init status failed: {err}"
+            fields = _status_fields(out)
+            if fields.get("status") == "done":
+                self.ready_at = time.monotonic()
+                return
+            if out:
+                said = "; ".join(f"{k}: {v}" for k, v in fields.items() if k != "time")
+            if fields.get("status") == "error":
+                raise NotReady(f"cloud-init in domain '{self.name}' failed ({said})")
+            if time.monotonic() >= deadline:
+                raise NotReady(
+                    f"cloud-init in domain '{self.name}' was not done within {timeout:g} s "
+                    f"({said})"
+                )
+            time.sleep(1.0)
+
     def _check_connection(self) -> None:
         """A daemon restart closes the connection, and with it the events and
         the console this watch relies on: fail now rather than at the timeout."""
@@ -169,3 +203,19 @@ class ReadyWatch:
         except libvirt.libvirtError:
             return False
         return True
+
+
+def _status_fields(text: str) -> dict[str, str]:
+    """`cloud-init status --long` as fields: 'status', 'detail' (the stage it
+    is in, or what failed), 'errors'; a field's value may run onto the next
+    lines, which are joined."""
+    fields: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        head, sep, rest = line.partition(":")
+        if sep and head and not head.startswith(" ") and " " not in head:
+            key = head.strip()
+            fields[key] = rest.strip()
+        elif key is not None and line.strip():
+            fields[key] = f"{fields[key]} {line.strip()}".strip()
+    return fields

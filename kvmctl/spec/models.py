@@ -248,14 +248,14 @@ class Ready(Model):
     @field_validator("probe")
     @classmethod
     def _probe(cls, value: str) -> str:
-        if value == "agent":
+        if value in ("agent", "cloud-init"):
             return value
         if value.startswith("serial:") and len(value) > len("serial:"):
             marker = value[len("serial:") :]
             if not marker.isprintable():
                 raise ValueError("the serial marker must be printable text")
             return value
-        raise ValueError("must be 'agent' or 'serial:<marker>'")
+        raise ValueError("must be 'agent', 'cloud-init' or 'serial:<marker>'")
 
     @property
     def serial_marker(self) -> str | None:

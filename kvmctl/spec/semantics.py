@@ -224,6 +224,12 @@ def _cpus(spec: Cockpit) -> Iterator[Problem]:
 def _images(spec: Cockpit) -> Iterator[Problem]:
     allowed = [posixpath.normpath(d) for d in spec.host.image_dirs]
     for name, vm in spec.vms.items():
+        if vm.ready.probe == "cloud-init" and not vm.image.cloud:
+            yield (
+                ("vms", name, "ready", "probe"),
+                f"cloud-init readiness needs a cloud image (path, or builtin: debian-12); "
+                f"builtin: {vm.image.builtin} has no cloud-init: use agent or serial:<marker>",
+            )
         if vm.image.path is None:
             continue
         path = posixpath.normpath(vm.image.path)

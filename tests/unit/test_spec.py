@@ -276,7 +276,7 @@ BAD = {
     "ready-probe": (
         "name: t\nvms:\n  a: {ready: {probe: ping}}\n",
         3,
-        "'agent' or 'serial:<marker>'",
+        "'agent', 'cloud-init' or 'serial:<marker>'",
     ),
     "ready-timeout": ("name: t\nvms:\n  a: {ready: {timeout: soon}}\n", 3, "not a duration"),
     "ready-deadline-zero": (
@@ -314,6 +314,11 @@ BAD = {
         "vms:\n  a: {networks: [{name: n, bandwidth: {}}]}\n",
         5,
         "needs average",
+    ),
+    "cloud-init-probe-on-test-guest": (
+        "name: t\nvms:\n  a:\n    ready: {probe: cloud-init}\n",
+        4,
+        "cloud-init readiness needs a cloud image",
     ),
     "housekeeping-dup": (
         "name: t\nhost: {housekeeping_cpus: [0, 0]}\nvms:\n  a: {}\n",
