@@ -147,20 +147,44 @@ class Virt(Storage):
         with _mapped(f"cannot resume domain '{name}'"):
             self.handle(name).resume()
 
-    def stop(self, name: str) -> None:
-        """Power off at once: the set's VMs keep no state worth a clean shutdown
-        outside /data, which is on a journaled disk."""
+    def stop(self, name: str, grace: float = 0) -> str:
+        """Stop the domain: with `grace`, a clean shutdown first (the guest
+        agent, else the ACPI power button) for up to that many seconds, then
+        power-off. Says which happened ("" when it was not running)."""
         dom = self.lookup(name)
         if dom is None:
-            return
+            return ""
         with _mapped(f"cannot stop domain '{name}'"):
             if not dom.isActive():
-                return  # a domain gone meanwhile raises, mapped like the rest
+                return ""  # a domain gone meanwhile raises, mapped like the rest
+            if grace > 0:
+                t0 = time.monotonic()
+                if self._shut_down(dom, t0 + grace):
+                    return f"shut down cleanly in {time.monotonic() - t0:.1f} s"
             try:
                 dom.destroy()
             except libvirt.libvirtError as err:
                 if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
                     raise
+            return f"powered off after {grace:g} s without a clean shutdown" if grace else ""
+
+    @staticmethod
+    def _shut_down(dom: libvirt.virDomain, deadline: float) -> bool:
+        """Ask the guest to shut down; True when it is off by `deadline`."""
+        try:
+            dom.shutdownFlags(
+                libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT | libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
+            )
+        except libvirt.libvirtError:
+            return False  # neither the agent nor ACPI would take it: power off
+        while time.monotonic() < deadline:
+            try:
+                if not dom.isActive():
+                    return True
+            except libvirt.libvirtError:
+                return True  # a transient domain gone with its QEMU
+            time.sleep(0.2)
+        return False
 
     def undefine(self, name: str) -> None:
         dom = self.lookup(name)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from kvmctl.adapters.connection import open_connection
@@ -222,7 +223,7 @@ def destroy(
                 # With --host only that host's part goes: a VM the spec places
                 # elsewhere (moved here by a migration) stays.
                 keep = set(spec.vms) - set(group.vms) if host is not None else set()
-                _destroy_domains(virt, spec.name, keep, say, result)
+                _destroy_domains(virt, spec, keep, say, result)
             finally:
                 virt.close()
             if not group.remote:
@@ -236,19 +237,21 @@ def destroy(
 
 def _destroy_domains(
     virt: Virt,
-    set_name: str,
+    spec: Cockpit,
     keep: set[str],
     say: Callable[[str, str], None],
     result: DestroyResult,
 ) -> None:
     owned = [
-        d
+        (d, d.meta.vm_name)
         for d in virt.domains()
-        if d.meta and d.meta.set_name == set_name and d.meta.vm_name not in keep
+        if d.meta and d.meta.set_name == spec.name and d.meta.vm_name not in keep
     ]
-    for info in sorted(owned, key=lambda d: d.name):
-        say(info.meta.vm_name if info.meta else info.name, "destroying")
-        result.volumes += destroy_domain(virt, info.name)
+    for info, vm in sorted(owned, key=lambda pair: pair[0].name):
+        say(vm, "destroying")
+        # A VM no longer in the spec gets no grace: nothing says what it runs.
+        grace = spec.vms[vm].shutdown_grace if vm in spec.vms else 0.0
+        result.volumes += destroy_domain(virt, info.name, grace, partial(say, vm))
         result.domains.append(info.name)
 
 

@@ -196,7 +196,9 @@ class Applier:
         if action.kind == "restart":
             old = self.virt.xml(plan.domain, inactive=True)
             self.progress(plan.name, "stopping for restart")
-            self.virt.stop(plan.domain)
+            how = self.virt.stop(plan.domain, plan.vm.shutdown_grace)
+            if how:
+                outcome.notes.append(how)
             self.journal.record(f"restart {plan.domain}", lambda: self._restore(plan.domain, old))
         elif action.kind == "start":
             self.virt.stop(plan.domain)  # a domain left paused by an interrupted run
@@ -344,9 +346,12 @@ def session_applier(
     )
 
 
-def destroy_domain(virt: Virt, name: str) -> list[str]:
-    """Stop and undefine one of kvmctl's domains and delete the volumes it used.
-    Returns the deleted volume names."""
+def destroy_domain(
+    virt: Virt, name: str, grace: float = 0, say: Callable[[str], None] | None = None
+) -> list[str]:
+    """Stop (a clean shutdown first for `grace` seconds) and undefine one of
+    kvmctl's domains and delete the volumes it used. Returns the deleted
+    volume names; `say` hears how it stopped."""
     removed: list[str] = []
     dom = virt.lookup(name)
     volumes: list[tuple[str, str]] = []
@@ -363,7 +368,9 @@ def destroy_domain(virt: Virt, name: str) -> list[str]:
         # volume below it; undefine drops the snapshot metadata, so read both first.
         chained, overlays = snapshots.owned_images(name)
         volumes += [v for v in chained if v not in volumes]
-    virt.stop(name)
+    how = virt.stop(name, grace)
+    if how and say is not None:
+        say(how)
     virt.undefine(name)
     for pool, vol in volumes:
         virt.delete_volume(pool, vol)

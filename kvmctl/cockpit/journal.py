@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Journal:
-    entries: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    entries: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, what: str, undo: Callable[[], None]) -> None:
+    def record(self, what: str, undo: Callable[[], object]) -> None:
         with self._lock:
             self.entries.append((what, undo))
 

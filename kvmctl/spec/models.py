@@ -268,6 +268,14 @@ class Restart(Model):
     window: Duration = 60.0
 
 
+class Shutdown(Model):
+    # How long a guest gets to shut down cleanly (its agent, else the ACPI power
+    # button) before it is powered off, on destroy and on a restarting update.
+    # Default: 60 s for a cloud image (a real OS with file systems to flush), 0
+    # for the built-in test guests (a kernel and an initramfs: nothing to lose).
+    timeout: Duration | None = None
+
+
 class Migration(Model):
     max_downtime: Duration | None = None
     bandwidth: Rate | None = None
@@ -295,6 +303,15 @@ class VM(Model):
     restart: Restart = Field(default_factory=Restart)
     depends_on: list[str] = Field(default_factory=list)
     migration: Migration = Field(default_factory=Migration)
+    shutdown: Shutdown = Field(default_factory=Shutdown)
+    added_later = ("shutdown",)
+
+    @property
+    def shutdown_grace(self) -> float:
+        """Seconds for a clean shutdown before power-off (see Shutdown)."""
+        if self.shutdown.timeout is not None:
+            return self.shutdown.timeout
+        return 60.0 if self.image.cloud else 0.0
 
     @field_validator("role")
     @classmethod

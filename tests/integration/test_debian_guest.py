@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator
+import queue
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import libvirt
 import pytest
 
 from kvmctl.host import images
+from tests.integration.cockpit_helpers import kvmctl
 from tests.integration.conftest import token
 from tests.integration.ops_helpers import applied_set, guest_run
 
@@ -97,3 +101,21 @@ def test_planned_address_on_the_nic_matched_by_mac(applied: Path) -> None:
     addresses = json.loads(sh("ip -j -4 addr show"))
     found = {a["local"] for link in addresses for a in link.get("addr_info", [])}
     assert str(ADDRESS) in found, found
+
+
+def test_destroy_shuts_the_real_guest_down_cleanly(
+    applied: Path,
+    libvirt_conn: libvirt.virConnect,
+    domain_events: Callable[[libvirt.virDomain, int], queue.Queue[tuple[Any, ...]]],
+) -> None:
+    """Last in this module: a cloud image gets a clean shutdown (the agent,
+    else ACPI) before any power-off; libvirt's stop event says which."""
+    events = domain_events(libvirt_conn.lookupByName(DOMAIN), libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE)
+    result = kvmctl("destroy", str(applied), timeout=180)
+    assert result.returncode == 0, result.stderr
+    stopped = []
+    while not stopped:  # events come through the event loop, maybe after the CLI exits
+        event, detail = events.get(timeout=10)
+        if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            stopped.append(detail)
+    assert stopped == [libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN], stopped

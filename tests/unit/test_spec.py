@@ -427,3 +427,25 @@ def test_other_units() -> None:
     ):
         with pytest.raises(ValueError):
             fn(bad)
+
+
+def test_shutdown_grace_by_image_and_by_spec() -> None:
+    parsed = parse_spec(
+        textwrap.dedent(
+            """
+            name: t
+            vms:
+              tiny: {}
+              deb: {image: {builtin: debian-12}}
+              quick: {image: {builtin: debian-12}, shutdown: {timeout: 5s}}
+              patient: {shutdown: {timeout: 2m}}
+            """
+        ),
+        "c.yaml",
+    )
+    grace = {name: vm.shutdown_grace for name, vm in parsed.vms.items()}
+    assert grace == {"tiny": 0.0, "deb": 60.0, "quick": 5.0, "patient": 120.0}
+    # a spec that does not say keeps the hash it had before shutdown: existed
+    assert spec_hash(parse_spec(MINIMAL, "c.yaml")) == spec_hash(
+        parse_spec("name: t\nvms:\n  a:\n    shutdown: {}\n", "c.yaml")
+    )
