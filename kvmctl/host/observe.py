@@ -38,9 +38,9 @@ def observe(
     shares = None
     for t in qemu.vcpus:
         vdir = threads.cgroup_dir(t.tid, "cpu", pid)
-        quotas.append(_read_int(vdir / "cpu.cfs_quota_us") if vdir else None)
+        quotas.append(read_int(vdir / "cpu.cfs_quota_us") if vdir else None)
         if shares is None and vdir is not None:
-            shares = _read_int(vdir.parent / "cpu.shares")
+            shares = read_int(vdir.parent / "cpu.shares")
     return Observation(
         state=state,
         pid=pid,
@@ -61,7 +61,8 @@ def _master(sys_net: Path, dev: str) -> str | None:
         return None
 
 
-def _read_int(path: Path) -> int | None:
+def read_int(path: Path) -> int | None:
+    """A cgroup or /proc file holding one integer; None when unreadable."""
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):

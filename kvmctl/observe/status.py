@@ -14,6 +14,7 @@ from typing import Any
 
 from kvmctl.adapters.virt import Virt
 from kvmctl.host import threads
+from kvmctl.host.observe import read_int
 from kvmctl.planner import deadline
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.plan import Plan, VmPlan
@@ -84,8 +85,8 @@ def vm_status(virt: Virt, plan: VmPlan, states: dict[str, int]) -> VmStatus:
     if qemu.vcpus:
         vdir = threads.cgroup_dir(qemu.vcpus[0].tid, "cpu", pid)
         if vdir is not None:
-            st.quota_us = _read_int(vdir / "cpu.cfs_quota_us")
-            st.shares = _read_int(vdir.parent / "cpu.shares")
+            st.quota_us = read_int(vdir / "cpu.cfs_quota_us")
+            st.shares = read_int(vdir.parent / "cpu.shares")
     st.ready = _ready(virt, plan)
     st.drift = drift(plan, st)
     return st
@@ -163,12 +164,6 @@ def _agent_answers(virt: Virt, plan: VmPlan) -> bool:
         return False
     return True
 
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def domain_states(virt: Virt) -> dict[str, str]:
