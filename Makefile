@@ -71,7 +71,7 @@ unit:
 	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 integration:
-	$(PYTEST) tests/integration $(PYTEST_ARGS)
+	$(PYTEST) tests/integration --durations=15 $(PYTEST_ARGS)
 
 # Strict mypy (pyproject.toml) over the whole package, not only the pure layers.
 RUFF_PATHS := kvmctl tests bench
