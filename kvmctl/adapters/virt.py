@@ -72,6 +72,9 @@ class DomainInfo:
     meta: KvmctlMetadata | None
 
 
+DEFAULT_SHARES = 1024  # cgroup v1 cpu.shares of a domain whose XML has no <shares>
+
+
 class Virt(Storage):
     """Domain calls, and the pool and volume calls of `Storage`, on one
     connection that is opened anew after a daemon restart (`Connection`)."""
@@ -240,10 +243,10 @@ class Virt(Storage):
     def set_cpu_tune(
         self, name: str, shares: int | None, period: int | None, quota: int | None
     ) -> None:
-        params: dict[str, int] = {}
-        if shares is not None:
-            params["cpu_shares"] = shares
-        # An absent cap is written as -1 (unlimited) so removing limit: works live.
+        # Absent values are written as the defaults, so that removing shares:
+        # (or the emulator protection) and limit: work live: the kernel's
+        # default weight (libvirt maps it for cgroup v2) and -1, no cap.
+        params: dict[str, int] = {"cpu_shares": shares if shares is not None else DEFAULT_SHARES}
         params["vcpu_quota"] = quota if quota is not None else -1
         if period is not None:
             params["vcpu_period"] = period

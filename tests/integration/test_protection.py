@@ -101,3 +101,19 @@ def test_protection_comes_back_with_a_supervisor_restart(applied: Path) -> None:
             protected_in_force(applied)
         finally:
             sup.terminate()
+
+
+def test_protection_off_gives_the_default_weight_back_live(applied: Path) -> None:
+    """Last here: the spec with protect_emulator: false is a live change that
+    puts the domain's weight back to the kernel's default, same QEMU."""
+    pid = qemu(CLUSTER).pid
+    off = applied.with_name("off.yaml")
+    off.write_text(
+        SPEC.replace(
+            "cpu: {placement: dedicated}", "cpu: {placement: dedicated, protect_emulator: false}"
+        )
+    )
+    result = kvmctl("apply", str(off))
+    assert result.returncode == 0, result.stderr
+    assert qemu(CLUSTER).pid == pid
+    assert cgroup_value(CLUSTER, "cpu.shares", vcpu=False) == 1024
