@@ -110,7 +110,9 @@ def _metadata(plan: VmPlan) -> KvmctlMetadata:
         restart_hash=fp.restart_hash,
         live_hash=fp.live_hash,
         groups=";".join(f"{k}={v}" for k, v in sorted(fp.groups.items())),
-        dedicated=format_cpuset(plan.placement.cpus) if plan.placement.dedicated else None,
+        dedicated=format_cpuset(plan.placement.cpus | plan.placement.claimed)
+        if plan.placement.dedicated
+        else None,
     )
 
 

@@ -22,6 +22,9 @@ class Placement:
     emulator: frozenset[int]
     iothread: frozenset[int]
     dedicated: bool
+    # CPUs held besides the vCPUs' own: a protected VM's safety housekeeping
+    # CPUs, recorded with its dedicated CPUs so other sets never take them.
+    claimed: frozenset[int] = frozenset()
 
     @property
     def cpus(self) -> frozenset[int]:
@@ -99,8 +102,9 @@ def place(
         for cpu in chosen:
             owners[cpu] = name
         pins = tuple(frozenset({c}) for c in chosen) if len(chosen) == vm.vcpus else ()
-        threads = safety_hk if safety_hk and protected(vm) else housekeeping
-        placements[name] = Placement(pins, threads, threads, dedicated=True)
+        own = safety_hk if protected(vm) else frozenset()
+        threads = own or housekeeping
+        placements[name] = Placement(pins, threads, threads, dedicated=True, claimed=own)
 
     taken = frozenset(owners) | frozenset(foreign) | safety_hk
     pool = online - taken - housekeeping - isolated

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from kvmctl.planner.cpuset import parse_cpuset
+from kvmctl.planner.domain import build_domain
+from kvmctl.planner.live import LiveDomain, LiveState
 from kvmctl.planner.plan import make_plan
 from kvmctl.planner.protection import PROTECTED_SHARES, protected
 from tests.unit.planner_helpers import facts, spec
@@ -101,3 +104,18 @@ def test_safety_housekeeping_cpu_without_a_protected_vm_is_noted() -> None:
     plan = make_plan(spec(text), facts(cpus=5))
     assert plan.problems == []
     assert any("CPU(s) 3 stay idle" in n for n in plan.notes)
+
+
+def test_another_set_never_takes_the_safety_housekeeping_cpu() -> None:
+    plan = make_plan(spec(cockpit(", safety_housekeeping_cpus: [3]")), facts(cpus=5))
+    cluster = plan.vms["cluster"]
+    meta = build_domain(cluster, rt_by_thread=True).metadata
+    assert meta is not None and meta.kvmctl is not None and meta.kvmctl.dedicated is not None
+    claimed = parse_cpuset(meta.kvmctl.dedicated)
+    assert claimed == cluster.placement.cpus | {3}
+    live = LiveState((LiveDomain(cluster.domain, True, "p", "cluster", dedicated_cpus=claimed),))
+    other = make_plan(
+        spec("name: q\nvms:\n  a: {cpu: {placement: dedicated}}\n  b: {}\n"), facts(cpus=5), live
+    )
+    assert 3 not in other.vms["a"].placement.cpus
+    assert 3 not in other.shared_pool
