@@ -101,13 +101,17 @@ def open_session(
         virt.close()
         raise
     plan = make_plan(spec, facts, live, options, host=host)
-    if is_remote(uri):
+    remote_host = is_remote(uri)
+    if remote_host:
         # What only kvmctl on that host could do is a problem of this plan, so
         # `kvmctl plan` shows what `apply` would refuse (exit 3).
-        plan = replace(plan, problems=plan.problems + remote.problems(plan, host, uri))
-    if is_remote(uri) and facts.kvm_reason:
-        plan = replace(plan, warnings=[*plan.warnings, f"KVM on {uri}: {facts.kvm_reason}"])
-    return Session(spec, uri, facts, plan, virt, options, host, is_remote(uri))
+        warnings = [f"KVM on {uri}: {facts.kvm_reason}"] if facts.kvm_reason else []
+        plan = replace(
+            plan,
+            problems=plan.problems + remote.problems(plan, host, uri),
+            warnings=plan.warnings + warnings,
+        )
+    return Session(spec, uri, facts, plan, virt, options, host, remote_host)
 
 
 def _virt_type(facts: HostFacts, wanted: VirtType | None) -> HostFacts:

@@ -36,22 +36,22 @@ class MemberTiming:
 def pause_window_ms(timings: Iterable[MemberTiming]) -> float:
     """First pause asked for to last resume done: how long the set stood still."""
     items = list(timings)
-    starts = [t.pause_start for t in items if t.pause_start is not None]
-    ends = [t.resume_end for t in items if t.resume_end is not None]
-    if not starts or not ends:
-        return 0.0
-    return round((max(ends) - min(starts)) * 1000, 3)
+    return _since_first_pause_ms(items, [t.resume_end for t in items])
 
 
 def pause_spread_ms(timings: Iterable[MemberTiming]) -> float:
     """First pause asked for to last pause done: the members' states differ by
     at most this much guest time (and by none once all are paused)."""
     items = list(timings)
+    return _since_first_pause_ms(items, [t.pause_end for t in items])
+
+
+def _since_first_pause_ms(items: list[MemberTiming], ends: list[float | None]) -> float:
     starts = [t.pause_start for t in items if t.pause_start is not None]
-    ends = [t.pause_end for t in items if t.pause_end is not None]
-    if not starts or not ends:
+    done = [e for e in ends if e is not None]
+    if not starts or not done:
         return 0.0
-    return round((max(ends) - min(starts)) * 1000, 3)
+    return round((max(done) - min(starts)) * 1000, 3)
 
 
 def spread_ms(instants: Iterable[float]) -> float:
