@@ -70,8 +70,13 @@ test: setup
 unit:
 	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
+# Two workers: most tests wait on TCG guests and timeouts, not on a CPU. Tests
+# that restart libvirtd or run the host role (`exclusive`) run alone after.
+INTEGRATION_WORKERS ?= 2
+
 integration:
-	$(PYTEST) tests/integration --durations=15 $(PYTEST_ARGS)
+	$(PYTEST) tests/integration -m "not exclusive" -n $(INTEGRATION_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
+	$(PYTEST) tests/integration -m exclusive --durations=5 $(PYTEST_ARGS)
 
 # Strict mypy (pyproject.toml) over the whole package, not only the pure layers.
 RUFF_PATHS := kvmctl tests bench

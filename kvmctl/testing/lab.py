@@ -113,15 +113,20 @@ def _run(*argv: str) -> None:
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
-    """A /30 of 10.251.0.0/16 that no interface here uses yet."""
+    """A /30 of 10.251.0.0/16 that no interface here uses yet, picked at
+    random: two labs coming up at the same moment (parallel CI jobs) would
+    both see the first free one before either has assigned it."""
     used = subprocess.run(
         ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=False
     ).stdout
-    for subnet in LAB_NET.subnets(new_prefix=30):
-        first = str(next(subnet.hosts()))
-        if f" {first}/" not in used and f" {subnet[2]}/" not in used:
-            return subnet
-    raise HostError("no free /30 left in 10.251.0.0/16 for a lab veth")
+    free = [
+        subnet
+        for subnet in LAB_NET.subnets(new_prefix=30)
+        if f" {subnet[1]}/" not in used and f" {subnet[2]}/" not in used
+    ]
+    if not free:
+        raise HostError("no free /30 left in 10.251.0.0/16 for a lab veth")
+    return secrets.choice(free)
 
 
 def _libvirtd_conf(state: LabState) -> str:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.integration.ansible_helpers import ANSIBLE_DIR, BIN, ansible_env, playbook, recaps
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 
 LOCALHOST = ANSIBLE_DIR / "inventory" / "localhost.ini"

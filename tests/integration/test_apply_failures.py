@@ -23,6 +23,7 @@ import libvirt
 import pytest
 
 from tests.integration.cockpit_helpers import (
+    DEDICATED_CPUS,
     REPO,
     URI,
     kvmctl,
@@ -32,7 +33,7 @@ from tests.integration.cockpit_helpers import (
     sweep,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
 
 TOKEN = secrets.token_hex(2)
 PREFIX = f"kvt-af{TOKEN}"  # 10 characters: a set name is PREFIX-<case of <= 4>
@@ -444,6 +445,7 @@ def test_killed_apply_converges_on_the_next_run(kill_when: str, spec: Spec, tmp_
 # --- 5. libvirtd restarted half-way ---------------------------------------------------------
 
 
+@pytest.mark.exclusive  # libvirtd goes away for every test running meanwhile
 def test_libvirtd_restart_during_apply(spec: Spec, tmp_path: Path) -> None:
     name, path = spec("lvd", vm_yaml("a"), vm_yaml("b", extra="    depends_on: [a]\n"))
     before = set_snapshot(name)

@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cockpit_helpers import cgroup_value, kvmctl, kvmctl_json, qemu
+from tests.integration.cockpit_helpers import (
+    DEDICATED_CPUS,
+    cgroup_value,
+    kvmctl,
+    kvmctl_json,
+    qemu,
+)
 from tests.integration.ops_helpers import applied_set
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
 
 TOKEN = secrets.token_hex(2)
 SET = f"kvt-au-{TOKEN}"

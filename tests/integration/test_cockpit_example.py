@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.cockpit_helpers import (
+    DEDICATED_CPUS,
     cgroup_value,
     host_snapshot,
     kvmctl,
@@ -20,7 +21,7 @@ from tests.integration.cockpit_helpers import (
     write_spec,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
 
 TOKEN = secrets.token_hex(2)
 SET = f"kvt-ck-{TOKEN}"

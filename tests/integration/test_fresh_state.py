@@ -32,6 +32,7 @@ import pytest
 from kvmctl.host import threads
 from kvmctl.testing.lab import LabState
 from tests.integration.cockpit_helpers import (
+    DEDICATED_CPUS,
     REPO,
     URI,
     kvmctl,
@@ -47,7 +48,7 @@ from tests.integration.ops_helpers import (
     start_exporter,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
 
 # kvmctl's state directories at their defaults; images are build artifacts
 # (`make images`) and stay.

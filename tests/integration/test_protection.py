@@ -13,11 +13,17 @@ from pathlib import Path
 import pytest
 
 from kvmctl.planner.protection import PROTECTED_SHARES
-from tests.integration.cockpit_helpers import cgroup_value, kvmctl, kvmctl_json, qemu
+from tests.integration.cockpit_helpers import (
+    DEDICATED_CPUS,
+    cgroup_value,
+    kvmctl,
+    kvmctl_json,
+    qemu,
+)
 from tests.integration.conftest import token
 from tests.integration.ops_helpers import SupervisorProcess, applied_set, kill_qemu
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
 
 SET = f"kvt-pr-{token(2)}"
 SPEC = f"""

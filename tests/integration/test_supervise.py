@@ -221,6 +221,7 @@ def test_crash_loop_is_given_up_while_the_other_runs(sup: SupervisorProcess, spe
     assert state["vms"]["b"]["phase"] == "running" and state["vms"]["b"]["restarts_in_window"] == 0
 
 
+@pytest.mark.exclusive  # libvirtd goes away for every test running meanwhile
 def test_survives_libvirtd_restart_without_duplicate_restarts(sup: SupervisorProcess) -> None:
     a_pid = qemu_pid(A)
     daemon = libvirtd_pid()
