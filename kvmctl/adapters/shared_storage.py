@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import libvirt
 from lxml import etree
 
+from kvmctl.adapters.storage import refresh_pool
 from kvmctl.adapters.virt import Virt
 
 MARKER_PREFIX = ".kvmctl-shared-"
@@ -86,7 +87,7 @@ def _look(conn: libvirt.virConnect, pool: str, pool_xml: str, marker: str) -> Sh
 
 
 def _sees(pool: libvirt.virStoragePool, marker: str) -> bool:
-    pool.refresh(0)
+    refresh_pool(pool)
     try:
         pool.storageVolLookupByName(marker)
     except libvirt.libvirtError as err:

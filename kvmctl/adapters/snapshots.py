@@ -19,6 +19,7 @@ import libvirt_qemu
 
 from kvmctl.adapters.blockcommit import BlockCommit
 from kvmctl.adapters.connection import _mapped
+from kvmctl.adapters.storage import refresh_pool
 from kvmctl.adapters.virt import Virt
 from kvmctl.errors import ApplyError, UsageError
 from kvmctl.planner.snapshot import CommitStep
@@ -217,7 +218,7 @@ class SnapshotOps:
                     ):
                         try:
                             if _pool_dir(pool.XMLDesc(0)) == os.path.dirname(path):
-                                pool.refresh(0)
+                                refresh_pool(pool)
                         except (libvirt.libvirtError, ValueError):
                             pass
             try:

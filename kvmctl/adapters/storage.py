@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 
 import libvirt
@@ -14,6 +15,26 @@ from lxml import etree
 from kvmctl.adapters.connection import Connection, _mapped
 from kvmctl.errors import ApplyError, HostError
 from kvmctl.planner.hosts import is_remote
+
+# How long a refresh waits out another process's volume job in the same pool.
+REFRESH_WAIT = 60.0
+
+
+def refresh_pool(pool: libvirt.virStoragePool, wait: float = REFRESH_WAIT) -> None:
+    """Refresh a pool, waiting while libvirt refuses because a volume job is
+    running in it ("pool '...' has asynchronous jobs running"): another kvmctl
+    run, or any other libvirt client, creating a volume in the same pool. The
+    lock in `Storage` covers this process only."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            pool.refresh(0)
+            return
+        except libvirt.libvirtError as err:
+            busy = "asynchronous jobs running" in (err.get_error_message() or "")
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.2)
 
 
 class Storage(Connection):
@@ -28,16 +49,20 @@ class Storage(Connection):
 
     def ensure_pool(self, xml: str, name: str) -> bool:
         """Define, build, start and autostart a dir pool if missing. True if created."""
-        try:
-            pool = self.conn.storagePoolLookupByName(name)
-        except libvirt.libvirtError:
-            pool = None
+        pool = self._pool(name)
         created = False
         with _mapped(f"cannot set up storage pool '{name}'", HostError):
             if pool is None:
-                pool = self.conn.storagePoolDefineXML(xml, 0)
-                pool.build(0)
-                created = True
+                try:
+                    pool = self.conn.storagePoolDefineXML(xml, 0)
+                except libvirt.libvirtError:
+                    # Another run on this host defined it a moment ago.
+                    pool = self._pool(name)
+                    if pool is None:
+                        raise
+                else:
+                    pool.build(0)
+                    created = True
             elif self._pool_dir_gone(pool):
                 # Its directory was removed behind libvirt's back: every volume
                 # call would fail with "No such file or directory". libvirt
@@ -46,9 +71,19 @@ class Storage(Connection):
                     pool.destroy()
                 pool.build(0)
             if not pool.isActive():
-                pool.create(0)
+                try:
+                    pool.create(0)
+                except libvirt.libvirtError:
+                    if not pool.isActive():  # else another run started it meanwhile
+                        raise
             pool.setAutostart(1)
         return created
+
+    def _pool(self, name: str) -> libvirt.virStoragePool | None:
+        try:
+            return self.conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError:
+            return None
 
     def _pool_dir_gone(self, pool: libvirt.virStoragePool) -> bool:
         if self.uri is None or is_remote(self.uri):
@@ -107,7 +142,7 @@ class Storage(Connection):
         for refresh in (False, True):
             if refresh:
                 with _mapped(f"cannot refresh storage pool '{pool}'"):
-                    p.refresh(0)
+                    refresh_pool(p)
             try:
                 vol = p.storageVolLookupByName(name)
                 if not refresh:

@@ -3,6 +3,7 @@ what the kernel says about a domain's QEMU threads."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 
 import libvirt
 
+from kvmctl.adapters import storage
 from kvmctl.host import threads
 
 URI = os.environ.get("KVMCTL_TEST_URI", "qemu:///system")
@@ -131,19 +133,10 @@ def renamed_example(set_name: str, bridges: tuple[str, str]) -> str:
 
 
 def refresh_pool(pool: libvirt.virStoragePool, timeout: float = 10) -> None:
-    """Refresh a pool, waiting while another client creates a volume in it
-    ("asynchronous jobs running"); after `timeout`, go on with what libvirt knows."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            pool.refresh(0)
-            return
-        except libvirt.libvirtError:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.1)
+    """kvmctl's refresh (it waits out another client's volume job); after
+    `timeout`, a sweep goes on with what libvirt knows."""
+    with contextlib.suppress(libvirt.libvirtError):
+        storage.refresh_pool(pool, wait=timeout)
 
 
 def set_snapshot(prefix: str) -> dict[str, list[str]]:

@@ -9,6 +9,7 @@ import libvirt
 
 from kvmctl.adapters.connection import open_connection
 from kvmctl.adapters.migration import completed_stats
+from kvmctl.adapters.storage import refresh_pool
 from kvmctl.adapters.virt import Virt
 from kvmctl.testing.lab import LabState
 
@@ -36,7 +37,7 @@ def plain_move(
     if not copy_storage:
         # A shared pool lists a file made by the other host only after a
         # refresh (`virsh pool-refresh`), else: "no storage vol with matching name".
-        there.conn.storagePoolLookupByName("kvmctl").refresh(0)
+        refresh_pool(there.conn.storagePoolLookupByName("kvmctl"))
     conn = libvirt.open(SOURCE)
     dom = conn.lookupByName(domain)
     flags = (

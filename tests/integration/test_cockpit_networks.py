@@ -39,6 +39,7 @@ from tests.integration.cockpit_helpers import (
     kvmctl,
     kvmctl_json,
     qemu,
+    refresh_pool,
     write_spec,
 )
 from tests.integration.guest_agent import ExecResult, exec_start, exec_status
@@ -241,7 +242,7 @@ def _sweep_libvirt(prefix: str) -> None:
         for pool in conn.listAllStoragePools():
             try:
                 if pool.isActive():
-                    pool.refresh(0)
+                    refresh_pool(pool)
                     for vol in pool.listAllVolumes(0):
                         if vol.name().startswith(prefix):
                             vol.delete(0)

@@ -122,6 +122,8 @@ def assert_made_for_qemu(directory: Path) -> None:
     assert stat.S_IMODE(directory.stat().st_mode) == 0o755, directory
 
 
+# The pool's directory is moved aside too: no other test may be using it.
+@pytest.mark.exclusive
 def test_readme_main_job_from_empty_state(real_dirs_moved_aside: None, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, MAIN_JOB_SPEC)
     env = clean_env()

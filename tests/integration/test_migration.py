@@ -15,6 +15,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from kvmctl.adapters.storage import refresh_pool
 from kvmctl.host import threads
 from kvmctl.testing import labops
 from kvmctl.testing.lab import LabState
@@ -110,7 +111,7 @@ def _delete_volumes(conn: libvirt.virConnect, prefix: str) -> None:
         pool = conn.storagePoolLookupByName("kvmctl")
     except libvirt.libvirtError:
         return
-    pool.refresh(0)
+    refresh_pool(pool)
     for vol in pool.listAllVolumes(0):
         if vol.name().startswith(prefix):
             vol.delete(0)
@@ -120,7 +121,7 @@ def lab_volumes(lab: LabState, prefix: str) -> list[str]:
     conn = libvirt.open(lab.uri)
     try:
         pool = conn.storagePoolLookupByName("kvmctl")
-        pool.refresh(0)
+        refresh_pool(pool)
         return sorted(v.name() for v in pool.listAllVolumes(0) if v.name().startswith(prefix))
     except libvirt.libvirtError:
         return []  # no pool there: no volumes
@@ -572,7 +573,7 @@ def source_volumes(prefix: str) -> list[str]:
     conn = libvirt.open(URI)
     try:
         pool = conn.storagePoolLookupByName("kvmctl")
-        pool.refresh(0)
+        refresh_pool(pool)
         return sorted(v.name() for v in pool.listAllVolumes(0) if v.name().startswith(prefix))
     finally:
         conn.close()
