@@ -262,13 +262,33 @@ def device_checks(plan: VmPlan, live_xml: str) -> list[Check]:
         for key, got in sorted(live.items()):
             checks.append(Check(plan.name, f"{kind} {key}", "absent", got, False))
 
-    compare(
-        "shmem", {r.name: (r.channel, _shm(r.name, r.size // MIB)) for r in want.regions}, shmems
-    )
-    compare("serial", {s.port: (s.channel, _serial(s.port, s.socket)) for s in want.serials}, ports)
-    cid = {"cid": ("cid", _cid(want.vsocks[0].cid))} if want.vsocks else {}
-    compare("vsock", cid, vsock)
+    def planned(items: tuple[Device, ...]) -> dict[str, tuple[str, str]]:
+        return {key: (label, desc) for _, key, label, desc in map(device_key, items)}
+
+    compare("shmem", planned(want.regions), shmems)
+    compare("serial", planned(want.serials), ports)
+    compare("vsock", planned(want.vsocks[:1]), vsock)
     return checks
+
+
+Device = ShmRegion | SerialPort | VsockDevice
+
+
+def device_key(device: Device) -> tuple[str, str, str, str]:
+    """(kind, key among a domain's live devices, label in the audit,
+    description) of a planned device."""
+    if isinstance(device, ShmRegion):
+        return "shmem", device.name, device.channel, _shm(device.name, device.size // MIB)
+    if isinstance(device, SerialPort):
+        return "serial", device.port, device.channel, _serial(device.port, device.socket)
+    return "vsock", "cid", "cid", _cid(device.cid)
+
+
+def carries(device: Device, live_xml: str) -> bool:
+    """Whether a domain's live XML has the planned device, as planned."""
+    kind, key, _, desc = device_key(device)
+    shmems, ports, vsock = _live_devices(live_xml)
+    return {"shmem": shmems, "serial": ports, "vsock": vsock}[kind].get(key) == desc
 
 
 def _live_devices(live_xml: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
