@@ -11,20 +11,12 @@ from kvmctl.observe.channels import channel_status, members_of
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.plan import make_plan
 from tests.unit.planner_helpers import facts, spec
+from tests.unit.test_channels_plan import two
 
 pytestmark = pytest.mark.unit
 
-SPEC = """\
-name: s1
-vms:
-  a: {memory: {size: 128MiB}}
-  b: {memory: {size: 128MiB}}
-  c: {memory: {size: 128MiB}}
-channels:
-  - {kind: shm, name: vehicle, size: 4MiB, members: [a, b]}
-  - {kind: serial, name: hb, vm: c}
-  - {kind: vsock, name: ctl, vm: c}
-"""
+# a and b share "vehicle" (4MiB); c has a serial port and a vsock device.
+SPEC = two() + "  - {kind: serial, name: hb, vm: c}\n  - {kind: vsock, name: ctl, vm: c}\n"
 
 
 def test_channels_show_kind_host_end_members_and_what_each_member_carries() -> None:
