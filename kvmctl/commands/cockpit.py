@@ -180,10 +180,17 @@ def status(
     host: HostOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """State, readiness, uptime, planned vs actual pCPUs, hugepages and shares/cap of every VM."""
-    spec, rows = overview(file, connect, host)
+    """State, readiness, uptime, planned vs actual pCPUs, hugepages and shares/cap of every VM,
+    and the set's channels with their members."""
+    spec, rows, channels = overview(file, connect, host)
     if json_out:
-        print_json({"set": spec.name, "vms": [r.as_dict() for r in rows]})
+        print_json(
+            {
+                "set": spec.name,
+                "vms": [r.as_dict() for r in rows],
+                "channels": [c.as_dict() for c in channels],
+            }
+        )
         return
     print_table(
         f"cockpit '{spec.name}'",
@@ -225,6 +232,20 @@ def status(
             for r in rows
         ],
     )
+    if channels:
+        print_table(
+            f"channels of '{spec.name}'",
+            ["channel", "kind", "host end", "members"],
+            [
+                [
+                    c.channel,
+                    c.kind,
+                    c.host_end + (f" ({c.size_mib} MiB)" if c.size_mib else ""),
+                    ", ".join(m.cell() for m in c.members),
+                ]
+                for c in channels
+            ],
+        )
 
 
 def _ready_cell(r: VmStatus) -> str:

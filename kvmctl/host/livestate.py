@@ -30,6 +30,7 @@ def live_domain(info: DomainInfo) -> LiveDomain:
         live_hash=meta.live_hash or "",
         groups=groups,
         dedicated_cpus=parse_cpuset(meta.dedicated) if meta.dedicated else frozenset(),
+        vsock_cid=meta.vsock_cid,
     )
 
 

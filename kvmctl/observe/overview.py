@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmctl.errors import KvmctlError
+from kvmctl.observe.channels import ChannelStatus, channel_status, members_of
 from kvmctl.observe.status import VmStatus, add_history, cockpit_status
 from kvmctl.planner.hosts import host_groups
 from kvmctl.planner.plan import domain_name
@@ -22,15 +23,17 @@ from kvmctl.state.supervisor import supervisor_state
 
 def overview(
     spec: Cockpit | str | Path, uri: str, host: str | None = None
-) -> tuple[Cockpit, list[VmStatus]]:
-    """Status rows of the set on each of its hosts (or only `host`, on `uri`).
-    In a multi-host set a host that cannot be reached gives its VMs the state
-    `unreachable` instead of failing the whole status."""
+) -> tuple[Cockpit, list[VmStatus], list[ChannelStatus]]:
+    """Status rows of the set's VMs and channels on each of its hosts (or only
+    `host`, on `uri`). In a multi-host set a host that cannot be reached gives
+    its VMs the state `unreachable` instead of failing the whole status (its
+    channels are left out)."""
     spec = spec if isinstance(spec, Cockpit) else load_spec(spec)
     groups = host_groups(spec, uri, host)
     if len(groups) == 1:
-        return spec, _gather_closed(open_session(spec, groups[0].uri, host=groups[0].name))
+        return spec, *_gather_closed(open_session(spec, groups[0].uri, host=groups[0].name))
     rows: list[VmStatus] = []
+    channels: list[ChannelStatus] = []
     for group in groups:
         try:
             session = open_session(spec, group.uri, host=group.name)
@@ -46,15 +49,28 @@ def overview(
                 for vm in group.vms
             ]
             continue
-        rows += _gather_closed(session)
-    return spec, rows
+        more, theirs = _gather_closed(session)
+        rows += more
+        channels += theirs
+    return spec, rows, channels
 
 
-def _gather_closed(session: Session) -> list[VmStatus]:
+def _gather_closed(session: Session) -> tuple[list[VmStatus], list[ChannelStatus]]:
     try:
-        return gather(session)
+        rows = gather(session)
+        return rows, gather_channels(session, rows)
     finally:
         session.close()
+
+
+def gather_channels(session: Session, rows: list[VmStatus]) -> list[ChannelStatus]:
+    """The session's channels, each member's live XML read when it runs."""
+    assert session.virt is not None
+    channels = session.plan.channels
+    running = {r.vm for r in rows if r.state in ("running", "paused")}
+    virt, vms = session.virt, session.plan.vms
+    live = {vm: virt.xml(vms[vm].domain) for vm in members_of(channels) & running}
+    return channel_status(channels, live)
 
 
 def gather(session: Session, supervisor: dict[str, Any] | None = None) -> list[VmStatus]:

@@ -10,12 +10,13 @@ channel (`kvmctl.xml.names.shmem_name`). See docs/channels.md.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvmctl.host.facts import HostFacts
 from kvmctl.planner.drift import Check
+from kvmctl.planner.live import LiveState
 from kvmctl.spec.channels import MIB
 from kvmctl.spec.models import Cockpit
 from kvmctl.spec.units import format_size
@@ -130,10 +131,16 @@ class ChannelPlan:
 
 
 def plan_channels(
-    spec: Cockpit, here: Collection[str], channel_dir: str, facts: HostFacts
+    spec: Cockpit,
+    here: Collection[str],
+    channel_dir: str,
+    facts: HostFacts,
+    live: LiveState | None = None,
 ) -> ChannelPlan:
     """The channels of the VMs in `here` (those planned on this host)."""
-    cids = assign_cids(spec.name, [c.vm for c in spec.channels if c.kind == "vsock" and c.vm])
+    recorded, taken = (live or LiveState()).vsock_cids(spec.name)
+    vsock_vms = [c.vm for c in spec.channels if c.kind == "vsock" and c.vm]
+    cids = assign_cids(spec.name, vsock_vms, recorded, taken)
     regions: list[ShmRegion] = []
     serials: list[SerialPort] = []
     vsocks: list[VsockDevice] = []
@@ -163,19 +170,31 @@ def region_names(spec: Cockpit, vms: Collection[str]) -> set[str]:
     }
 
 
-def assign_cids(set_name: str, vms: Collection[str]) -> dict[str, int]:
-    """A CID per VM from a hash of set and VM name, so it stays the same from
-    one apply to the next; a collision within the set moves the later VM (by
-    name) to the next free CID. CIDs of other sets are not known here."""
-    taken: set[int] = set()
+def assign_cids(
+    set_name: str,
+    vms: Collection[str],
+    recorded: Mapping[str, int] | None = None,
+    taken: Mapping[int, str] | None = None,
+) -> dict[str, int]:
+    """A CID per VM, unique on the host. A VM keeps the CID recorded in its
+    domain's metadata (`recorded`) unless another set's domain holds it
+    (`taken`); a new VM gets one from a hash of set and VM name, so a set
+    applied afresh gets the same CIDs again; a collision moves it to the next
+    free CID (VMs taken in name order)."""
+    used = set(taken or {})
     out: dict[str, int] = {}
-    span = CID_LAST - CID_FIRST + 1
     for vm in sorted(set(vms)):
+        cid = (recorded or {}).get(vm)
+        if cid is not None and cid not in used:
+            out[vm] = cid
+            used.add(cid)
+    span = CID_LAST - CID_FIRST + 1
+    for vm in sorted(set(vms) - set(out)):
         digest = hashlib.sha256(f"kvmctl:{set_name}/{vm}".encode()).digest()
         cid = CID_FIRST + int.from_bytes(digest[:8], "big") % span
-        while cid in taken:
+        while cid in used:
             cid = CID_FIRST + (cid - CID_FIRST + 1) % span
-        taken.add(cid)
+        used.add(cid)
         out[vm] = cid
     return out
 
@@ -262,13 +281,33 @@ def device_checks(plan: VmPlan, live_xml: str) -> list[Check]:
         for key, got in sorted(live.items()):
             checks.append(Check(plan.name, f"{kind} {key}", "absent", got, False))
 
-    compare(
-        "shmem", {r.name: (r.channel, _shm(r.name, r.size // MIB)) for r in want.regions}, shmems
-    )
-    compare("serial", {s.port: (s.channel, _serial(s.port, s.socket)) for s in want.serials}, ports)
-    cid = {"cid": ("cid", _cid(want.vsocks[0].cid))} if want.vsocks else {}
-    compare("vsock", cid, vsock)
+    def planned(items: tuple[Device, ...]) -> dict[str, tuple[str, str]]:
+        return {key: (label, desc) for _, key, label, desc in map(device_key, items)}
+
+    compare("shmem", planned(want.regions), shmems)
+    compare("serial", planned(want.serials), ports)
+    compare("vsock", planned(want.vsocks[:1]), vsock)
     return checks
+
+
+Device = ShmRegion | SerialPort | VsockDevice
+
+
+def device_key(device: Device) -> tuple[str, str, str, str]:
+    """(kind, key among a domain's live devices, label in the audit,
+    description) of a planned device."""
+    if isinstance(device, ShmRegion):
+        return "shmem", device.name, device.channel, _shm(device.name, device.size // MIB)
+    if isinstance(device, SerialPort):
+        return "serial", device.port, device.channel, _serial(device.port, device.socket)
+    return "vsock", "cid", "cid", _cid(device.cid)
+
+
+def carries(device: Device, live_xml: str) -> bool:
+    """Whether a domain's live XML has the planned device, as planned."""
+    kind, key, _, desc = device_key(device)
+    shmems, ports, vsock = _live_devices(live_xml)
+    return {"shmem": shmems, "serial": ports, "vsock": vsock}[kind].get(key) == desc
 
 
 def _live_devices(live_xml: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:

@@ -113,6 +113,7 @@ def _metadata(plan: VmPlan) -> KvmctlMetadata:
         dedicated=format_cpuset(plan.placement.cpus | plan.placement.claimed)
         if plan.placement.dedicated
         else None,
+        vsock_cid=plan.channels.vsocks[0].cid if plan.channels.vsocks else None,
     )
 
 

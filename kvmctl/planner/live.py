@@ -45,6 +45,7 @@ class LiveDomain:
     live_hash: str = ""
     groups: dict[str, str] = field(default_factory=dict)  # settings group -> hash
     dedicated_cpus: frozenset[int] = frozenset()
+    vsock_cid: int | None = None  # as recorded in the kvmctl metadata
     # What is in force on this host (None: not observed, e.g. a remote host).
     observed: Observation | None = None
 
@@ -60,6 +61,21 @@ class LiveState:
     def of_set(self, set_name: str) -> dict[str, LiveDomain]:
         """The set's domains keyed by VM name."""
         return {d.vm: d for d in self.domains if d.set_name == set_name and d.vm}
+
+    def vsock_cids(self, set_name: str) -> tuple[dict[str, int], dict[int, str]]:
+        """The set's recorded CIDs by VM, and the CIDs other sets' domains on
+        this host hold (running or not: a stopped one takes its CID back when
+        it starts), each with the domain that holds it."""
+        own: dict[str, int] = {}
+        taken: dict[int, str] = {}
+        for d in self.domains:
+            if d.vsock_cid is None:
+                continue
+            if d.set_name == set_name and d.vm:
+                own[d.vm] = d.vsock_cid
+            else:
+                taken[d.vsock_cid] = d.name
+        return own, taken
 
     def foreign_dedicated(
         self,

@@ -175,7 +175,7 @@ def make_plan(
     levels = start_levels(vms)
     levels_by_vm = level_of(levels)
     whole_hash = spec_hash(spec)
-    channels = chan.plan_channels(spec, frozenset(vms), options.channel_dir, facts)
+    channels = chan.plan_channels(spec, frozenset(vms), options.channel_dir, facts, live)
 
     warnings: list[str] = []
     if facts.virt_type == "qemu":

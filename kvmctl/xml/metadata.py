@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from kvmctl.xml.base import XMLModel, child, parse_xml, unclaimed, value
+from kvmctl.xml.convert import INT
 
 KVMCTL_NS = "https://kvmctl.dev/xmlns/kvmctl/1"
 KVMCTL_PREFIX = "kvmctl"
@@ -37,6 +38,9 @@ class KvmctlMetadata(XMLModel, tag=_q("cockpit"), nsmap={KVMCTL_PREFIX: KVMCTL_N
     groups: str | None = value(_q("groups"), default=None)
     # CPUs this domain owns exclusively, so another set never places vCPUs there.
     dedicated: str | None = value(_q("dedicated"), default=None)
+    # The vsock CID the planner gave the VM: kept on the next apply, and never
+    # given to another set's VM on this host.
+    vsock_cid: int | None = value(_q("vsock-cid"), INT, default=None)
 
 
 class Metadata(XMLModel, tag="metadata"):

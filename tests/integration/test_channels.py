@@ -3,7 +3,10 @@ by one member are read by the other and are the bytes of the host's backing
 file, which no other host user can read; a non-member has no such device; two
 sets with the same channel name do not share; destroy leaves nothing in
 /dev/shm; a serial channel carries bytes both ways; `ro` and vsock (without
-/dev/vhost-vsock) are refused before anything is created.
+/dev/vhost-vsock) are refused before anything is created; `status` shows the
+channels. Lifecycle (docs/channels.md): the region's contents outlive a
+member's restart by the supervisor and a stop of every member; a memory
+snapshot and a migration of a member are refused before anything changes.
 
 In the guest the region is the BAR2 of PCI device 1af4:1110 (ivshmem); the
 test guest's busybox `devmem` reads and writes it through /dev/mem.
@@ -23,8 +26,18 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from kvmctl.planner.channels import IVSHMEM_BLOCKER
+from kvmctl.testing.lab import LabState
 from tests.integration.cockpit_helpers import URI, kvmctl, libvirt_objects, write_spec
-from tests.integration.ops_helpers import applied_set, guest_run, qemu_pid, wait_until
+from tests.integration.ops_helpers import (
+    SupervisorProcess,
+    applied_set,
+    domain_state,
+    guest_run,
+    kill_qemu,
+    qemu_pid,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -236,6 +249,97 @@ def test_ro_and_vsock_are_refused_before_anything_is_created(tmp_path: Path) -> 
     assert "/dev/vhost-vsock" in run.stderr and "kind: serial" in run.stderr
     assert libvirt_objects(prefix) == {"domains": [], "volumes": []}
     assert region_files(prefix) == []
+
+
+def test_status_shows_the_channels_and_what_each_member_carries(applied: Path) -> None:
+    run = kvmctl("status", str(applied), "--json")
+    assert run.returncode == 0, run.stderr
+    channels = {c["channel"]: c for c in json.loads(run.stdout)["channels"]}
+    assert channels["vehicle"]["kind"] == "shm"
+    assert channels["vehicle"]["host_end"] == f"/dev/shm/kvmctl.{SET}.vehicle"
+    assert channels["vehicle"]["members"] == [
+        {"vm": "a", "access": "rw", "carried": True},
+        {"vm": "b", "access": "rw", "carried": True},
+    ]
+    assert channels["hb"]["kind"] == "serial"
+    assert channels["hb"]["host_end"].endswith(f"/{SET}.c.hb.sock")
+    assert channels["hb"]["members"] == [{"vm": "c", "access": "rw", "carried": True}]
+    text = kvmctl("status", str(applied))
+    assert "a (rw, carried), b (rw, carried)" in text.stdout, text.stdout
+
+
+def test_a_member_restarted_by_the_supervisor_reads_what_was_written_before(
+    applied: Path, tmp_path: Path
+) -> None:
+    value = devmem("a", bar("a"), secrets.randbits(32) | 1)
+    sup = SupervisorProcess(applied, tmp_path)
+    try:
+        sup.wait(60, event="observed", vm="a")
+        mark = sup.mark()
+        old = kill_qemu(domain("a"))
+        restarted = sup.wait(240, since=mark, event="restarted", vm="a")
+        assert restarted["pid"] not in (None, old)
+    finally:
+        sup.terminate()
+    assert devmem("a", bar("a")) == value == host_word()
+    assert devmem("b", bar("b")) == value
+
+
+def _start_all(spec: Path) -> None:
+    run = kvmctl("apply", str(spec), timeout=300)
+    assert run.returncode == 0, run.stderr
+
+
+def test_the_region_keeps_its_contents_while_every_member_is_stopped(applied: Path) -> None:
+    value = devmem("a", bar("a"), secrets.randbits(32) | 1)
+    conn = libvirt.open(URI)
+    try:
+        for vm in ("a", "b"):
+            conn.lookupByName(domain(vm)).destroy()
+    finally:
+        conn.close()
+    assert (domain_state(domain("a")), domain_state(domain("b"))) == ("shut off", "shut off")
+    assert region_files(SET) == [f"kvmctl.{SET}.vehicle"]
+    assert host_word() == value
+    _start_all(applied)
+    assert devmem("b", bar("b")) == value
+    assert devmem("a", bar("a")) == value
+
+
+def test_a_memory_snapshot_of_a_member_is_refused_and_nothing_is_created(applied: Path) -> None:
+    run = kvmctl("snapshot", "create", str(applied), "a", "kvt-mem")
+    assert run.returncode == 2, run.stderr
+    assert "VM 'a' is a member of shared region 'vehicle'" in run.stderr
+    assert IVSHMEM_BLOCKER in run.stderr and "--disk-only" in run.stderr
+    conn = libvirt.open(URI)
+    try:
+        assert conn.lookupByName(domain("a")).listAllSnapshots(0) == []
+    finally:
+        conn.close()
+    assert domain_state(domain("a")) == "running"
+    # The way the refusal names works.
+    disk = kvmctl("snapshot", "create", str(applied), "a", "kvt-disk", "--disk-only", timeout=180)
+    assert disk.returncode == 0, disk.stderr
+    gone = kvmctl("snapshot", "delete", str(applied), "a", "kvt-disk", timeout=180)
+    assert gone.returncode == 0, gone.stderr
+
+
+def test_a_member_cannot_migrate_and_neither_host_changes(
+    applied: Path, kvmctl_lab: LabState
+) -> None:
+    pid = qemu_pid(domain("a"))
+    run = kvmctl(
+        "migrate", str(applied), "a", "--to", kvmctl_lab.uri, "--insecure", "--copy-storage"
+    )
+    assert run.returncode == 3, run.stderr
+    assert "VM 'a' is a member of shared region 'vehicle'" in run.stderr
+    assert IVSHMEM_BLOCKER in run.stderr
+    assert qemu_pid(domain("a")) == pid and domain_state(domain("a")) == "running"
+    conn = libvirt.open(kvmctl_lab.uri)
+    try:
+        assert [d.name() for d in conn.listAllDomains() if d.name().startswith(SET)] == []
+    finally:
+        conn.close()
 
 
 def test_destroy_leaves_no_backing_files(applied: Path) -> None:

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from kvmctl.adapters.virt import DomainInfo
+from kvmctl.host.livestate import live_domain
 from kvmctl.planner import channels as chan
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.live import LiveDomain, LiveState
 from kvmctl.planner.plan import PlanOptions, make_plan
 from kvmctl.spec import load_spec
 from kvmctl.xml import Shmem
+from kvmctl.xml.metadata import read_kvmctl_metadata
 from kvmctl.xml.names import shmem_name
 from tests.unit.planner_helpers import facts, spec
 
@@ -304,3 +307,36 @@ def test_members_cannot_migrate_or_save_memory_but_others_can() -> None:
     plain = spec("name: t\nvms:\n  a: {}\n")
     assert chan.memory_snapshot_refusals(plain, ["a"]) == []
     assert chan.migration_refusals(plain, ["a"]) == []
+
+
+def test_cids_recorded_in_the_metadata_are_kept_and_never_shared_across_sets() -> None:
+    text = two() + "  - {kind: vsock, name: ctl, vm: c}\n"
+    first = make_plan(spec(text), facts())
+    cid = first.channels.vsocks[0].cid
+    # Recorded in the domain's kvmctl metadata, read back into the live state.
+    meta = read_kvmctl_metadata(build_domain(first.vms["c"], rt_by_thread=True).to_xml())
+    assert meta is not None and meta.vsock_cid == cid
+    mine = LiveDomain("s1-c", True, set_name="s1", vm="c", vsock_cid=cid + 7)
+    # Kept from one apply to the next, even where the hash would say otherwise.
+    kept = make_plan(spec(text), facts(), LiveState((mine,)))
+    assert kept.channels.vsocks[0].cid == cid + 7
+    # Another set's domain on the host (running or stopped) holds the CID the
+    # hash gives: the next free one instead, and the same VM of another set.
+    theirs = LiveDomain("s9-x", False, set_name="s9", vm="x", vsock_cid=cid)
+    moved = make_plan(spec(text), facts(), LiveState((theirs,)))
+    assert moved.channels.vsocks[0].cid == cid + 1
+    clash = LiveDomain("s9-x", True, set_name="s9", vm="x", vsock_cid=cid + 7)
+    assert make_plan(spec(text), facts(), LiveState((mine, clash))).channels.vsocks[0].cid == cid
+    assert LiveState((mine, theirs)).vsock_cids("s1") == ({"c": cid + 7}, {cid: "s9-x"})
+    assert live_domain(DomainInfo("s1-c", True, 1, meta)).vsock_cid == cid
+
+
+def test_assign_cids_keeps_recorded_ones_and_skips_taken_ones() -> None:
+    fresh = chan.assign_cids("s", ["a", "b"])
+    assert chan.assign_cids("s", ["a", "b"], {"a": 99}, {}) == {"a": 99, "b": fresh["b"]}
+    # Two VMs recorded with the same CID (hand-edited metadata): the first by name keeps it.
+    both = chan.assign_cids("s", ["a", "b"], {"a": 99, "b": 99})
+    assert both["a"] == 99 and both["b"] == fresh["b"]
+    taken = {fresh["a"]: "other-x", 99: "other-y"}
+    out = chan.assign_cids("s", ["a", "b"], {"b": 99}, taken)
+    assert out["a"] not in taken and out["b"] not in taken and out["a"] != out["b"]

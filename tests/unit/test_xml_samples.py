@@ -162,6 +162,7 @@ def full_domain() -> Domain:
                 live_hash="sha256:02",
                 groups="cpu=1a,memory=2b",
                 dedicated="1",
+                vsock_cid=1234,
             ),
             foreign=('<app:x xmlns:app="http://example.org/app" a="1"><app:y>z</app:y></app:x>',),
         ),
