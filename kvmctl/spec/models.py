@@ -19,6 +19,7 @@ from pydantic import (
 
 from kvmctl.spec.channels import Channel
 from kvmctl.spec.networks import AttachmentIn, Network
+from kvmctl.spec.safestate import Heartbeat, SafeState
 from kvmctl.spec.types import (
     DEFAULT_IMAGE_DIRS,
     CpuId,
@@ -320,6 +321,10 @@ class VM(Model):
             raise ValueError("must be letters, digits, spaces, '.', '_' or '-' (max 64)")
         return value
 
+    # Kept apart from the fields above so each later addition is a line of its own.
+    heartbeat: Heartbeat | None = None
+    added_later = (*added_later, "heartbeat")
+
 
 class Cockpit(Model):
     name: Name
@@ -329,3 +334,5 @@ class Cockpit(Model):
     vms: dict[str, VM] = Field(min_length=1)
     channels: list[Channel] = Field(default_factory=list)
     added_later = ("channels",)
+    safe_state: SafeState | None = None
+    added_later = (*added_later, "safe_state")
