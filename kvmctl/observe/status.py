@@ -165,7 +165,6 @@ def _agent_answers(virt: Virt, plan: VmPlan) -> bool:
     return True
 
 
-
 def domain_states(virt: Virt) -> dict[str, str]:
     """Each domain's state by name ("running", "shut off", ...)."""
     return {d.name: STATE_NAMES.get(d.state, "?") for d in virt.domains()}
