@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,6 +16,7 @@ from kvmctl.observe.status import VmStatus
 from kvmctl.planner import deadline
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.plan import Plan
+from kvmctl.state.supervisor import safe_state_of, supervisor_state
 
 
 def _plan_rows(plan: Plan) -> list[list[object]]:
@@ -182,8 +183,16 @@ def status(
 ) -> None:
     """State, readiness, uptime, planned vs actual pCPUs, hugepages and shares/cap of every VM."""
     spec, rows = overview(file, connect, host)
+    safe = safe_state_of(supervisor_state(spec.name))
     if json_out:
-        print_json({"set": spec.name, "vms": [r.as_dict() for r in rows]})
+        print_json(
+            {
+                "set": spec.name,
+                "vms": [r.as_dict() for r in rows],
+                "degraded": safe["degraded"],
+                "safe_state": safe,
+            }
+        )
         return
     print_table(
         f"cockpit '{spec.name}'",
@@ -225,6 +234,22 @@ def status(
             for r in rows
         ],
     )
+    for line in _safe_lines(rows, safe):
+        typer.echo(line)
+
+
+def _safe_lines(rows: list[VmStatus], safe: dict[str, Any]) -> list[str]:
+    """Heartbeats and the safe state, below the table."""
+    lines = []
+    for r in rows:
+        if r.heartbeat_missed is not None:
+            age = "-" if r.heartbeat_age_s is None else f"{r.heartbeat_age_s:.1f} s ago"
+            verdict = "MISSED" if r.heartbeat_missed else "ok"
+            lines.append(f"heartbeat {r.vm}: {verdict}, last beat {age}")
+    if safe["degraded"]:
+        active = ", ".join(safe.get("active") or [])
+        lines.append(f"DEGRADED: safe state in force ({active})")
+    return lines
 
 
 def _ready_cell(r: VmStatus) -> str:

@@ -106,30 +106,25 @@ class SafeStateKeeper:
         self.board.write_state()
 
     def _apply(self, step: Step) -> None:
+        what = {k: v for k, v in step.as_dict().items() if k != "vm"}
         watch = self.board.vms.get(step.vm)
-        if watch is None:
-            self.board.log(
-                "safe-state-step",
-                step.vm,
-                **step.as_dict(),
-                done=False,
-                error="not supervised here",
-            )
-            return
         try:
-            done = self._do(step, watch)
+            skipped = "not supervised here" if watch is None else self._do(step, watch)
         except KvmctlError as err:
-            self.board.log("safe-state-step", step.vm, **step.as_dict(), done=False, error=str(err))
+            self.board.log("safe-state-step", step.vm, **what, done=False, error=str(err))
             return
-        self.board.log("safe-state-step", step.vm, **step.as_dict(), done=done)
+        if skipped:
+            self.board.log("safe-state-step", step.vm, **what, done=False, reason=skipped)
+        else:
+            self.board.log("safe-state-step", step.vm, **what, done=True)
 
-    def _do(self, step: Step, w: VmWatch) -> bool | str:
-        """Apply one step; what was done (False or a reason when nothing was)."""
+    def _do(self, step: Step, w: VmWatch) -> str | None:
+        """Apply one step; None when done, else why nothing was done."""
         if step.kind == "restart":
             if w.phase != "running":
-                return f"not restarted: {w.phase} already"
+                return f"{w.phase} already"
             self.restart(w, "heartbeat")
-            return True
+            return None
         conn = self.watch.conn
         if conn is None:
             raise KvmctlError("not connected to libvirtd")
@@ -149,4 +144,4 @@ class SafeStateKeeper:
         elif step.kind == "uncap":
             period, quota = self._uncapped.pop(w.name, (None, None))
             virt.set_vcpu_cap(w.domain, period, quota if quota is not None and quota > 0 else None)
-        return True
+        return None

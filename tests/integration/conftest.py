@@ -58,6 +58,7 @@ def random_mac() -> str:
 
 # --------------------------------------------------------------------------- libvirt events
 
+
 def start_event_loop() -> None:
     """libvirt's default event loop, shared with the product code in this
     process (registering it twice would give two loops fighting over events).
@@ -193,8 +194,14 @@ class TestGuest:
 
     __test__ = False  # not a test class, despite the name
 
-    def __init__(self, conn: libvirt.virConnect, dom: libvirt.virDomain, spec: GuestSpec,
-                 serial_log: Path, volume: libvirt.virStorageVol | None):
+    def __init__(
+        self,
+        conn: libvirt.virConnect,
+        dom: libvirt.virDomain,
+        spec: GuestSpec,
+        serial_log: Path,
+        volume: libvirt.virStorageVol | None,
+    ):
         self.conn = conn
         self.dom = dom
         self.spec = spec
@@ -273,8 +280,9 @@ class TestGuest:
 
     # agent ---------------------------------------------------------------
 
-    def agent(self, command: str, arguments: Mapping[str, Any] | None = None,
-              timeout: int = 10) -> Any:
+    def agent(
+        self, command: str, arguments: Mapping[str, Any] | None = None, timeout: int = 10
+    ) -> Any:
         """One agent command through libvirt; its `return` value."""
         return agent_command(self.dom, command, arguments, timeout)
 
@@ -289,8 +297,14 @@ class TestGuest:
                     raise GuestError(f"{self.name}: agent not answering: {exc}") from exc
                 time.sleep(0.05)
 
-    def exec(self, path: str, args: Sequence[str] = (), *, timeout: float = 60,
-             stdin: bytes | None = None) -> ExecResult:
+    def exec(
+        self,
+        path: str,
+        args: Sequence[str] = (),
+        *,
+        timeout: float = 60,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
         """Run a program in the guest through guest-exec and wait for it."""
         pid = exec_start(self.dom, path, args, stdin)
         deadline = time.monotonic() + timeout
@@ -299,7 +313,9 @@ class TestGuest:
             if result is not None:
                 return result
             if time.monotonic() > deadline:
-                raise GuestError(f"{self.name}: {path} {' '.join(args)} still running after {timeout}s")
+                raise GuestError(
+                    f"{self.name}: {path} {' '.join(args)} still running after {timeout}s"
+                )
             time.sleep(0.05)
 
     def sh(self, script: str, *args: str, timeout: float = 60) -> ExecResult:
@@ -436,8 +452,9 @@ def make_workdir() -> Path:
     return path
 
 
-def create_pool(conn: libvirt.virConnect, workdir: Path,
-                name: str | None = None) -> libvirt.virStoragePool:
+def create_pool(
+    conn: libvirt.virConnect, workdir: Path, name: str | None = None
+) -> libvirt.virStoragePool:
     """A transient dir pool under `workdir`, or the running one of that name.
 
     Transient: it disappears with destroy() and leaves no definition behind
@@ -453,8 +470,9 @@ def create_pool(conn: libvirt.virConnect, workdir: Path,
     return conn.storagePoolCreateXML(pool_xml(name, path), 0)
 
 
-def live_connection(conn: libvirt.virConnect, uri: str = URI,
-                    patience: float = 30) -> libvirt.virConnect:
+def live_connection(
+    conn: libvirt.virConnect, uri: str = URI, patience: float = 30
+) -> libvirt.virConnect:
     """`conn` if it still works, else a new one to the same URI, waiting out a
     libvirtd restart (its socket is missing for a few seconds)."""
     try:
@@ -511,8 +529,9 @@ def delete_bridge(name: str) -> None:
             ipr.link("del", index=found[0])
 
 
-def watch_domain_event(conn: libvirt.virConnect, dom: libvirt.virDomain,
-                       event_id: int) -> tuple[queue.Queue[tuple[Any, ...]], Callable[[], None]]:
+def watch_domain_event(
+    conn: libvirt.virConnect, dom: libvirt.virDomain, event_id: int
+) -> tuple[queue.Queue[tuple[Any, ...]], Callable[[], None]]:
     """Queue of the event's callback arguments (after conn and dom), and a stop function."""
     events: queue.Queue[tuple[Any, ...]] = queue.Queue()
 
@@ -571,8 +590,9 @@ def test_pool_name(libvirt_session: dict[str, libvirt.virConnect]) -> Iterator[s
 
 
 @pytest.fixture
-def test_pool(libvirt_conn: libvirt.virConnect, kvt_workdir: Path,
-              test_pool_name: str) -> libvirt.virStoragePool:
+def test_pool(
+    libvirt_conn: libvirt.virConnect, kvt_workdir: Path, test_pool_name: str
+) -> libvirt.virStoragePool:
     """The session's transient volume pool (recreated if libvirtd lost it)."""
     return create_pool(libvirt_conn, kvt_workdir, test_pool_name)
 
@@ -618,9 +638,9 @@ def test_bridge(bridge_factory: Callable[[], str]) -> str:
 
 
 @pytest.fixture
-def domain_events(libvirt_conn: libvirt.virConnect) -> Iterator[
-    Callable[[libvirt.virDomain, int], queue.Queue[tuple[Any, ...]]]
-]:
+def domain_events(
+    libvirt_conn: libvirt.virConnect,
+) -> Iterator[Callable[[libvirt.virDomain, int], queue.Queue[tuple[Any, ...]]]]:
     """Call with (domain, VIR_DOMAIN_EVENT_ID_...) for a queue of that domain's events."""
     stops: list[Callable[[], None]] = []
 

@@ -39,9 +39,7 @@ def row(vm: str = "hud", state: str = "running", **kw: Any) -> VmStatus:
 
 def samples(fams: list[Metric]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """(sample name, sorted labels) -> value."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for fam in fams for s in fam.samples
-    }
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in fams for s in fam.samples}
 
 
 def value(fams: list[Metric], name: str, **labels: str) -> float | None:
@@ -70,8 +68,15 @@ STATS = {
 def test_running_vm_every_family() -> None:
     r = row(restarts=2, snapshots=3, last_snapshot_seconds=1.25, last_migration_seconds=4.5)
     fams = families(
-        Scrape("s", [r], STATS, drift={"hud": 2}, checks={"hud": 9}, supervisor_alive=True,
-               seconds=0.031)
+        Scrape(
+            "s",
+            [r],
+            STATS,
+            drift={"hud": 2},
+            checks={"hud": 9},
+            supervisor_alive=True,
+            seconds=0.031,
+        )
     )
     assert value(fams, "kvmctl_up") == 1.0
     assert value(fams, "kvmctl_supervisor_up") == 1.0
@@ -229,8 +234,11 @@ def test_family_names_unique_and_labelled() -> None:
         assert fam.name.startswith("kvmctl_") and fam.documentation
         for s in fam.samples:
             assert s.labels["set"] == "s"
-            if fam.name not in ("kvmctl_up", "kvmctl_scrape_duration_seconds",
-                                "kvmctl_supervisor_up"):
+            if fam.name not in (
+                "kvmctl_up",
+                "kvmctl_scrape_duration_seconds",
+                "kvmctl_supervisor_up",
+            ):
                 assert s.labels["vm"] == "hud"
 
 
@@ -255,8 +263,11 @@ def test_text_format_round_trip() -> None:
     assert set(parsed) == {f.name for f in fams}
     assert parsed["kvmctl_vm_vcpu_seconds"].type == "counter"
     assert parsed["kvmctl_vm_state"].type == "gauge"
-    got = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in parsed.values()
-           for s in f.samples}
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in parsed.values()
+        for s in f.samples
+    }
     assert got == samples(fams)
 
 

@@ -1,0 +1,146 @@
+"""Heartbeat and safe state against real libvirtd + QEMU: a safety VM beats
+over its heartbeat channel; when it stops, `kvmctl supervise` pauses the
+declared non-critical VM and marks the set degraded; when it beats again,
+the VM runs again and the mark clears. The tests run in order on one set and
+one supervisor process.
+
+Set: `cluster` (safety, heartbeat) and `ivi` (shed by the safe state), both
+test guests on shared CPUs, so the module can run beside others.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.cockpit_helpers import kvmctl, kvmctl_json, sweep, write_spec
+from tests.integration.ops_helpers import (
+    SupervisorProcess,
+    domain_state,
+    ensure_libvirtd,
+    qemu_pid,
+    tool,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+SET = f"kvt-hb-{secrets.token_hex(2)}"
+CLUSTER, IVI = f"{SET}-cluster", f"{SET}-ivi"
+PERIOD_MS = 250
+# Generous for TCG guests on a busy 2-core host: a late beat is not the point here.
+DEADLINE_S = 2.0
+SPEC = f"""
+name: {SET}
+vms:
+  cluster:
+    criticality: safety
+    memory: {{size: 128MiB}}
+    disk: {{size: 32MiB}}
+    ready: {{probe: agent, timeout: 120s}}
+    heartbeat: {{period: {PERIOD_MS}ms, deadline: {DEADLINE_S:g}s}}
+  ivi:
+    memory: {{size: 128MiB}}
+    disk: {{size: 32MiB}}
+    ready: {{probe: agent, timeout: 120s}}
+safe_state:
+  shed: [ivi]
+  heartbeat_missed: [pause]
+  crashed: [pause]
+"""
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_spec(tmp_path_factory.mktemp("hb"), SPEC)
+
+
+@pytest.fixture(scope="module")
+def sup(spec: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupervisorProcess]:
+    state_dir = tmp_path_factory.mktemp("hb-state")
+    proc: SupervisorProcess | None = None
+    try:
+        applied = kvmctl("apply", str(spec), timeout=300)
+        assert applied.returncode == 0, applied.stderr + applied.stdout
+        proc = SupervisorProcess(spec, state_dir)
+        proc.wait(30, event="observed", vm="ivi")
+        yield proc
+    finally:
+        if proc is not None:
+            proc.terminate()
+        ensure_libvirtd()
+        kvmctl("destroy", str(spec), timeout=120)
+        leftovers = sweep(SET)
+        assert leftovers == [], f"kvmctl destroy left {leftovers}"
+
+
+def _state(sup: SupervisorProcess) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((sup.state_dir / f"{SET}.json").read_text())
+    return data
+
+
+def _beating(sup: SupervisorProcess) -> dict[str, Any] | None:
+    beat: dict[str, Any] = _state(sup)["vms"]["cluster"].get("heartbeat") or {}
+    return beat if beat.get("beats", 0) > 3 and not beat.get("missed") else None
+
+
+def test_heartbeat_flowing_is_normal(sup: SupervisorProcess) -> None:
+    started = tool(CLUSTER, "heartbeat", "start", str(PERIOD_MS))
+    if started.get("heartbeat") != "started":
+        pytest.fail(
+            f"kvmctl-tool in the test guest has no heartbeat command ({started}): "
+            "rebuild the guest images (make images)"
+        )
+    beat = wait_until(lambda: _beating(sup), 60, "the cluster's heartbeat to reach the host")
+    assert beat["connected"] is True and beat["deadline_s"] == DEADLINE_S
+    time.sleep(3 * DEADLINE_S)  # a few deadlines pass with beats flowing
+    state = _state(sup)
+    assert state["safe_state"]["degraded"] is False, state["safe_state"]
+    assert sup.count(event="heartbeat-missed") == 0
+    assert domain_state(IVI) == "running"
+
+
+def test_stopped_heartbeat_drives_the_safe_state(sup: SupervisorProcess, spec: Path) -> None:
+    cluster_pid = qemu_pid(CLUSTER)
+    mark = sup.mark()
+    tool(CLUSTER, "heartbeat", "stop")
+    stopped = time.time()
+    missed = sup.wait(60, since=mark, event="heartbeat-missed", vm="cluster")
+    entered = sup.wait(30, since=mark, event="safe-state", vm="cluster", on="heartbeat-missed")
+    latency = entered["ts"] - stopped
+    print(f"heartbeat miss detected {latency:.2f} s after the stop (deadline {DEADLINE_S} s)")
+    assert missed["age_s"] > DEADLINE_S
+    assert latency < DEADLINE_S + 30  # deadline plus slack for a loaded host
+    assert entered["degraded"] is True and entered["active"] == ["heartbeat_missed:cluster"]
+    assert entered["actions"] == [{"action": "pause", "vm": "ivi"}]
+    wait_until(lambda: domain_state(IVI) == "paused", 30, "ivi to be paused")
+    assert domain_state(CLUSTER) == "running" and qemu_pid(CLUSTER) == cluster_pid
+    state = _state(sup)
+    assert state["safe_state"]["degraded"] is True
+    assert state["safe_state"]["applied"] == ["pause"]
+    assert state["vms"]["cluster"]["heartbeat"]["missed"] is True
+    status = kvmctl_json("status", str(spec))
+    assert status["degraded"] is True
+    row = next(r for r in status["vms"] if r["vm"] == "cluster")
+    assert row["heartbeat_missed"] is True and row["heartbeat_age_s"] > DEADLINE_S
+
+
+def test_resumed_heartbeat_returns_to_normal(sup: SupervisorProcess, spec: Path) -> None:
+    mark = sup.mark()
+    tool(CLUSTER, "heartbeat", "start", str(PERIOD_MS))
+    sup.wait(60, since=mark, event="heartbeat-resumed", vm="cluster")
+    left = sup.wait(30, since=mark, event="safe-state", vm="cluster", on="heartbeat-resumed")
+    assert left["degraded"] is False and left["cleared"] == ["heartbeat_missed:cluster"]
+    assert left["actions"] == [{"action": "resume", "vm": "ivi"}]
+    wait_until(lambda: domain_state(IVI) == "running", 30, "ivi to run again")
+    assert tool(IVI, "info")["name"]  # the guest answers again
+    state = _state(sup)
+    assert state["safe_state"]["degraded"] is False and state["safe_state"]["applied"] == []
+    assert kvmctl_json("status", str(spec))["degraded"] is False
+    assert sup.count(mark, event="safe-state-step", done=True) == 1
