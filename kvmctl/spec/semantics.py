@@ -374,7 +374,9 @@ def _safe_state(spec: Cockpit) -> Iterator[Problem]:
             base + ("watch",),
             "no VM to watch: list them under watch, or give a VM criticality: safety",
         )
-    hosts = {spec.vms[n].host for n in watched}
+    hosts = {spec.vms[n].host for n in watched} or {
+        spec.vms[n].host for n in safe.shed if n in spec.vms
+    }
     for i, name in enumerate(safe.shed):
         where = base + ("shed", i)
         if name not in spec.vms:
