@@ -306,3 +306,29 @@ def test_dashboard_uses_only_exposed_metrics() -> None:
             assert 'vm=~"$vm"' in e and 'set=~"$set"' in e, e
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
+
+
+SUPERVISED = {
+    "alive": True,
+    "safe_state": {"degraded": True, "active": ["heartbeat_missed:hud"]},
+    "vms": {
+        "hud": {"heartbeat": {"age_s": 2.5, "missed": True, "misses": 3}},
+        "ivi": {"restarts": 0},
+    },
+}
+
+
+def test_heartbeat_and_degraded() -> None:
+    fams = families(Scrape("s", [row()], supervisor=SUPERVISED))
+    assert value(fams, "kvmctl_degraded") == 1.0
+    assert value(fams, "kvmctl_vm_heartbeat_age_seconds", vm="hud") == 2.5
+    assert value(fams, "kvmctl_vm_heartbeat_missed", vm="hud") == 1.0
+    assert value(fams, "kvmctl_vm_heartbeat_misses_total", vm="hud") == 3.0
+    assert value(fams, "kvmctl_vm_heartbeat_missed", vm="ivi") is None  # no heartbeat
+
+
+def test_no_heartbeat_or_degraded_samples_without_a_running_supervisor() -> None:
+    for supervisor in ({}, {**SUPERVISED, "alive": False}):
+        fams = families(Scrape("s", [row()], supervisor=supervisor))
+        assert value(fams, "kvmctl_degraded") is None
+        assert value(fams, "kvmctl_vm_heartbeat_missed", vm="hud") is None
