@@ -11,7 +11,9 @@ test guests on shared CPUs, so the module can run beside others.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cockpit_helpers import kvmctl, kvmctl_json, sweep, write_spec
+from tests.integration.cockpit_helpers import REPO, kvmctl_json
 from tests.integration.ops_helpers import (
     SupervisorProcess,
+    applied_set,
     domain_state,
-    ensure_libvirtd,
     qemu_pid,
     tool,
     wait_until,
@@ -57,27 +59,38 @@ safe_state:
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_spec(tmp_path_factory.mktemp("hb"), SPEC)
+def images() -> Iterator[Path]:
+    """The test guest built from this tree (idempotent, seconds with the
+    build cache of `make images`): the host's shared image directory may hold
+    one built from another tree, whose toolbox has no heartbeat command."""
+    out = Path(os.environ["KVMCTL_STATE_ROOT"]) / "images"
+    build = subprocess.run(
+        [str(REPO / "guest-images" / "build.sh"), "test-guest"],
+        env={**os.environ, "KVMCTL_IMAGE_DIR": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KVMCTL_IMAGE_DIR", str(out))  # for every kvmctl the tests run
+        yield out
+
+
+@pytest.fixture(scope="module")
+def spec(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with applied_set(tmp_path_factory.mktemp("hb"), SET, SPEC) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def sup(spec: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupervisorProcess]:
-    state_dir = tmp_path_factory.mktemp("hb-state")
-    proc: SupervisorProcess | None = None
+    proc = SupervisorProcess(spec, tmp_path_factory.mktemp("hb-state"))
     try:
-        applied = kvmctl("apply", str(spec), timeout=300)
-        assert applied.returncode == 0, applied.stderr + applied.stdout
-        proc = SupervisorProcess(spec, state_dir)
         proc.wait(30, event="observed", vm="ivi")
         yield proc
     finally:
-        if proc is not None:
-            proc.terminate()
-        ensure_libvirtd()
-        kvmctl("destroy", str(spec), timeout=120)
-        leftovers = sweep(SET)
-        assert leftovers == [], f"kvmctl destroy left {leftovers}"
+        proc.terminate()
 
 
 def _state(sup: SupervisorProcess) -> dict[str, Any]:
@@ -92,11 +105,7 @@ def _beating(sup: SupervisorProcess) -> dict[str, Any] | None:
 
 def test_heartbeat_flowing_is_normal(sup: SupervisorProcess) -> None:
     started = tool(CLUSTER, "heartbeat", "start", str(PERIOD_MS))
-    if started.get("heartbeat") != "started":
-        pytest.fail(
-            f"kvmctl-tool in the test guest has no heartbeat command ({started}): "
-            "rebuild the guest images (make images)"
-        )
+    assert started.get("heartbeat") == "started", started
     beat = wait_until(lambda: _beating(sup), 60, "the cluster's heartbeat to reach the host")
     assert beat["connected"] is True and beat["deadline_s"] == DEADLINE_S
     time.sleep(3 * DEADLINE_S)  # a few deadlines pass with beats flowing
