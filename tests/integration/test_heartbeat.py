@@ -124,7 +124,7 @@ def test_stopped_heartbeat_drives_the_safe_state(sup: SupervisorProcess, spec: P
     entered = sup.wait(30, since=mark, event="safe-state", vm="cluster", on="heartbeat-missed")
     latency = entered["ts"] - stopped
     print(f"heartbeat miss detected {latency:.2f} s after the stop (deadline {DEADLINE_S} s)")
-    assert missed["age_s"] > DEADLINE_S
+    assert missed["age_s"] >= DEADLINE_S
     assert latency < DEADLINE_S + 30  # deadline plus slack for a loaded host
     assert entered["degraded"] is True and entered["active"] == ["heartbeat_missed:cluster"]
     assert entered["actions"] == [{"action": "pause", "vm": "ivi"}]
