@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cockpit_helpers import REPO, kvmctl_json
+from tests.integration.cockpit_helpers import REPO, kvmctl, kvmctl_json
 from tests.integration.ops_helpers import (
     SupervisorProcess,
     applied_set,
@@ -85,10 +85,13 @@ def spec(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 @pytest.fixture(scope="module")
 def sup(spec: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupervisorProcess]:
-    proc = SupervisorProcess(spec, tmp_path_factory.mktemp("hb-state"))
+    state_dir = tmp_path_factory.mktemp("hb-state")
+    proc = SupervisorProcess(spec, state_dir)
     try:
         proc.wait(30, event="observed", vm="ivi")
-        yield proc
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("KVMCTL_SUPERVISE_DIR", str(state_dir))  # where status reads it
+            yield proc
     finally:
         proc.terminate()
 
@@ -138,6 +141,9 @@ def test_stopped_heartbeat_drives_the_safe_state(sup: SupervisorProcess, spec: P
     assert status["degraded"] is True
     row = next(r for r in status["vms"] if r["vm"] == "cluster")
     assert row["heartbeat_missed"] is True and row["heartbeat_age_s"] > DEADLINE_S
+    text = kvmctl("status", str(spec))
+    assert "DEGRADED: safe state in force (heartbeat_missed:cluster)" in text.stdout, text.stdout
+    assert "heartbeat cluster: MISSED" in text.stdout
 
 
 def test_resumed_heartbeat_returns_to_normal(sup: SupervisorProcess, spec: Path) -> None:
