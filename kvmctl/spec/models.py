@@ -321,10 +321,9 @@ class VM(Model):
             raise ValueError("must be letters, digits, spaces, '.', '_' or '-' (max 64)")
         return value
 
-    # Kept apart from the fields above so each later addition is a line of its own
-    # (mypy takes the first tuple's length as the attribute's type).
+    # Kept apart from the fields above so each later addition is a line of its own.
     heartbeat: Heartbeat | None = None
-    added_later = (*added_later, "heartbeat")  # type: ignore[assignment]
+    added_later = (*added_later, "heartbeat")  # type: ignore[assignment]  # typed tuple[str]
 
 
 class Cockpit(Model):
