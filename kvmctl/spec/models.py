@@ -29,6 +29,7 @@ from kvmctl.spec.types import (
     Percent,
     Rate,
     Size,
+    VcpuLimit,
 )
 from kvmctl.spec.units import parse_size
 
@@ -89,7 +90,7 @@ class Realtime(Model):
 class Cpu(Model):
     placement: Literal["dedicated", "shared"] = "shared"
     shares: Annotated[int, Field(ge=2, le=262144)] | None = None
-    limit: Percent | None = None
+    limit: VcpuLimit | None = None
     realtime: Realtime | None = None
     # Explicit pCPUs; otherwise the planner picks them.
     cpus: list[CpuId] | None = None
@@ -98,13 +99,6 @@ class Cpu(Model):
     # dedicated safety VM (kvmctl.planner.protection).
     protect_emulator: bool | None = None
     added_later = ("protect_emulator",)
-
-    @field_validator("limit")
-    @classmethod
-    def _limit(cls, value: float | None) -> float | None:
-        if value is not None and not 1 <= value <= 100:
-            raise ValueError("must be between 1% and 100% of each vCPU")
-        return value
 
     @field_validator("cpus")
     @classmethod

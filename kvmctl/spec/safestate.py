@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from kvmctl.spec.types import Duration, Model, Percent
+from kvmctl.spec.types import Duration, Model, VcpuLimit
 
 # The serial channel that carries a VM's heartbeat: the guest writes to
 # /dev/virtio-ports/org.kvmctl.heartbeat.
@@ -58,17 +58,10 @@ class SafeState(Model):
     # The VMs pause and cap act on, to free CPU for the watched ones.
     shed: list[str] = Field(default_factory=list)
     # The CPU limit of the cap action (share of each vCPU).
-    cap: Percent | None = None
+    cap: VcpuLimit | None = None
     heartbeat_missed: list[SafeAction] | None = None
     crashed: list[SafeAction] | None = None
     gave_up: list[SafeAction] | None = None
-
-    @field_validator("cap")
-    @classmethod
-    def _cap(cls, value: float | None) -> float | None:
-        if value is not None and not 1 <= value <= 100:
-            raise ValueError("must be between 1% and 100% of each vCPU")
-        return value
 
     @field_validator("heartbeat_missed", "crashed", "gave_up")
     @classmethod
