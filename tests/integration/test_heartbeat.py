@@ -1,8 +1,9 @@
 """Heartbeat and safe state against real libvirtd + QEMU: a safety VM beats
 over its heartbeat channel; when it stops, `kvmctl supervise` pauses the
 declared non-critical VM and marks the set degraded; when it beats again,
-the VM runs again and the mark clears. The tests run in order on one set and
-one supervisor process.
+the VM runs again and the mark clears. A crash of the safety VM pauses
+it too, until the VM is ready and beating again. The tests run in order on
+one set and one supervisor process.
 
 Set: `cluster` (safety, heartbeat) and `ivi` (shed by the safe state), both
 test guests on shared CPUs, so the module can run beside others.
@@ -26,6 +27,7 @@ from tests.integration.ops_helpers import (
     SupervisorProcess,
     applied_set,
     domain_state,
+    kill_qemu,
     qemu_pid,
     tool,
     wait_until,
@@ -162,3 +164,23 @@ def test_resumed_heartbeat_returns_to_normal(sup: SupervisorProcess, spec: Path)
     assert state["safe_state"]["degraded"] is False and state["safe_state"]["applied"] == []
     assert kvmctl_json("status", str(spec))["degraded"] is False
     assert sup.count(mark, event="safe-state-step", done=True) == 1
+
+
+def test_crashed_safety_vm_pauses_until_ready_and_beating_again(sup: SupervisorProcess) -> None:
+    mark = sup.mark()
+    kill_qemu(CLUSTER)
+    entered = sup.wait(60, since=mark, event="safe-state", vm="cluster", on="failed")
+    assert entered["cause"] == "killed" and entered["entered"] == ["crashed:cluster"]
+    wait_until(lambda: domain_state(IVI) == "paused", 30, "ivi to be paused")
+    # The dead guest sends no beat either: the miss joins the crash.
+    sup.wait(60, since=mark, event="safe-state", vm="cluster", on="heartbeat-missed")
+    sup.wait(300, since=mark, event="restarted", vm="cluster")
+    cleared = sup.wait(60, since=mark, event="safe-state", vm="cluster", on="ready")
+    assert cleared["cleared"] == ["crashed:cluster"] and cleared["degraded"] is True
+    assert cleared["actions"] == []  # the missed heartbeat still holds ivi paused
+    assert domain_state(IVI) == "paused"
+    tool(CLUSTER, "heartbeat", "start", str(PERIOD_MS))
+    left = sup.wait(60, since=mark, event="safe-state", vm="cluster", on="heartbeat-resumed")
+    assert left["degraded"] is False and left["actions"] == [{"action": "resume", "vm": "ivi"}]
+    wait_until(lambda: domain_state(IVI) == "running", 30, "ivi to run again")
+    assert sup.count(mark, event="restarting", vm="ivi") == 0  # ivi itself was not restarted
