@@ -27,10 +27,10 @@ def check(spec: Cockpit) -> list[Problem]:
         _depends_on,
         _cpus,
         _images,
-        _channels,
-        _deadlines,
         _heartbeats,
         _safe_state,
+        _channels,
+        _deadlines,
     ):
         problems.extend(rule(spec))
     return problems
@@ -315,23 +315,6 @@ def _members(spec: Cockpit, ch: Channel, path: Path) -> Iterator[Problem]:
             )
 
 
-def _unknown_vm(spec: Cockpit, name: str) -> str:
-    return f"unknown VM '{name}' (known: {', '.join(sorted(spec.vms))})"
-
-
-def _deadlines(spec: Cockpit) -> Iterator[Problem]:
-    for name, vm in spec.vms.items():
-        ready = vm.ready
-        if ready.deadline is not None and ready.deadline > ready.timeout:
-            yield (
-                ("vms", name, "ready", "deadline"),
-                f"{ready.deadline:g} s is longer than the ready timeout ({ready.timeout:g} s): "
-                "readiness would be given up before the deadline",
-            )
-        if ready.deadline_fatal and ready.deadline is None:
-            yield (("vms", name, "ready", "deadline_fatal"), "needs a ready.deadline")
-
-
 def _heartbeats(spec: Cockpit) -> Iterator[Problem]:
     beating = {name for name, vm in spec.vms.items() if vm.heartbeat is not None}
     safe = spec.safe_state
@@ -424,3 +407,20 @@ def _safe_state(spec: Cockpit) -> Iterator[Problem]:
             base + ("heartbeat_missed",),
             "no watched VM has a heartbeat (vms.<name>.heartbeat: {period, deadline})",
         )
+
+
+def _unknown_vm(spec: Cockpit, name: str) -> str:
+    return f"unknown VM '{name}' (known: {', '.join(sorted(spec.vms))})"
+
+
+def _deadlines(spec: Cockpit) -> Iterator[Problem]:
+    for name, vm in spec.vms.items():
+        ready = vm.ready
+        if ready.deadline is not None and ready.deadline > ready.timeout:
+            yield (
+                ("vms", name, "ready", "deadline"),
+                f"{ready.deadline:g} s is longer than the ready timeout ({ready.timeout:g} s): "
+                "readiness would be given up before the deadline",
+            )
+        if ready.deadline_fatal and ready.deadline is None:
+            yield (("vms", name, "ready", "deadline_fatal"), "needs a ready.deadline")

@@ -2,7 +2,7 @@
 over its heartbeat channel; when it stops, `kvmctl supervise` pauses the
 declared non-critical VM and marks the set degraded; when it beats again,
 the VM runs again and the mark clears. A crash of the safety VM pauses
-it too, until the VM is ready and beating again. The tests run in order on
+the shed VM too, until the safety VM is ready and beating again. The tests run in order on
 one set and one supervisor process.
 
 Set: `cluster` (safety, heartbeat) and `ivi` (shed by the safe state), both
