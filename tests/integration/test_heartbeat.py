@@ -27,8 +27,11 @@ from tests.integration.ops_helpers import (
     SupervisorProcess,
     applied_set,
     domain_state,
+    fetch,
+    free_port,
     kill_qemu,
     qemu_pid,
+    start_exporter,
     tool,
     wait_until,
 )
@@ -103,6 +106,22 @@ def _state(sup: SupervisorProcess) -> dict[str, Any]:
     return data
 
 
+def _metrics(spec: Path) -> dict[str, Any]:
+    """One scrape of `kvmctl exporter` (it reads the supervisor's state file)."""
+    listen = f"127.0.0.1:{free_port()}"
+    proc = start_exporter(spec, listen)
+    try:
+        return fetch(f"http://{listen}/metrics", proc)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def _sample(metrics: dict[str, Any], name: str, **labels: str) -> float | None:
+    value: float | None = metrics.get(name, {}).get(frozenset({"set": SET, **labels}.items()))
+    return value
+
+
 def _beating(sup: SupervisorProcess) -> dict[str, Any] | None:
     beat: dict[str, Any] = _state(sup)["vms"]["cluster"].get("heartbeat") or {}
     return beat if beat.get("beats", 0) > 3 and not beat.get("missed") else None
@@ -149,6 +168,12 @@ def test_stopped_heartbeat_drives_the_safe_state(sup: SupervisorProcess, spec: P
     text = kvmctl("status", str(spec))
     assert "DEGRADED: safe state in force (heartbeat_missed:cluster)" in text.stdout, text.stdout
     assert "heartbeat cluster: MISSED" in text.stdout
+    metrics = _metrics(spec)
+    assert _sample(metrics, "kvmctl_degraded") == 1.0
+    assert _sample(metrics, "kvmctl_vm_heartbeat_missed", vm="cluster") == 1.0
+    assert _sample(metrics, "kvmctl_vm_heartbeat_misses_total", vm="cluster") == 1.0
+    age = _sample(metrics, "kvmctl_vm_heartbeat_age_seconds", vm="cluster")
+    assert age is not None and age > DEADLINE_S
 
 
 def test_resumed_heartbeat_returns_to_normal(sup: SupervisorProcess, spec: Path) -> None:
@@ -163,6 +188,9 @@ def test_resumed_heartbeat_returns_to_normal(sup: SupervisorProcess, spec: Path)
     state = _state(sup)
     assert state["safe_state"]["degraded"] is False and state["safe_state"]["applied"] == []
     assert kvmctl_json("status", str(spec))["degraded"] is False
+    metrics = _metrics(spec)
+    assert _sample(metrics, "kvmctl_degraded") == 0.0
+    assert _sample(metrics, "kvmctl_vm_heartbeat_missed", vm="cluster") == 0.0
     assert sup.count(mark, event="safe-state-step", done=True) == 1
 
 
