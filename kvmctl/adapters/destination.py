@@ -112,5 +112,3 @@ def _hugepages(conn: libvirt.virConnect, caps: etree._Element) -> list[HugepageP
 def interfaces(conn: libvirt.virConnect) -> set[str]:
     """Network interfaces (bridges among them) present on the destination."""
     return {iface.name() for iface in conn.listAllInterfaces()}
-
-

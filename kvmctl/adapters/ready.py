@@ -183,8 +183,7 @@ class ReadyWatch:
                 raise NotReady(f"cloud-init in domain '{self.name}' failed ({said})")
             if time.monotonic() >= deadline:
                 raise NotReady(
-                    f"cloud-init in domain '{self.name}' was not done within {timeout:g} s "
-                    f"({said})"
+                    f"cloud-init in domain '{self.name}' was not done within {timeout:g} s ({said})"
                 )
             time.sleep(1.0)
 

@@ -253,6 +253,21 @@ class Virt(Storage):
         with _mapped(f"cannot change CPU shares/quota of domain '{name}'"):
             self.handle(name).setSchedulerParametersFlags(params, _MODIFY)
 
+    def vcpu_cap(self, name: str) -> tuple[int | None, int | None]:
+        """The running domain's vCPU period and quota in µs (quota -1: no cap)."""
+        with _mapped(f"cannot read the CPU quota of domain '{name}'"):
+            sched = self.handle(name).schedulerParametersFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        return sched.get("vcpu_period"), _quota(sched.get("vcpu_quota"))
+
+    def set_vcpu_cap(self, name: str, period: int | None, quota: int | None) -> None:
+        """Cap (or with None uncap) the running domain's vCPUs, live only: the
+        defined domain keeps its planned quota, the shares stay as they are."""
+        params: dict[str, int] = {"vcpu_quota": quota if quota is not None else -1}
+        if period is not None:
+            params["vcpu_period"] = period
+        with _mapped(f"cannot change the CPU quota of domain '{name}'"):
+            self.handle(name).setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
     def pin_vcpu(self, name: str, vcpu: int, cpus: frozenset[int], ncpus: int) -> None:
         cpumap = tuple(i in cpus for i in range(ncpus))
         with _mapped(f"cannot pin vCPU {vcpu} of domain '{name}'"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,6 +16,7 @@ from kvmctl.observe.status import VmStatus
 from kvmctl.planner import deadline
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.plan import Plan
+from kvmctl.state.supervisor import safe_state_of, supervisor_state
 
 
 def _plan_rows(plan: Plan) -> list[list[object]]:
@@ -181,14 +182,17 @@ def status(
     json_out: JsonOpt = False,
 ) -> None:
     """State, readiness, uptime, planned vs actual pCPUs, hugepages and shares/cap of every VM,
-    and the set's channels with their members."""
+    the set's channels with their members, heartbeats and the safe state."""
     spec, rows, channels = overview(file, connect, host)
+    safe = safe_state_of(supervisor_state(spec.name))
     if json_out:
         print_json(
             {
                 "set": spec.name,
                 "vms": [r.as_dict() for r in rows],
                 "channels": [c.as_dict() for c in channels],
+                "degraded": safe["degraded"],
+                "safe_state": safe,
             }
         )
         return
@@ -246,6 +250,22 @@ def status(
                 for c in channels
             ],
         )
+    for line in _safe_lines(rows, safe):
+        typer.echo(line)
+
+
+def _safe_lines(rows: list[VmStatus], safe: dict[str, Any]) -> list[str]:
+    """Heartbeats and the safe state, below the table."""
+    lines = []
+    for r in rows:
+        if r.heartbeat_missed is not None:
+            age = "-" if r.heartbeat_age_s is None else f"{r.heartbeat_age_s:.1f} s ago"
+            verdict = "MISSED" if r.heartbeat_missed else "ok"
+            lines.append(f"heartbeat {r.vm}: {verdict}, last beat {age}")
+    if safe["degraded"]:
+        active = ", ".join(safe.get("active") or [])
+        lines.append(f"DEGRADED: safe state in force ({active})")
+    return lines
 
 
 def _ready_cell(r: VmStatus) -> str:

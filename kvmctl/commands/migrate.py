@@ -167,7 +167,13 @@ def migrate(
         keep_source=keep_source,
         tls=tls,
         overrides=_overrides(
-            max_downtime, bandwidth, auto_converge, postcopy, multifd, compression, timeout,
+            max_downtime,
+            bandwidth,
+            auto_converge,
+            postcopy,
+            multifd,
+            compression,
+            timeout,
             on_timeout,
         ),
     )
@@ -175,7 +181,11 @@ def migrate(
         console().print(f"[yellow]warning:[/] {to} is plain TCP, unauthenticated and unencrypted")
     try:
         report = migration.migrate(
-            file, None if all_vms else vms, connect, request, insecure=insecure,
+            file,
+            None if all_vms else vms,
+            connect,
+            request,
+            insecure=insecure,
             progress=_Throttle(),
         )
     except migration.MigrationFailed as err:

@@ -97,9 +97,7 @@ def _sha256(path: Path) -> str:
 
 
 def _broken(flavour: str, state: str, reason: str) -> HostError:
-    return HostError(
-        f"guest image '{flavour}' is {state}: run `make images`", reasons=[reason]
-    )
+    return HostError(f"guest image '{flavour}' is {state}: run `make images`", reasons=[reason])
 
 
 def _manifest(flavour: str, known: tuple[str, ...]) -> tuple[Path, dict[str, Any]]:

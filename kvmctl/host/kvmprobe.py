@@ -42,6 +42,8 @@ TCG_TIMEOUT = 30.0
 
 def boot_timeout(virt_type: VirtType, timeout: float) -> float:
     return timeout if virt_type == "kvm" else max(timeout, TCG_TIMEOUT)
+
+
 DEFAULT_DEVICE = Path("/dev/kvm")
 CACHE_NAME = "kvm-probe.json"
 CACHE_FORMAT = 1

@@ -18,9 +18,7 @@ def live_domain(info: DomainInfo) -> LiveDomain:
     meta = info.meta
     if meta is None:
         return LiveDomain(name=info.name, active=info.active)
-    groups = dict(
-        part.split("=", 1) for part in (meta.groups or "").split(";") if "=" in part
-    )
+    groups = dict(part.split("=", 1) for part in (meta.groups or "").split(";") if "=" in part)
     return LiveDomain(
         name=info.name,
         active=info.active and info.state in RUNNING_STATES,

@@ -72,6 +72,7 @@ class CockpitCollector(Collector):
             checks=Counter(c.vm for c in report.checks),
             supervisor_alive=bool(supervisor.get("alive")),
             seconds=time.monotonic() - t0,
+            supervisor=supervisor,
         )
 
     def collect(self) -> Iterator[Metric]:

@@ -50,6 +50,8 @@ class Scrape:
     checks: Mapping[str, int] = field(default_factory=dict)  # vm -> audit checks made
     supervisor_alive: bool = False
     seconds: float = 0.0  # how long gathering took
+    # The supervisor's state file as kvmctl.state.supervisor reads it.
+    supervisor: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _gauge(name: str, doc: str, labels: Sequence[str] = ("set", "vm")) -> GaugeMetricFamily:
@@ -192,7 +194,38 @@ def families(scrape: Scrape) -> list[Metric]:
         checks,
         *(fam for fam, _ in per_vm),
         *cpu_families(s, scrape.rows, scrape.stats),
+        *safe_families(s, scrape.supervisor),
     ]
+
+
+def safe_families(set_name: str, supervisor: Mapping[str, Any]) -> list[Metric]:
+    """Heartbeats and the safe state, from a supervisor that runs (its state
+    file says nothing current otherwise)."""
+    degraded = _gauge(
+        "kvmctl_degraded",
+        "1 while the set's declared safe state is in force (kvmctl supervise).",
+        ["set"],
+    )
+    age = _gauge("kvmctl_vm_heartbeat_age_seconds", "Seconds since the VM's last heartbeat.")
+    missed = _gauge("kvmctl_vm_heartbeat_missed", "1 while the VM's heartbeat deadline has passed.")
+    misses = _counter(
+        "kvmctl_vm_heartbeat_misses",
+        "Heartbeat deadlines the VM missed (since the supervisor started).",
+    )
+    if not supervisor.get("alive"):
+        return [degraded, age, missed, misses]
+    safe = supervisor.get("safe_state")
+    if isinstance(safe, Mapping):
+        degraded.add_metric([set_name], 1.0 if safe.get("degraded") else 0.0)
+    for vm, row in (supervisor.get("vms") or {}).items():
+        beat = row.get("heartbeat") if isinstance(row, Mapping) else None
+        if not isinstance(beat, Mapping):
+            continue
+        if beat.get("age_s") is not None:
+            age.add_metric([set_name, vm], float(beat["age_s"]))
+        missed.add_metric([set_name, vm], 1.0 if beat.get("missed") else 0.0)
+        misses.add_metric([set_name, vm], float(beat.get("misses") or 0))
+    return [degraded, age, missed, misses]
 
 
 def cpu_families(

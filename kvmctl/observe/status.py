@@ -51,6 +51,10 @@ class VmStatus:
     shares: int | None = None
     quota_us: int | None = None
     restarts: int | None = None  # by the supervisor, when one ran for the set
+    # Since the last heartbeat, and whether its deadline passed (a supervisor
+    # listens, and the spec gives the VM a heartbeat).
+    heartbeat_age_s: float | None = None
+    heartbeat_missed: bool | None = None
     snapshots: int = 0
     latest_snapshot: str | None = None
     last_snapshot_seconds: float | None = None  # how long the newest snapshot took
@@ -165,7 +169,6 @@ def _agent_answers(virt: Virt, plan: VmPlan) -> bool:
     return True
 
 
-
 def domain_states(virt: Virt) -> dict[str, str]:
     """Each domain's state by name ("running", "shut off", ...)."""
     return {d.name: STATE_NAMES.get(d.state, "?") for d in virt.domains()}
@@ -188,6 +191,9 @@ def add_history(
     for row in rows:
         if row.vm in supervised:
             row.restarts = supervised[row.vm].get("restarts")
+            beat = supervised[row.vm].get("heartbeat") or {}
+            row.heartbeat_age_s = beat.get("age_s")
+            row.heartbeat_missed = beat.get("missed")
         snap = snapshots.get(row.vm) or {}
         row.snapshots = int(snap.get("count") or 0)
         row.latest_snapshot = snap.get("latest")

@@ -19,6 +19,7 @@ from kvmctl.planner.drift import Check
 from kvmctl.planner.live import LiveState
 from kvmctl.spec.channels import MIB
 from kvmctl.spec.models import Cockpit
+from kvmctl.spec.safestate import HEARTBEAT_CHANNEL
 from kvmctl.spec.units import format_size
 from kvmctl.xml.base import parse_xml
 from kvmctl.xml.chardev import Channel as XmlChannel
@@ -151,14 +152,25 @@ def plan_channels(
                 regions.append(ShmRegion(ch.name, shmem_name(spec.name, ch.name), ch.size, members))
         elif ch.vm is not None and ch.vm in here:
             if ch.kind == "serial":
-                socket = f"{channel_dir}/{spec.name}.{ch.vm}.{ch.name}.sock"
-                serials.append(SerialPort(ch.name, ch.vm, socket, SERIAL_PORT_PREFIX + ch.name))
+                serials.append(serial_port(channel_dir, spec.name, ch.vm, ch.name))
             else:
                 vsocks.append(VsockDevice(ch.name, ch.vm, cids[ch.vm]))
+    # A heartbeat is a serial channel kvmctl declares for its VM.
+    serials += [
+        serial_port(channel_dir, spec.name, name, HEARTBEAT_CHANNEL)
+        for name, vm in spec.vms.items()
+        if vm.heartbeat is not None and name in here
+    ]
     planned = {r.name for r in regions}
     prefix = shmem_set_prefix(spec.name)
     stale = tuple(sorted(n for n in facts.shm_files if n.startswith(prefix) and n not in planned))
     return ChannelPlan(tuple(regions), tuple(serials), tuple(vsocks), facts.qemu_owner, stale)
+
+
+def serial_port(channel_dir: str, set_name: str, vm: str, channel: str) -> SerialPort:
+    """A serial channel's host end (a unix socket) and guest port name."""
+    socket = f"{channel_dir}/{set_name}.{vm}.{channel}.sock"
+    return SerialPort(channel, vm, socket, SERIAL_PORT_PREFIX + channel)
 
 
 def region_names(spec: Cockpit, vms: Collection[str]) -> set[str]:

@@ -36,9 +36,7 @@ def protected(vm: VM) -> bool:
     spec sets no weight of its own."""
     if vm.cpu.protect_emulator is not None:
         return vm.cpu.protect_emulator
-    return (
-        vm.criticality == "safety" and vm.cpu.placement == "dedicated" and vm.cpu.shares is None
-    )
+    return vm.criticality == "safety" and vm.cpu.placement == "dedicated" and vm.cpu.shares is None
 
 
 def shares(vm: VM) -> int | None:

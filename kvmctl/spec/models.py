@@ -19,6 +19,7 @@ from pydantic import (
 
 from kvmctl.spec.channels import Channel
 from kvmctl.spec.networks import AttachmentIn, Network
+from kvmctl.spec.safestate import Heartbeat, SafeState
 from kvmctl.spec.types import (
     DEFAULT_IMAGE_DIRS,
     CpuId,
@@ -28,6 +29,7 @@ from kvmctl.spec.types import (
     Percent,
     Rate,
     Size,
+    VcpuLimit,
 )
 from kvmctl.spec.units import parse_size
 
@@ -88,7 +90,7 @@ class Realtime(Model):
 class Cpu(Model):
     placement: Literal["dedicated", "shared"] = "shared"
     shares: Annotated[int, Field(ge=2, le=262144)] | None = None
-    limit: Percent | None = None
+    limit: VcpuLimit | None = None
     realtime: Realtime | None = None
     # Explicit pCPUs; otherwise the planner picks them.
     cpus: list[CpuId] | None = None
@@ -97,13 +99,6 @@ class Cpu(Model):
     # dedicated safety VM (kvmctl.planner.protection).
     protect_emulator: bool | None = None
     added_later = ("protect_emulator",)
-
-    @field_validator("limit")
-    @classmethod
-    def _limit(cls, value: float | None) -> float | None:
-        if value is not None and not 1 <= value <= 100:
-            raise ValueError("must be between 1% and 100% of each vCPU")
-        return value
 
     @field_validator("cpus")
     @classmethod
@@ -320,6 +315,10 @@ class VM(Model):
             raise ValueError("must be letters, digits, spaces, '.', '_' or '-' (max 64)")
         return value
 
+    # Kept apart from the fields above so each later addition is a line of its own.
+    heartbeat: Heartbeat | None = None
+    added_later = (*added_later, "heartbeat")  # type: ignore[assignment]  # typed tuple[str]
+
 
 class Cockpit(Model):
     name: Name
@@ -328,4 +327,5 @@ class Cockpit(Model):
     networks: dict[str, Network] = Field(default_factory=dict)
     vms: dict[str, VM] = Field(min_length=1)
     channels: list[Channel] = Field(default_factory=list)
-    added_later = ("channels",)
+    safe_state: SafeState | None = None
+    added_later = ("channels", "safe_state")

@@ -42,6 +42,16 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Percent = Annotated[float, BeforeValidator(parse_percent)]
 Rate = Annotated[int, BeforeValidator(parse_rate)]
 CpuId = Annotated[int, Field(ge=0, le=4095)]
+
+
+def _vcpu_limit(value: float) -> float:
+    if not 1 <= value <= 100:
+        raise ValueError("must be between 1% and 100% of each vCPU")
+    return value
+
+
+# A CPU cap: the share of each vCPU's time it may use.
+VcpuLimit = Annotated[float, BeforeValidator(parse_percent), AfterValidator(_vcpu_limit)]
 VlanId = Annotated[int, Field(ge=1, le=4094)]
 
 

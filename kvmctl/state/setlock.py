@@ -36,6 +36,8 @@ def pid_lock(path: Path, busy: Callable[[str], str]) -> Iterator[None]:
 def set_lock(set_name: str, directory: Path | None = None) -> AbstractContextManager[None]:
     return pid_lock(
         (directory or lock_dir()) / f"{set_name}.lock",
-        lambda pid: f"another kvmctl (pid {pid}) is changing cockpit '{set_name}' right now: "
-        "wait for it to finish",
+        lambda pid: (
+            f"another kvmctl (pid {pid}) is changing cockpit '{set_name}' right now: "
+            "wait for it to finish"
+        ),
     )

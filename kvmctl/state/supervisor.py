@@ -7,6 +7,7 @@ the exporter without loading the daemon.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,28 @@ def supervisor_state(set_name: str, directory: Path | None = None) -> dict[str, 
     data["alive"] = bool(
         data.get("active") and isinstance(pid, int) and _is_supervisor(pid, data.get("started_at"))
     )
+    _heartbeat_ages(data)
     return data
+
+
+def safe_state_of(data: dict[str, Any] | None) -> dict[str, Any]:
+    """The set's safe state as its running supervisor keeps it: `degraded`
+    (False when no supervisor runs: nobody keeps the state), and the rest."""
+    safe = dict((data or {}).get("safe_state") or {})
+    safe["degraded"] = bool(data and data.get("alive") and safe.get("degraded"))
+    return safe
+
+
+def _heartbeat_ages(data: dict[str, Any]) -> None:
+    """Each heartbeat's age now, from its last beat, while its supervisor runs
+    (it rewrites the file every second while it listens)."""
+    now = time.time()
+    for vm in (data.get("vms") or {}).values():
+        beat = vm.get("heartbeat") if isinstance(vm, dict) else None
+        if isinstance(beat, dict):
+            last = beat.get("last_beat")
+            known = data["alive"] and isinstance(last, int | float)
+            beat["age_s"] = round(now - last, 3) if known and last is not None else None
 
 
 def _is_supervisor(pid: int, started_at: object) -> bool:

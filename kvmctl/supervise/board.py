@@ -13,14 +13,18 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from kvmctl.state.statefile import write_atomic
 from kvmctl.state.supervisor import state_path
 from kvmctl.supervise.policy import RestartPolicy
+
+if TYPE_CHECKING:
+    from kvmctl.supervise.heartbeat import HeartbeatView
 
 
 @dataclass
@@ -84,6 +88,11 @@ class Board:
         self._out_lock = threading.Lock()
         self.started_at = time.time()
         self.connected = False
+        # Heartbeats listened to (vm -> view), the safe state's summary, and
+        # who hears of a phase change (set by the daemon).
+        self.heartbeats: dict[str, HeartbeatView] = {}
+        self.safe: Callable[[], dict[str, Any]] | None = None
+        self.on_phase: Callable[[VmWatch], None] | None = None
 
     def log(self, event: str, vm: str | None = None, **fields: Any) -> None:
         """One JSON line per decision or observation."""
@@ -105,6 +114,7 @@ class Board:
     def write_state(self, active: bool = True) -> None:
         now = time.time()
         with self.lock:
+            vms = {w.name: w.as_dict(now) for w in self.vms.values()}
             data = {
                 "set": self.set_name,
                 "spec": str(self.spec_path),
@@ -114,8 +124,12 @@ class Board:
                 "connected": self.connected,
                 "started_at": self.started_at,
                 "updated_at": now,
-                "vms": {w.name: w.as_dict(now) for w in self.vms.values()},
+                "vms": vms,
             }
+            for name, beat in self.heartbeats.items():
+                vms[name]["heartbeat"] = beat.as_dict()
+            if self.safe is not None:
+                data["safe_state"] = self.safe()
             path = state_path(self.set_name, self.directory)
             write_atomic(path, json.dumps(data, indent=2) + "\n")
 
@@ -127,3 +141,5 @@ class Board:
             w.last_change = time.time()
             self.changed.notify_all()
         self.write_state()
+        if self.on_phase is not None:
+            self.on_phase(w)

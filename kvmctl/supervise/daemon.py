@@ -28,23 +28,36 @@ import sys
 import threading
 import time
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import IO
 
 from kvmctl.adapters.events_watch import DomainEvent, DomainState, EventWatch
 from kvmctl.errors import KvmctlError, UsageError
+from kvmctl.planner.channels import serial_port
 from kvmctl.planner.plan import domain_name
 from kvmctl.spec import Cockpit, load_spec
-from kvmctl.state.paths import supervise_dir
+from kvmctl.spec.safestate import HEARTBEAT_CHANNEL
+from kvmctl.state.paths import channel_dir, supervise_dir
 from kvmctl.state.setlock import pid_lock
 from kvmctl.state.supervisor import state_path
 from kvmctl.supervise.board import Board, VmWatch
 from kvmctl.supervise.events import EventHandler
-from kvmctl.supervise.policy import RestartPolicy, stop_cause
+from kvmctl.supervise.heartbeat import HeartbeatListener, HeartbeatNote, HeartbeatView
+from kvmctl.supervise.policy import FAILURES, Decision, RestartPolicy, stop_cause
+from kvmctl.supervise.safe_apply import SafeStateKeeper
+from kvmctl.supervise.safestate import Happened, SafeConfig, What
 from kvmctl.supervise.workers import Note, Workers
 
 _FAILED_SHUTOFF = {"crashed", "failed"}
+
+
+@dataclass(frozen=True)
+class ReadyNote:
+    """A VM is running and ready again (from whichever thread saw it)."""
+
+    vm: str
 
 
 class Supervisor:
@@ -91,13 +104,60 @@ class Supervisor:
         self.board = Board(
             self.set_name, self.spec_path, uri, vms, out or sys.stdout, self.directory
         )
-        self.events: queue.Queue[DomainEvent | Note] = queue.Queue()
+        self.events: queue.Queue[DomainEvent | Note | HeartbeatNote | ReadyNote] = queue.Queue()
         self.watch = EventWatch(uri, self.events.put, lambda name: name in self.board.by_domain)
         self._stop = threading.Event()
         self.workers = Workers(
             self.board, self.watch, self.events.put, self._stop, self.spec_path, uri, host
         )
         self.handler = EventHandler(self.board, self.watch, self.workers)
+        self._listen_to_heartbeats()
+        self.keeper: SafeStateKeeper | None = None
+        config = SafeConfig.from_spec(self.spec)
+        if config is not None:
+            self.keeper = SafeStateKeeper(self.board, self.watch, config, self.handler.decide)
+            self.handler.on_decision = self._decided
+            self.board.on_phase = self._phase_changed
+
+    # --- heartbeat and safe state ------------------------------------------------
+
+    def _listen_to_heartbeats(self) -> None:
+        """A listener per supervised VM with a heartbeat, on the host end of
+        its heartbeat channel (planned as in kvmctl.planner.channels)."""
+        self._listeners: list[HeartbeatListener] = []
+        for name in self.board.vms:
+            beat = self.spec.vms[name].heartbeat
+            if beat is None:
+                continue
+            port = serial_port(str(channel_dir()), self.set_name, name, HEARTBEAT_CHANNEL)
+            view = HeartbeatView(beat.period, beat.deadline, port.socket)
+            self.board.heartbeats[name] = view
+            self._listeners.append(HeartbeatListener(name, view, self.events.put, self._stop))
+
+    def _decided(self, w: VmWatch, cause: str, d: Decision) -> None:
+        assert self.keeper is not None
+        if d.kind == "give-up":
+            self.keeper.on(Happened("gave-up", w.name, w.phase), cause=cause)
+        elif cause in FAILURES and cause != "heartbeat":
+            self.keeper.on(Happened("failed", w.name, w.phase), cause=cause)
+
+    def _phase_changed(self, w: VmWatch) -> None:
+        """From any thread: the main thread hears of a VM ready again."""
+        if w.phase == "running" and w.ready:
+            self.events.put(ReadyNote(w.name))
+
+    def _heard(self, note: HeartbeatNote | ReadyNote) -> None:
+        if isinstance(note, ReadyNote):
+            if self.keeper is not None:
+                self.keeper.on(Happened("ready", note.vm))
+            return
+        w = self.board.vms[note.vm]
+        self.board.log(f"heartbeat-{note.kind}", note.vm, age_s=note.age_s, phase=w.phase)
+        if self.keeper is not None:
+            what: What = "heartbeat-missed" if note.kind == "missed" else "heartbeat-resumed"
+            self.keeper.on(Happened(what, note.vm, w.phase), age_s=note.age_s)
+        else:
+            self.board.write_state()
 
     # --- running -------------------------------------------------------------------
 
@@ -128,18 +188,28 @@ class Supervisor:
             self.board.connected = True
             self.board.log("connected", uri=self.uri)
             self._reconcile(initial=True)
+            for listener in self._listeners:
+                self.workers.spawn(f"heartbeat-{listener.vm}", listener.run)
+            written = time.monotonic()
             try:
                 while not self._stop.is_set():
                     try:
                         item = self.events.get(timeout=0.5)
                     except queue.Empty:
-                        continue
-                    self._handle(item)
+                        item = None
+                    if item is not None:
+                        self._handle(item)
+                    if self._listeners and time.monotonic() - written >= 1.0:
+                        # Readers work out a heartbeat's age from its last beat.
+                        self.board.write_state()
+                        written = time.monotonic()
             finally:
                 self._shutdown()
         return 0
 
     def _shutdown(self) -> None:
+        if self.keeper is not None and self.watch.conn is not None:
+            self.keeper.lift("the supervisor is stopping")
         busy = [w.name for w in self.board.vms.values() if w.phase in ("waiting", "restarting")]
         self.board.log("stopping", restarts_in_flight=busy)
         self.watch.close()
@@ -155,7 +225,10 @@ class Supervisor:
             lambda pid: f"cockpit '{self.set_name}' is already supervised (pid {pid}) on this host",
         )
 
-    def _handle(self, item: DomainEvent | Note) -> None:
+    def _handle(self, item: DomainEvent | Note | HeartbeatNote | ReadyNote) -> None:
+        if isinstance(item, HeartbeatNote | ReadyNote):
+            self._heard(item)
+            return
         if isinstance(item, Note):
             noted = self.board.vms[item.vm]
             if item.epoch == noted.epoch:

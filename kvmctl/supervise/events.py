@@ -10,13 +10,14 @@ panic is a panic and not a generic crash.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from kvmctl.adapters.events_watch import DomainEvent, EventWatch
 from kvmctl.adapters.virt import Virt
 from kvmctl.errors import KvmctlError
 from kvmctl.planner.domain import on_crash_for
 from kvmctl.supervise.board import Board, VmWatch
-from kvmctl.supervise.policy import decide, stop_cause
+from kvmctl.supervise.policy import Decision, decide, stop_cause
 from kvmctl.supervise.workers import Workers
 
 
@@ -25,6 +26,8 @@ class EventHandler:
         self.board = board
         self.watch = watch
         self.workers = workers
+        # Told of every decision (the safe state acts on failures and give-ups).
+        self.on_decision: Callable[[VmWatch, str, Decision], None] | None = None
 
     def handle(self, item: DomainEvent) -> None:
         w = self.board.by_domain.get(item.domain)
@@ -89,6 +92,8 @@ class EventHandler:
             elif d.kind == "recover":
                 w.resets += 1
         self.board.log("decision", w.name, cause=cause, in_place=in_place, **d.as_dict())
+        if self.on_decision is not None:
+            self.on_decision(w, cause, d)
         if d.kind == "restart":
             self.board.set_phase(w, "waiting", ready=False)
             self.workers.spawn(

@@ -36,8 +36,11 @@ FAILURES = frozenset(
         "not-ready",  # reset or restarted, but not ready within its timeout
         "start-failed",  # a restart attempt failed
         "vanished",  # found shut off after the supervisor lost sight of it
+        "heartbeat",  # it runs but missed its heartbeat deadline (safe_state: restart)
     }
 )
+# Failures of a VM that still runs: it is powered off before the restart.
+HUNG = frozenset({"not-ready", "heartbeat"})
 CLEAN = frozenset({"shutdown"})  # the guest powered itself off
 OPERATOR = frozenset({"destroyed", "migrated", "saved", "from-snapshot"})
 

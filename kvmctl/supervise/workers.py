@@ -29,7 +29,7 @@ from kvmctl.planner.diff import Action
 from kvmctl.session import open_session
 from kvmctl.state.setlock import set_lock
 from kvmctl.supervise.board import Board, VmWatch
-from kvmctl.supervise.policy import Decision, waiting_on
+from kvmctl.supervise.policy import HUNG, Decision, waiting_on
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Workers:
             with self._set_lock(w, epoch):
                 if not self._current(w, epoch):
                     return
-                outcome = self._start(w, hung=cause == "not-ready", since=decided)
+                outcome = self._start(w, hung=cause in HUNG, since=decided)
         except KvmctlError as err:
             if not self._current(w, epoch):
                 return

@@ -72,6 +72,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # --------------------------------------------------------------------------- libvirt events
 
+
 def start_event_loop() -> None:
     """libvirt's default event loop, shared with the product code in this
     process (registering it twice would give two loops fighting over events).
@@ -207,8 +208,14 @@ class TestGuest:
 
     __test__ = False  # not a test class, despite the name
 
-    def __init__(self, conn: libvirt.virConnect, dom: libvirt.virDomain, spec: GuestSpec,
-                 serial_log: Path, volume: libvirt.virStorageVol | None):
+    def __init__(
+        self,
+        conn: libvirt.virConnect,
+        dom: libvirt.virDomain,
+        spec: GuestSpec,
+        serial_log: Path,
+        volume: libvirt.virStorageVol | None,
+    ):
         self.conn = conn
         self.dom = dom
         self.spec = spec
@@ -287,8 +294,9 @@ class TestGuest:
 
     # agent ---------------------------------------------------------------
 
-    def agent(self, command: str, arguments: Mapping[str, Any] | None = None,
-              timeout: int = 10) -> Any:
+    def agent(
+        self, command: str, arguments: Mapping[str, Any] | None = None, timeout: int = 10
+    ) -> Any:
         """One agent command through libvirt; its `return` value."""
         return agent_command(self.dom, command, arguments, timeout)
 
@@ -303,8 +311,14 @@ class TestGuest:
                     raise GuestError(f"{self.name}: agent not answering: {exc}") from exc
                 time.sleep(0.05)
 
-    def exec(self, path: str, args: Sequence[str] = (), *, timeout: float = 60,
-             stdin: bytes | None = None) -> ExecResult:
+    def exec(
+        self,
+        path: str,
+        args: Sequence[str] = (),
+        *,
+        timeout: float = 60,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
         """Run a program in the guest through guest-exec and wait for it."""
         pid = exec_start(self.dom, path, args, stdin)
         deadline = time.monotonic() + timeout
@@ -313,7 +327,9 @@ class TestGuest:
             if result is not None:
                 return result
             if time.monotonic() > deadline:
-                raise GuestError(f"{self.name}: {path} {' '.join(args)} still running after {timeout}s")
+                raise GuestError(
+                    f"{self.name}: {path} {' '.join(args)} still running after {timeout}s"
+                )
             time.sleep(0.05)
 
     def sh(self, script: str, *args: str, timeout: float = 60) -> ExecResult:
@@ -450,8 +466,9 @@ def make_workdir() -> Path:
     return path
 
 
-def create_pool(conn: libvirt.virConnect, workdir: Path,
-                name: str | None = None) -> libvirt.virStoragePool:
+def create_pool(
+    conn: libvirt.virConnect, workdir: Path, name: str | None = None
+) -> libvirt.virStoragePool:
     """A transient dir pool under `workdir`, or the running one of that name.
 
     Transient: it disappears with destroy() and leaves no definition behind
@@ -467,8 +484,9 @@ def create_pool(conn: libvirt.virConnect, workdir: Path,
     return conn.storagePoolCreateXML(pool_xml(name, path), 0)
 
 
-def live_connection(conn: libvirt.virConnect, uri: str = URI,
-                    patience: float = 30) -> libvirt.virConnect:
+def live_connection(
+    conn: libvirt.virConnect, uri: str = URI, patience: float = 30
+) -> libvirt.virConnect:
     """`conn` if it still works, else a new one to the same URI, waiting out a
     libvirtd restart (its socket is missing for a few seconds)."""
     try:
@@ -525,8 +543,9 @@ def delete_bridge(name: str) -> None:
             ipr.link("del", index=found[0])
 
 
-def watch_domain_event(conn: libvirt.virConnect, dom: libvirt.virDomain,
-                       event_id: int) -> tuple[queue.Queue[tuple[Any, ...]], Callable[[], None]]:
+def watch_domain_event(
+    conn: libvirt.virConnect, dom: libvirt.virDomain, event_id: int
+) -> tuple[queue.Queue[tuple[Any, ...]], Callable[[], None]]:
     """Queue of the event's callback arguments (after conn and dom), and a stop function."""
     events: queue.Queue[tuple[Any, ...]] = queue.Queue()
 
@@ -585,8 +604,9 @@ def test_pool_name(libvirt_session: dict[str, libvirt.virConnect]) -> Iterator[s
 
 
 @pytest.fixture
-def test_pool(libvirt_conn: libvirt.virConnect, kvt_workdir: Path,
-              test_pool_name: str) -> libvirt.virStoragePool:
+def test_pool(
+    libvirt_conn: libvirt.virConnect, kvt_workdir: Path, test_pool_name: str
+) -> libvirt.virStoragePool:
     """The session's transient volume pool (recreated if libvirtd lost it)."""
     return create_pool(libvirt_conn, kvt_workdir, test_pool_name)
 
@@ -632,9 +652,9 @@ def test_bridge(bridge_factory: Callable[[], str]) -> str:
 
 
 @pytest.fixture
-def domain_events(libvirt_conn: libvirt.virConnect) -> Iterator[
-    Callable[[libvirt.virDomain, int], queue.Queue[tuple[Any, ...]]]
-]:
+def domain_events(
+    libvirt_conn: libvirt.virConnect,
+) -> Iterator[Callable[[libvirt.virDomain, int], queue.Queue[tuple[Any, ...]]]]:
     """Call with (domain, VIR_DOMAIN_EVENT_ID_...) for a queue of that domain's events."""
     stops: list[Callable[[], None]] = []
 

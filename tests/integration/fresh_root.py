@@ -132,12 +132,20 @@ class FreshRoot:
             f"mount --bind {shlex.quote(str(pip_cache))} {r}/root/.cache/pip",
             f"exec chroot {r} /usr/bin/env -i HOME=/root TERM=dumb "
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
-            "DEBIAN_FRONTEND=noninteractive /bin/bash -euo pipefail -c "
-            + shlex.quote(script),
+            "DEBIAN_FRONTEND=noninteractive /bin/bash -euo pipefail -c " + shlex.quote(script),
         ]
         return subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--fork", "--",
-             "/bin/sh", "-ec", "\n".join(mounts)],
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--fork",
+                "--",
+                "/bin/sh",
+                "-ec",
+                "\n".join(mounts),
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -101,12 +101,16 @@ def test_reapply_changes_nothing(applied: dict[str, Any], example: Path) -> None
     assert {vm: qemu(f"{SET}-{vm}").pid for vm in applied["vms"]} == pids
 
 
-def test_changes_touch_only_what_changed(applied: dict[str, Any], example: Path, tmp_path: Path) -> None:
+def test_changes_touch_only_what_changed(
+    applied: dict[str, Any], example: Path, tmp_path: Path
+) -> None:
     pids = {vm: qemu(f"{SET}-{vm}").pid for vm in applied["vms"]}
     text = TEXT
 
     # shares: applied live, nothing restarts
-    shares = write_spec(tmp_path, text.replace("shares: 1024, limit: 80%", "shares: 1536, limit: 70%"))
+    shares = write_spec(
+        tmp_path, text.replace("shares: 1024, limit: 80%", "shares: 1536, limit: 70%")
+    )
     result = kvmctl_json("apply", str(shares))
     assert result["vms"]["ivi"]["action"] == "update-live"
     assert cgroup_value(f"{SET}-ivi", "cpu.shares", vcpu=False) == 1536
@@ -114,12 +118,18 @@ def test_changes_touch_only_what_changed(applied: dict[str, Any], example: Path,
     assert {vm: qemu(f"{SET}-{vm}").pid for vm in pids} == pids
 
     # vCPU count: only that VM restarts
-    vcpus = write_spec(tmp_path, text.replace("    role: infotainment\n", "    role: infotainment\n    vcpus: 2\n"), "v.yaml")
+    vcpus = write_spec(
+        tmp_path,
+        text.replace("    role: infotainment\n", "    role: infotainment\n    vcpus: 2\n"),
+        "v.yaml",
+    )
     result = kvmctl_json("apply", str(vcpus))
     assert {vm: r["action"] for vm, r in result["vms"].items()}["ivi"] == "restart"
     new_pids = {vm: qemu(f"{SET}-{vm}").pid for vm in pids}
     assert new_pids["ivi"] != pids["ivi"]
-    assert {k: v for k, v in new_pids.items() if k != "ivi"} == {k: v for k, v in pids.items() if k != "ivi"}
+    assert {k: v for k, v in new_pids.items() if k != "ivi"} == {
+        k: v for k, v in pids.items() if k != "ivi"
+    }
     assert len(qemu(f"{SET}-ivi").vcpus) == 2
 
     # a removed VM is destroyed, with its volume (and ivi goes back to 1 vCPU)

@@ -106,7 +106,9 @@ def _status(domain: str, pid: int) -> ExecResult | None:
 K = TypeVar("K")
 
 
-def run_all(jobs: Mapping[K, tuple[str, Sequence[str]]], timeout: float = 60) -> dict[K, ExecResult]:
+def run_all(
+    jobs: Mapping[K, tuple[str, Sequence[str]]], timeout: float = 60
+) -> dict[K, ExecResult]:
     """Start every (domain, argv) job at once through guest-exec, then wait for all."""
     pids = {key: (dom, _start(dom, argv)) for key, (dom, argv) in jobs.items()}
     done: dict[K, ExecResult] = {}

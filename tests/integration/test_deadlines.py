@@ -85,7 +85,9 @@ def test_apply_reports_met_and_missed_and_succeeds(applied: tuple[Path, str]) ->
         assert figure >= _number(r"ready in (\d+\.\d) s", lines[name]) - 0.05, lines[name]
     doc = history.read(SET)["vms"]
     assert doc["met"]["ready"]["met"] is True and doc["late"]["ready"]["met"] is False
-    assert doc["late"]["ready"]["after"] == "apply" and doc["late"]["ready"]["deadline"] == IMPOSSIBLE
+    assert (
+        doc["late"]["ready"]["after"] == "apply" and doc["late"]["ready"]["deadline"] == IMPOSSIBLE
+    )
     assert doc["late"]["ready"]["best_cold_seconds"] == pytest.approx(late, abs=0.01)
 
 
@@ -140,7 +142,9 @@ def test_supervisor_restart_counts_from_its_decision(
             restarted = sup.wait(120, since=mark, event="restarted", vm=name)
             assert restarted["deadline_met"] is met, restarted
             # From the decision: the backoff and the start come before readiness.
-            assert restarted["since_decision_s"] >= restarted["ready_s"] + decision["delay_s"] - 0.05
+            assert (
+                restarted["since_decision_s"] >= restarted["ready_s"] + decision["delay_s"] - 0.05
+            )
             assert restarted["ts"] - decision["ts"] >= restarted["since_decision_s"] - 0.5
             entry = history.read(SET)["vms"][name]["ready"]
             assert entry["after"] == "restart" and entry["met"] is met

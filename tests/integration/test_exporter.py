@@ -152,8 +152,11 @@ def test_metrics_match_status(prepared: Path) -> None:
 
     # vCPU time from libvirt: one vCPU each, grows while the cluster runs.
     for vm in status:
-        vcpus = {dict(k)["vcpu"]: v for k, v in m["kvmctl_vm_vcpu_seconds_total"].items()
-                 if dict(k)["vm"] == vm}
+        vcpus = {
+            dict(k)["vcpu"]: v
+            for k, v in m["kvmctl_vm_vcpu_seconds_total"].items()
+            if dict(k)["vm"] == vm
+        }
         assert list(vcpus) == ["0"] and vcpus["0"] > 0, (vm, vcpus)
     first = get(m, "kvmctl_vm_vcpu_seconds_total", vm="cluster", vcpu="0")
     later = get(m2, "kvmctl_vm_vcpu_seconds_total", vm="cluster", vcpu="0")

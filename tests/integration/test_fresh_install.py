@@ -113,6 +113,4 @@ def test_a_missing_package_is_caught(installed_root: FreshRoot) -> None:
     """The check is no formality: take one promised package away again."""
     gone = installed_root.run("dpkg --purge --force-depends qemu-utils >/dev/null")
     assert gone.returncode == 0, gone.stderr
-    assert broken_promises(installed_root) == [
-        "/usr/bin/qemu-img missing (volumes and overlays)"
-    ]
+    assert broken_promises(installed_root) == ["/usr/bin/qemu-img missing (volumes and overlays)"]

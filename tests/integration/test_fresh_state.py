@@ -195,13 +195,26 @@ def test_one_vm_operations_from_empty_state_root(
         restart_under_supervisor(env, spec, domain, tmp_path)
         assert list((fresh_root / "run/kvmctl/supervise").glob("*.json"))
 
-        run(env, "migrate", "solo", "--to", kvmctl_lab.uri, "--copy-storage", "--insecure", "-c", URI)
+        run(
+            env,
+            "migrate",
+            "solo",
+            "--to",
+            kvmctl_lab.uri,
+            "--copy-storage",
+            "--insecure",
+            "-c",
+            URI,
+        )
         assert domain_state(kvmctl_lab.uri, domain) == libvirt.VIR_DOMAIN_RUNNING
     finally:
         sweep(name, kvmctl_lab.uri)
         subprocess.run(
             [sys.executable, "-m", "kvmctl.cli", "destroy", str(spec)],
-            env=env, cwd=REPO, capture_output=True, timeout=120,
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            timeout=120,
         )
         assert sweep(name) == []
     assert_made_for_qemu(fresh_root / "run/kvmctl/locks")

@@ -110,8 +110,14 @@ def test_two_guests_on_a_bridge(guest_factory: GuestFactory, test_bridge: str) -
 
     b.tool("echo-server", "tcp", "7001")
     b.tool("echo-server", "udp", "7002")
-    assert a.tool("echo-client", "tcp", str(SUBNET[2]), "7001", "over-tcp").stdout.strip() == "over-tcp"
-    assert a.tool("echo-client", "udp", str(SUBNET[2]), "7002", "over-udp").stdout.strip() == "over-udp"
+    assert (
+        a.tool("echo-client", "tcp", str(SUBNET[2]), "7001", "over-tcp").stdout.strip()
+        == "over-tcp"
+    )
+    assert (
+        a.tool("echo-client", "udp", str(SUBNET[2]), "7002", "over-udp").stdout.strip()
+        == "over-udp"
+    )
     # The UDP server serves the next peer too.
     assert a.tool("echo-client", "udp", str(SUBNET[2]), "7002", "again").stdout.strip() == "again"
 
@@ -153,8 +159,11 @@ def test_watchdog_fires_when_petting_stops(
     domain_events: Callable[[libvirt.virDomain, int], object],
 ) -> None:
     g = guest_factory(
-        "wdt", flavour="test-guest-rt", watchdog="reset",
-        cmdline_extra={"kvmctl.wdt": "2"}, data_disk_mib=None,
+        "wdt",
+        flavour="test-guest-rt",
+        watchdog="reset",
+        cmdline_extra={"kvmctl.wdt": "2"},
+        data_disk_mib=None,
     )
     events = domain_events(g.dom, libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG)
     assert g.tool("watchdog", "status").stdout.strip() == "watchdog=petting"
@@ -173,8 +182,11 @@ def test_watchdog_keeps_quiet_while_petted(
     domain_events: Callable[[libvirt.virDomain, int], object],
 ) -> None:
     g = guest_factory(
-        "wdtok", flavour="test-guest-rt", watchdog="reset",
-        cmdline_extra={"kvmctl.wdt": "2"}, data_disk_mib=None,
+        "wdtok",
+        flavour="test-guest-rt",
+        watchdog="reset",
+        cmdline_extra={"kvmctl.wdt": "2"},
+        data_disk_mib=None,
     )
     events = domain_events(g.dom, libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG)
     g.sh("sleep 8")

@@ -40,7 +40,10 @@ def test_lab_up_list_down(shared: bool) -> None:
         down = kvmctl("lab", "down", name)
     assert down.returncode == 0, down.stderr
     assert labs.load_state(name) is None
-    assert f"kvmctl-{name}" not in subprocess.run(
-        ["ip", "netns", "list"], capture_output=True, text=True, check=True
-    ).stdout
+    assert (
+        f"kvmctl-{name}"
+        not in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert kvmctl("lab", "down", name).returncode == 2

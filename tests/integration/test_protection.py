@@ -71,9 +71,7 @@ def test_safety_vm_is_protected_and_the_shared_vm_is_not(applied: Path) -> None:
     assert plan.returncode == 0, plan.stderr
     assert "VM 'cluster': emulator and I/O threads protected on CPU(s) 0" in plan.stdout
     report = kvmctl_json("audit", str(applied), "--json")
-    shares = next(
-        c for c in report["checks"] if c["vm"] == "cluster" and c["item"] == "cpu.shares"
-    )
+    shares = next(c for c in report["checks"] if c["vm"] == "cluster" and c["item"] == "cpu.shares")
     assert shares["ok"] and shares["actual"] == str(PROTECTED_SHARES)
 
 

@@ -563,8 +563,14 @@ def test_member_killed_during_group_snapshot_leaves_the_set_running(
     victim = dom_name("ivi")
     survivors = ("cl", "hud")
     proc = kvmctl_popen(
-        "snapshot", "create", "--all", str(reduced), "gk",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        "snapshot",
+        "create",
+        "--all",
+        str(reduced),
+        "gk",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     killed = False
     try:

@@ -31,7 +31,9 @@ from tests.integration.screen_helpers import banner_bitmap, read_banner
 pytestmark = pytest.mark.integration
 
 SET = f"kvt-ts-{secrets.token_hex(2)}"
-SPEC = cluster_and_ivi(SET) + """\
+SPEC = (
+    cluster_and_ivi(SET)
+    + """\
   rear:
     role: passenger
     image: {builtin: test-guest-rt}
@@ -41,6 +43,7 @@ SPEC = cluster_and_ivi(SET) + """\
     # The serial marker comes after the banner is drawn (the agent, before).
     ready: {probe: "serial:KVMCTL-READY rear", timeout: 120s}
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +188,15 @@ def test_rt_guest_tile_shows_its_own_name(spec: Path, tmp_path: Path) -> None:
 def test_screens_watch_rewrites_until_interrupted(spec: Path, tmp_path: Path) -> None:
     out = tmp_path / "watch.png"
     proc = kvmctl_popen(
-        "screens", str(spec), "-o", str(out), "--watch", "1",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        "screens",
+        str(spec),
+        "-o",
+        str(out),
+        "--watch",
+        "1",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30

@@ -18,7 +18,7 @@ from tests.unit.planner_helpers import facts, spec
 pytestmark = pytest.mark.unit
 
 SPEC = spec(
-        """
+    """
         name: au
         networks:
           veh: {bridge: br-veh, subnet: 10.1.0.0/24}

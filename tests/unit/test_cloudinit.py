@@ -83,7 +83,10 @@ def test_cloud_image_plan_and_domain(regenerate: bool) -> None:
     plan = make_plan(load_spec(CLOUD), facts(cpus=4))
     assert plan.problems == []
     web = plan.vms["web"]
-    assert web.kernel is None and web.volume.backing == "/var/lib/kvmctl/images/debian-12-genericcloud-amd64.qcow2"
+    assert (
+        web.kernel is None
+        and web.volume.backing == "/var/lib/kvmctl/images/debian-12-genericcloud-amd64.qcow2"
+    )
     assert web.seed is not None and web.seed.volume == "cloudy-web-seed.iso"
     net = yaml.safe_load(dict(web.seed.files)["network-config"])
     assert net["ethernets"]["nic0"]["addresses"] == ["10.78.0.20/24"]

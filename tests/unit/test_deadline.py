@@ -79,7 +79,9 @@ def test_plan_warns_only_about_its_hosts_vms() -> None:
     )
     options = PlanOptions(best_cold_ready={"a": 2.0, "r": 2.0})
     here = [w for w in make_plan(s, facts(), options=options).warnings if "deadline" in w]
-    there = [w for w in make_plan(s, facts(), options=options, host="b").warnings if "deadline" in w]
+    there = [
+        w for w in make_plan(s, facts(), options=options, host="b").warnings if "deadline" in w
+    ]
     assert [w.split(":")[0] for w in here] == ["VM 'a'"]
     assert [w.split(":")[0] for w in there] == ["VM 'r'"]
 

@@ -49,7 +49,10 @@ def test_unknown_kind_refused() -> None:
 
 
 def test_last_seconds_ignores_junk() -> None:
-    assert history.last_seconds({"vms": {"a": {"snapshot": {"seconds": "x"}}}}, "a", "snapshot") is None
+    assert (
+        history.last_seconds({"vms": {"a": {"snapshot": {"seconds": "x"}}}}, "a", "snapshot")
+        is None
+    )
     assert history.last_seconds({"vms": {"a": {"snapshot": None}}}, "a", "snapshot") is None
 
 

@@ -67,7 +67,9 @@ def test_missing_flavour_names_remedy(image_root: Path) -> None:
 def test_missing_artifact(image_root: Path) -> None:
     d = make_image(image_root)
     (d / "initrd.img").unlink()
-    with pytest.raises(HostError, match=r"^guest image 'test-guest' is missing: run `make images`$"):
+    with pytest.raises(
+        HostError, match=r"^guest image 'test-guest' is missing: run `make images`$"
+    ):
         images.artifacts("test-guest")
 
 
@@ -103,7 +105,8 @@ def test_boot_kernel_vmlinux(image_root: Path) -> None:
     manifest = json.loads((d / "manifest.json").read_text())
     (d / "vmlinux").write_bytes(b"\x7fELF...")
     manifest["artifacts"]["vmlinux"] = {
-        "sha256": hashlib.sha256(b"\x7fELF...").hexdigest(), "size": 7
+        "sha256": hashlib.sha256(b"\x7fELF...").hexdigest(),
+        "size": 7,
     }
     manifest["boot_kernel"] = "vmlinux"
     (d / "manifest.json").write_text(json.dumps(manifest))
@@ -137,7 +140,9 @@ def test_unknown_flavour_is_usage_error(image_root: Path) -> None:
         images.artifacts("windows")
 
 
-def test_hash_checked_once_while_unchanged(image_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hash_checked_once_while_unchanged(
+    image_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d = make_image(image_root)
     images.artifacts("test-guest")
     calls: list[str] = []
@@ -201,7 +206,12 @@ def test_disk_image_missing_and_corrupt(image_root: Path) -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"disk": "../test-guest/vmlinuz"}, {"disk": None}, {"virtual_size": "1G"}, {"virtual_size": 0}],
+    [
+        {"disk": "../test-guest/vmlinuz"},
+        {"disk": None},
+        {"virtual_size": "1G"},
+        {"virtual_size": 0},
+    ],
 )
 def test_disk_image_odd_manifest(image_root: Path, overrides: dict[str, object]) -> None:
     make_disk_image(image_root, **overrides)
@@ -329,8 +339,9 @@ def test_disk_build_key_follows_package_versions(disk: ModuleType) -> None:
     key = disk.build_key(flavour, {"cloud-init": "22.4.2-1", "systemd": "252.39"}, tools)
     assert key == disk.build_key(flavour, {"systemd": "252.39", "cloud-init": "22.4.2-1"}, tools)
     assert key != disk.build_key(flavour, {"cloud-init": "22.4.2-2", "systemd": "252.39"}, tools)
-    assert key != disk.build_key(flavour, {"cloud-init": "22.4.2-1", "systemd": "252.39"},
-                                 {"mmdebstrap": "1.3.6"})
+    assert key != disk.build_key(
+        flavour, {"cloud-init": "22.4.2-1", "systemd": "252.39"}, {"mmdebstrap": "1.3.6"}
+    )
 
 
 def parse_newc(data: bytes) -> dict[str, tuple[int, bytes, int, int]]:
@@ -338,16 +349,20 @@ def parse_newc(data: bytes) -> dict[str, tuple[int, bytes, int, int]]:
     out = {}
     pos = 0
     while True:
-        assert data[pos:pos + 6] == b"070701", f"bad magic at {pos}"
-        fields = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        assert data[pos : pos + 6] == b"070701", f"bad magic at {pos}"
+        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         mode, filesize, rmaj, rmin, namesize = (
-            fields[1], fields[6], fields[9], fields[10], fields[11]
+            fields[1],
+            fields[6],
+            fields[9],
+            fields[10],
+            fields[11],
         )
         name_start = pos + 110
-        name = data[name_start:name_start + namesize - 1].decode()
+        name = data[name_start : name_start + namesize - 1].decode()
         body = name_start + namesize
         body += -body % 4
-        content = data[body:body + filesize]
+        content = data[body : body + filesize]
         pos = body + filesize
         pos += -pos % 4
         if name == "TRAILER!!!":
@@ -449,7 +464,13 @@ def test_module_order_from_modules_dep(build: ModuleType, tmp_path: Path) -> Non
     mods = build.resolve_modules(tmp_path, flavour, Path("/nonexistent/busybox"))
     names = [Path(m).stem for m in mods.order]
     assert names == [
-        "virtio_ring", "virtio", "virtio_pci", "virtio-rng", "crc32c_generic", "jbd2", "ext4",
+        "virtio_ring",
+        "virtio",
+        "virtio_pci",
+        "virtio-rng",
+        "crc32c_generic",
+        "jbd2",
+        "ext4",
     ]
     assert mods.builtin == ["8250"]
     assert "kernel/crypto/crc32c_generic.ko" in mods.optional

@@ -39,9 +39,7 @@ def row(vm: str = "hud", state: str = "running", **kw: Any) -> VmStatus:
 
 def samples(fams: list[Metric]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """(sample name, sorted labels) -> value."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for fam in fams for s in fam.samples
-    }
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in fams for s in fam.samples}
 
 
 def value(fams: list[Metric], name: str, **labels: str) -> float | None:
@@ -70,8 +68,15 @@ STATS = {
 def test_running_vm_every_family() -> None:
     r = row(restarts=2, snapshots=3, last_snapshot_seconds=1.25, last_migration_seconds=4.5)
     fams = families(
-        Scrape("s", [r], STATS, drift={"hud": 2}, checks={"hud": 9}, supervisor_alive=True,
-               seconds=0.031)
+        Scrape(
+            "s",
+            [r],
+            STATS,
+            drift={"hud": 2},
+            checks={"hud": 9},
+            supervisor_alive=True,
+            seconds=0.031,
+        )
     )
     assert value(fams, "kvmctl_up") == 1.0
     assert value(fams, "kvmctl_supervisor_up") == 1.0
@@ -229,8 +234,11 @@ def test_family_names_unique_and_labelled() -> None:
         assert fam.name.startswith("kvmctl_") and fam.documentation
         for s in fam.samples:
             assert s.labels["set"] == "s"
-            if fam.name not in ("kvmctl_up", "kvmctl_scrape_duration_seconds",
-                                "kvmctl_supervisor_up"):
+            if fam.name not in (
+                "kvmctl_up",
+                "kvmctl_scrape_duration_seconds",
+                "kvmctl_supervisor_up",
+            ):
                 assert s.labels["vm"] == "hud"
 
 
@@ -255,8 +263,11 @@ def test_text_format_round_trip() -> None:
     assert set(parsed) == {f.name for f in fams}
     assert parsed["kvmctl_vm_vcpu_seconds"].type == "counter"
     assert parsed["kvmctl_vm_state"].type == "gauge"
-    got = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in parsed.values()
-           for s in f.samples}
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in parsed.values()
+        for s in f.samples
+    }
     assert got == samples(fams)
 
 
@@ -295,3 +306,29 @@ def test_dashboard_uses_only_exposed_metrics() -> None:
             assert 'vm=~"$vm"' in e and 'set=~"$set"' in e, e
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
+
+
+SUPERVISED = {
+    "alive": True,
+    "safe_state": {"degraded": True, "active": ["heartbeat_missed:hud"]},
+    "vms": {
+        "hud": {"heartbeat": {"age_s": 2.5, "missed": True, "misses": 3}},
+        "ivi": {"restarts": 0},
+    },
+}
+
+
+def test_heartbeat_and_degraded() -> None:
+    fams = families(Scrape("s", [row()], supervisor=SUPERVISED))
+    assert value(fams, "kvmctl_degraded") == 1.0
+    assert value(fams, "kvmctl_vm_heartbeat_age_seconds", vm="hud") == 2.5
+    assert value(fams, "kvmctl_vm_heartbeat_missed", vm="hud") == 1.0
+    assert value(fams, "kvmctl_vm_heartbeat_misses_total", vm="hud") == 3.0
+    assert value(fams, "kvmctl_vm_heartbeat_missed", vm="ivi") is None  # no heartbeat
+
+
+def test_no_heartbeat_or_degraded_samples_without_a_running_supervisor() -> None:
+    for supervisor in ({}, {**SUPERVISED, "alive": False}):
+        fams = families(Scrape("s", [row()], supervisor=supervisor))
+        assert value(fams, "kvmctl_degraded") is None
+        assert value(fams, "kvmctl_vm_heartbeat_missed", vm="hud") is None

@@ -53,9 +53,13 @@ def test_minimal_defaults() -> None:
 
 def test_ready_deadline() -> None:
     assert parse_spec(MINIMAL).vms["a"].ready.deadline is None
-    ready = parse_spec(
-        "name: t\nvms:\n  a: {ready: {timeout: 2s, deadline: 2s, deadline_fatal: true}}\n"
-    ).vms["a"].ready
+    ready = (
+        parse_spec(
+            "name: t\nvms:\n  a: {ready: {timeout: 2s, deadline: 2s, deadline_fatal: true}}\n"
+        )
+        .vms["a"]
+        .ready
+    )
     assert (ready.deadline, ready.deadline_fatal) == (2.0, True)  # the timeout itself is allowed
     assert parse_spec("name: t\nvms:\n  a: {ready: {deadline: 1ms}}\n").vms["a"].ready == (
         ready.model_copy(update={"timeout": 60.0, "deadline": 0.001, "deadline_fatal": False})

@@ -36,6 +36,9 @@ NOW = 1000.0
         ("on-failure", "vanished", False, "restart"),
         ("on-failure", "start-failed", False, "restart"),
         ("on-failure", "not-ready", False, "restart"),
+        # silent past its heartbeat deadline (safe_state heartbeat_missed: restart)
+        ("on-failure", "heartbeat", False, "restart"),
+        ("never", "heartbeat", False, "ignore"),
         # a clean shutdown: only always brings it back
         ("always", "shutdown", False, "restart"),
         ("on-failure", "shutdown", False, "ignore"),

@@ -1,0 +1,147 @@
+"""The declared safe state put into force: `kvmctl.supervise.safestate`
+decides, this applies its steps through libvirt and logs each decision and
+step. Runs on the supervisor's main thread only.
+
+pause and resume act on the shed VMs' running domains; cap writes a live vCPU
+quota and uncap puts back the quota that was in force before; restart asks
+the supervisor's own restart path (the restart policy decides, as for any
+failure, so a spent budget gives up rather than restarting).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kvmctl.adapters.events_watch import EventWatch
+from kvmctl.adapters.snapshots import SnapshotOps
+from kvmctl.adapters.virt import Virt
+from kvmctl.errors import KvmctlError
+from kvmctl.supervise.board import Board, VmWatch
+from kvmctl.supervise.safestate import (
+    Happened,
+    SafeConfig,
+    SafeState,
+    Step,
+    Transition,
+    on_event,
+)
+
+# The cgroup period a cap is written against when the domain reports none.
+DEFAULT_PERIOD_US = 100_000
+
+
+class SafeStateKeeper:
+    def __init__(
+        self,
+        board: Board,
+        watch: EventWatch,
+        config: SafeConfig,
+        restart: Callable[[VmWatch, str], None],
+    ):
+        self.board = board
+        self.watch = watch
+        self.config = config
+        self.restart = restart
+        self.state = SafeState()
+        self.since: float | None = None  # when the set became degraded
+        self._uncapped: dict[str, tuple[int | None, int | None]] = {}  # vm -> (period, quota)
+        board.safe = self.summary
+
+    def summary(self) -> dict[str, object]:
+        """The safe state as the state file keeps it."""
+        return {
+            "degraded": self.state.degraded,
+            "since": self.since,
+            "active": self.state.reasons(),
+            "applied": sorted(self.state.applied),
+            "shed": list(self.config.shed),
+        }
+
+    def on(self, event: Happened, **detail: object) -> None:
+        t = on_event(self.config, self.state, event)
+        if t.ignored and event.what in ("heartbeat-missed", "failed", "gave-up"):
+            self.board.log("safe-state-unchanged", event.vm, on=event.what, reason=t.ignored)
+        if not t.changed:
+            return
+        self._enter(t, event, detail)
+
+    def lift(self, reason: str) -> None:
+        """Return to normal whatever is active (the supervisor is stopping:
+        nobody would lift the measures afterwards)."""
+        if not self.state.degraded:
+            return
+        cleared = self.state.reasons()
+        t = Transition(SafeState(), self._lift_steps(), cleared=tuple(cleared))
+        self.board.log("safe-state-lifted", reason=reason, cleared=cleared)
+        self._enter(t, None, {})
+
+    def _lift_steps(self) -> tuple[Step, ...]:
+        applied = self.state.applied
+        steps = [Step("resume", vm) for vm in self.config.shed if "pause" in applied]
+        steps += [Step("uncap", vm) for vm in self.config.shed if "cap" in applied]
+        return tuple(steps)
+
+    def _enter(self, t: Transition, event: Happened | None, detail: dict[str, object]) -> None:
+        was = self.state.degraded
+        self.state = t.state
+        if t.state.degraded and not was:
+            self.since = time.time()
+        elif not t.state.degraded:
+            self.since = None
+        if event is not None:
+            self.board.log(
+                "safe-state",
+                event.vm,
+                on=event.what,
+                entered=list(t.entered),
+                cleared=list(t.cleared),
+                degraded=t.state.degraded,
+                active=t.state.reasons(),
+                actions=[s.as_dict() for s in t.steps],
+                **detail,
+            )
+        for step in t.steps:
+            self._apply(step)
+        self.board.write_state()
+
+    def _apply(self, step: Step) -> None:
+        what = {k: v for k, v in step.as_dict().items() if k != "vm"}
+        watch = self.board.vms.get(step.vm)
+        try:
+            skipped = "not supervised here" if watch is None else self._do(step, watch)
+        except KvmctlError as err:
+            self.board.log("safe-state-step", step.vm, **what, done=False, error=str(err))
+            return
+        if skipped:
+            self.board.log("safe-state-step", step.vm, **what, done=False, reason=skipped)
+        else:
+            self.board.log("safe-state-step", step.vm, **what, done=True)
+
+    def _do(self, step: Step, w: VmWatch) -> str | None:
+        """Apply one step; None when done, else why nothing was done."""
+        if step.kind == "restart":
+            if w.phase != "running":
+                return f"{w.phase} already"
+            self.restart(w, "heartbeat")
+            return None
+        conn = self.watch.conn
+        if conn is None:
+            raise KvmctlError("not connected to libvirtd")
+        virt = Virt(conn)
+        state = self.watch.states().get(w.domain)
+        if state is None or not state.active:
+            return "not running"
+        if step.kind == "pause":
+            SnapshotOps(virt).suspend(w.domain)
+        elif step.kind == "resume":
+            SnapshotOps(virt).resume(w.domain)
+        elif step.kind == "cap":
+            period, quota = virt.vcpu_cap(w.domain)
+            self._uncapped.setdefault(w.name, (period, quota))
+            use = period or DEFAULT_PERIOD_US
+            virt.set_vcpu_cap(w.domain, use, max(1000, int(use * (step.limit or 100) / 100)))
+        elif step.kind == "uncap":
+            period, quota = self._uncapped.pop(w.name, (None, None))
+            virt.set_vcpu_cap(w.domain, period, quota if quota is not None and quota > 0 else None)
+        return None
