@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmctl.adapters.virt import Virt
+from kvmctl.cockpit.warm import state_of as warm_state_of
 from kvmctl.host import threads
 from kvmctl.host.observe import read_int
 from kvmctl.planner import deadline
@@ -60,6 +61,9 @@ class VmStatus:
     # supervisor's decision to restart), and whether it met the deadline.
     last_ready_s: float | None = None
     deadline_met: bool | None = None
+    boot_mode: str = "cold"  # the spec's boot.mode
+    # The saved state a warm start would restore (kvmctl.cockpit.warm.state_of).
+    warm_state: dict[str, object] | None = None
     drift: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -101,6 +105,8 @@ def _planned(plan: VmPlan, states: dict[str, int]) -> VmStatus:
         emulator_planned=format_cpuset(plan.placement.emulator),
         hugepages_planned_kib=plan.vm.memory.size // 1024 if plan.vm.memory.hugepages else 0,
         ready_deadline_s=plan.vm.ready.deadline,
+        boot_mode=plan.vm.boot.mode,
+        warm_state=warm_state_of(plan),
     )
 
 
