@@ -231,13 +231,21 @@ class Applier:
         """Warm or cold (kvmctl.planner.warm), a saved state that no longer
         fits discarded first; the VM's domain is stopped."""
         choice = self.warm.choose(plan, kind)
-        if choice.discard:
-            self.warm.discard(plan)
         if choice.reason and plan.vm.boot.mode == "warm":
             outcome.notes.append(f"cold boot: {choice.reason}")
         elif choice.discard:
             outcome.notes.append(f"warm-start state removed: {choice.reason}")
+        if choice.discard:
+            self._discard(plan, outcome)
         return choice
+
+    def _discard(self, plan: VmPlan, outcome: VmOutcome) -> None:
+        """Never fatal: a state left behind is not restored without its
+        record, and the next start tries to remove it again."""
+        try:
+            self.warm.discard(plan)
+        except (KvmctlError, OSError) as err:
+            outcome.notes.append(f"warm-start state not removed: {err}")
 
     def _fall_back(
         self, plan: VmPlan, error: str, outcome: VmOutcome, undo: list[Callable[[], None]]
@@ -251,7 +259,7 @@ class Applier:
         self.virt.stop(plan.domain)
         for step in undo:
             step()
-        self.warm.discard(plan)
+        self._discard(plan, outcome)
         self.virt.define(build_domain(plan, self.rt_by_thread).to_xml())
         return choice
 

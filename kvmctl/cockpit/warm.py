@@ -57,9 +57,10 @@ class WarmStarts:
         return warm.choose(plan.vm.boot.mode, action, key(plan), found)
 
     def discard(self, plan: VmPlan) -> None:
-        """The saved state and its record; the domain is stopped."""
-        self.ops.delete(plan.domain, warm.SNAPSHOT)
+        """The saved state and its record; the domain is stopped. The record
+        goes first: a state without one is never restored, only removed."""
         records.remove(plan.set_name, plan.name)
+        self.ops.delete(plan.domain, warm.SNAPSHOT)
 
     def restore_paused(self, plan: VmPlan) -> None:
         """QEMU started at the saved point (memory and disk), paused."""

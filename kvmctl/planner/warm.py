@@ -108,7 +108,9 @@ def choose(mode: str, action: str, key: WarmKey, found: Found) -> BootChoice:
     can start warm; a new or redefined one boots cold and saves afresh."""
     stale = found.record is not None or found.unreadable is not None or found.snapshot
     if mode != "warm":
-        return BootChoice("cold", discard=stale, reason="boot.mode is cold" if stale else "")
+        # Under disk-only snapshots the state can be deleted only once they are.
+        discard = stale and not found.disk_only
+        return BootChoice("cold", discard=discard, reason="boot.mode is cold" if discard else "")
     if found.disk_only:
         # The saved state lives in the image below their overlays: it can be
         # neither restored nor deleted nor taken again until they are merged.
