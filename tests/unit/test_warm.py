@@ -10,6 +10,7 @@ import pytest
 
 from kvmctl.errors import SpecError
 from kvmctl.planner import warm
+from kvmctl.planner.deadline import cold_warnings
 from kvmctl.planner.warm import BootChoice, Found, WarmKey, WarmRecord, choose
 from kvmctl.spec import parse_spec, spec_hash
 
@@ -198,3 +199,13 @@ def test_warm_with_a_serial_marker_probe_is_refused() -> None:
 def test_unknown_boot_mode_is_refused() -> None:
     (problem,) = _refused("name: t\nvms:\n  a: {boot: {mode: hot}}\n")
     assert "vms.a.boot.mode" in problem
+
+
+def test_plan_warning_for_a_warm_vm_says_a_warm_start_can_meet_it() -> None:
+    vms = parse_spec(
+        "name: t\nvms:\n  a: {ready: {deadline: 1s}, boot: {mode: warm}}\n"
+        "  b: {ready: {deadline: 1s}}\n"
+    ).vms
+    a, b = cold_warnings(vms, {"a": 5.0, "b": 5.0})
+    assert a.endswith("a warm start (boot.mode warm) can, from its saved state")
+    assert b.endswith("after apply began")
