@@ -1,10 +1,11 @@
 """Warm start (`boot: {mode: warm}`) on real libvirtd + QEMU under TCG: the
 first apply boots cold and saves the VM's state; a stopped VM applied again,
 and a VM the supervisor restarts after its QEMU was killed, start warm from
-it: the guest's boot id (made once per boot, kept only in guest RAM) is the
-one of the first boot, a file written after the save is gone (writes after
-the saved point are discarded), the guest clock is set to the host's, and
-readiness is re-checked. A changed spec hash discards the state (cold boot,
+it: the guest kernel's log of the first boot (in guest RAM, its timestamps
+unique to that boot) is still there and goes on, its uptime runs on from
+before the save, no boot message reaches the console, a file written after
+the save is gone (writes after the saved point are discarded), the guest
+clock is set to the host's, and readiness is re-checked. A changed spec hash discards the state (cold boot,
 the old state removed, a new one saved); a corrupted state falls back to a
 cold boot and says so; a warm shm-channel member is refused (exit 2).
 
@@ -27,6 +28,7 @@ import pytest
 
 from kvmctl.state import history
 from kvmctl.state import warm as warm_records
+from kvmctl.state.paths import log_dir
 from tests.integration.cockpit_helpers import URI, kvmctl, kvmctl_json, sweep, write_spec
 from tests.integration.guest_agent import agent_command
 from tests.integration.ops_helpers import (
@@ -80,8 +82,29 @@ def vm_line(out: str) -> str:
     return line
 
 
-def boot_id() -> str:
-    return guest_run(DOMAIN, "/bin/cat", "/proc/sys/kernel/random/boot_id").strip()
+def kernel_log() -> list[str]:
+    """The guest kernel's log, timestamps and all: kept in guest RAM, and no
+    two boots under TCG log their messages at the same microseconds."""
+    return guest_run(DOMAIN, "/bin/dmesg").splitlines()
+
+
+def continues(before: list[str], after: list[str]) -> bool:
+    """`after` is the log `before` was, grown: the same boot."""
+    return len(before) > 10 and after[: len(before)] == before
+
+
+def serial_log() -> str:
+    return (log_dir() / f"{DOMAIN}.serial.log").read_text(errors="replace")
+
+
+def uptime() -> float:
+    return float(guest_run(DOMAIN, "/bin/cat", "/proc/uptime").split()[0])
+
+
+def last_stamp(log: list[str]) -> float:
+    m = re.match(r"\[\s*(\d+\.\d+)\]", log[-1])
+    assert m, log[-1]
+    return float(m.group(1))
 
 
 def guest_clock_offset() -> float:
@@ -115,11 +138,11 @@ def status_row(path: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def first(spec: Path) -> dict[str, object]:
-    """The first apply: a cold boot that saves the state; the guest's boot id."""
+    """The first apply: a cold boot that saves the state; the guest's kernel log."""
     plan = kvmctl("plan", str(spec))
     assert plan.returncode == 0 and re.search(rf"^{VM}\t.*\twarm\tcreate", plan.stdout, re.M)
     out = apply(spec)
-    return {"out": out, "boot_id": boot_id()}
+    return {"out": out, "kernel_log": kernel_log()}
 
 
 def test_first_apply_boots_cold_and_saves_the_state(spec: Path, first: dict[str, object]) -> None:
@@ -146,8 +169,13 @@ def test_stopped_vm_applied_again_starts_warm(spec: Path, first: dict[str, objec
     line = vm_line(out)
     assert re.search(r"start, ready in \d+\.\d s \(warm\), deadline 200 s met", line), out
     assert "warm start: guest clock set" in out
-    # Restored, not booted: the boot id made at the first boot is still in RAM.
-    assert boot_id() == first["boot_id"]
+    # Restored, not booted: the first boot's kernel log is still in RAM and
+    # goes on; the guest's uptime runs on from before the save; no boot
+    # message on the console (QEMU's log starts empty at each start).
+    log = kernel_log()
+    assert continues(first["kernel_log"], log), log  # type: ignore[arg-type]
+    assert uptime() > last_stamp(first["kernel_log"])  # type: ignore[arg-type]
+    assert f"KVMCTL-READY {VM}" not in serial_log()
     assert guest_run(DOMAIN, "/bin/sh", "-c", "cat /tmp/after-save || echo gone").strip() == "gone"
     assert abs(guest_clock_offset()) < 3.0
     # Readiness was re-checked: the agent answers, as status sees it.
@@ -168,7 +196,7 @@ def test_supervisor_restart_after_kill_starts_warm(
         restarted = sup.wait(TIMEOUT, since=mark, event="restarted", vm=VM)
         assert restarted["boot"] == "warm", restarted
         assert any("guest clock set" in n for n in restarted["notes"]), restarted
-        assert boot_id() == first["boot_id"]
+        assert continues(first["kernel_log"], kernel_log())  # type: ignore[arg-type]
         assert abs(guest_clock_offset()) < 3.0
         assert history.read(SET)["vms"][VM]["ready"]["after"] == "restart"
     finally:
@@ -187,7 +215,8 @@ def test_changed_spec_hash_discards_the_state(spec: Path, first: dict[str, objec
     out = apply(spec)
     assert re.search(r"start, ready in \d+\.\d s \(cold\)", vm_line(out)), out
     assert f"cold boot: saved state outdated: spec hash {old.key.spec_hash} -> " in out
-    assert boot_id() != first["boot_id"]
+    assert not continues(first["kernel_log"], kernel_log())  # type: ignore[arg-type]
+    assert f"KVMCTL-READY {VM}" in serial_log()
     new, _ = warm_records.read(SET, VM)
     assert new is not None and new.key.spec_hash != old.key.spec_hash
     new_snap = saved_snapshot()
@@ -196,7 +225,7 @@ def test_changed_spec_hash_discards_the_state(spec: Path, first: dict[str, objec
 
 
 def test_corrupted_state_falls_back_to_cold_and_says_so(spec: Path) -> None:
-    before = boot_id()
+    before = kernel_log()
     warm_records.record_path(SET, VM).write_text("{not json")
     row = status_row(spec)
     assert row["warm_state"]["current"] is False and "error" in row["warm_state"]
@@ -204,7 +233,7 @@ def test_corrupted_state_falls_back_to_cold_and_says_so(spec: Path) -> None:
     out = apply(spec)
     assert re.search(r"start, ready in \d+\.\d s \(cold\)", vm_line(out)), out
     assert "cold boot: saved state unusable: " in out and "not a warm-state record" in out
-    assert boot_id() != before
+    assert not continues(before, kernel_log())
     record, unreadable = warm_records.read(SET, VM)
     assert unreadable is None and record is not None  # saved afresh
 
@@ -213,14 +242,14 @@ def test_failed_restore_falls_back_to_cold(spec: Path) -> None:
     """The record fits and libvirt lists the snapshot, but its saved state is
     gone from the disk image: the restore fails, the VM boots cold, apply
     says so, and a new state is saved."""
-    before = boot_id()
+    before = kernel_log()
     power_off()
     volume = on_domain(DOMAIN, URI, _data_volume)
     subprocess.run(["qemu-img", "snapshot", "-d", "kvmctl-warm", volume], check=True)
     out = apply(spec)
     assert re.search(r"start, ready in \d+\.\d s \(cold\)", vm_line(out)), out
     assert "warm start failed: " in out and "fell back to a cold boot" in out
-    assert boot_id() != before
+    assert not continues(before, kernel_log())
     assert saved_snapshot() is not None and warm_records.read(SET, VM)[0] is not None
 
 
