@@ -216,10 +216,13 @@ class Applier:
         if choice.path == "warm":
             undo: list[Callable[[], None]] = []
             try:
-                self._warm_boot(plan, outcome, undo)
-                return outcome
+                t_start, ready = self._warm_boot(plan, outcome, undo)
             except (KvmctlError, NotReady) as err:
                 choice = self._fall_back(plan, str(err), outcome, undo)
+            else:
+                # Outside the fallback: a missed fatal deadline fails the run.
+                self._judge(plan, outcome, t_start, ready)
+                return outcome
         outcome.boot = "cold"
         self._boot(plan, outcome)
         if choice.save:
@@ -313,13 +316,17 @@ class Applier:
                 raise ApplyError(str(err)) from None
         self._judge(plan, outcome, t_resume, ready)
 
-    def _warm_boot(self, plan: VmPlan, outcome: VmOutcome, undo: list[Callable[[], None]]) -> None:
+    def _warm_boot(
+        self, plan: VmPlan, outcome: VmOutcome, undo: list[Callable[[], None]]
+    ) -> tuple[float, float]:
         """Restore the saved state (paused), give the restored QEMU the live
         settings planned now, resume, set the guest's clock, then re-check
-        readiness with the VM's probe. Raises when any step fails; the QEMU
-        it started is the caller's to stop."""
+        readiness with the VM's probe. Returns when it began and when it was
+        ready (time.monotonic()). Raises when any step fails; the QEMU it
+        started is the caller's to stop."""
         self.progress(plan.name, "starting warm (restoring its saved state)")
         t_start = time.monotonic()
+        outcome.started_at = time.time()
         self.warm.restore_paused(plan)
         # The revert brought back the definition the state was saved with:
         # the same restart settings (its key), live ones set as planned now.
@@ -328,7 +335,6 @@ class Applier:
         retune(self.virt, plan.domain, new, self.host_cpus)
         undo.append(self._after_start(plan, outcome))
         with ReadyWatch(self.virt.conn, plan.domain, plan.vm.ready.probe) as watch:
-            outcome.started_at = time.time()
             self.virt.resume(plan.domain)
             remaining = plan.vm.ready.timeout - (time.monotonic() - t_start)
             offset = self.warm.set_clock(plan, max(remaining, 1.0))
@@ -337,7 +343,7 @@ class Applier:
             remaining = plan.vm.ready.timeout - (time.monotonic() - t_start)
             ready = watch.restored().wait(max(remaining, 1.0))
         outcome.boot = "warm"
-        self._judge(plan, outcome, t_start, ready)
+        return t_start, ready
 
     def _after_start(self, plan: VmPlan, outcome: VmOutcome) -> Callable[[], None]:
         """The post-start step on a QEMU that is still paused; returns its
