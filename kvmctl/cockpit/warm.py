@@ -69,8 +69,18 @@ class WarmStarts:
     def set_clock(self, plan: VmPlan, timeout: float) -> float:
         """After the resume: once the agent answers, the guest's clock set to
         the host's; returns the offset left (guest - host, seconds)."""
-        self.ops.wait_agent(plan.domain, timeout)
-        offset = self.ops.set_guest_clock(plan.domain)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.ops.wait_agent(plan.domain, max(deadline - time.monotonic(), 0.1))
+            try:
+                offset = self.ops.set_guest_clock(plan.domain)
+                break
+            except KvmctlError:
+                # libvirt sees the restored agent channel close and open again
+                # after a first ping may already have answered: ask again.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         if abs(offset) > CLOCK_TOLERANCE_S:
             raise KvmctlError(
                 f"the clock of '{plan.domain}' is {offset:+.1f} s off the host's after "
