@@ -240,7 +240,8 @@ def _ready_cell(r: VmStatus) -> str:
     ready = {True: "yes", False: "no", None: "-"}[r.ready]
     if r.ready_deadline_s is None or r.last_ready_s is None:
         return ready
-    return f"{ready}, {deadline.verdict(r.ready_deadline_s, r.last_ready_s)}"
+    verdict = deadline.verdict(r.ready_deadline_s, r.last_ready_s)
+    return f"{ready}, {verdict}" + (f", {r.last_boot} start" if r.last_boot else "")
 
 
 def _boot_cell(r: VmStatus) -> str:

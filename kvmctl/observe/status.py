@@ -61,6 +61,7 @@ class VmStatus:
     # supervisor's decision to restart), and whether it met the deadline.
     last_ready_s: float | None = None
     deadline_met: bool | None = None
+    last_boot: str | None = None  # how that newest boot started: "cold" or "warm"
     boot_mode: str = "cold"  # the spec's boot.mode
     # The saved state a warm start would restore (kvmctl.cockpit.warm.state_of).
     warm_state: dict[str, object] | None = None
@@ -200,4 +201,5 @@ def add_history(
         row.last_snapshot_seconds = history.last_seconds(durations or {}, row.vm, "snapshot")
         row.last_migration_seconds = history.last_seconds(durations or {}, row.vm, "migration")
         row.last_ready_s = history.last_seconds(durations or {}, row.vm, "ready")
+        row.last_boot = history.last_boot(durations or {}, row.vm)
         row.deadline_met = deadline.met(row.ready_deadline_s, row.last_ready_s)

@@ -114,6 +114,14 @@ def last_seconds(doc: Mapping[str, Any], vm: str, kind: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def last_boot(doc: Mapping[str, Any], vm: str) -> str | None:
+    """How `vm`'s newest boot to ready in `doc` started: "cold" or "warm" (pure)."""
+    entry = ((doc.get("vms") or {}).get(vm) or {}).get("ready")
+    if not isinstance(entry, dict):
+        return None
+    return "cold" if entry.get("cold", True) else "warm"
+
+
 def read(set_name: str, directory: Path | None = None) -> dict[str, Any]:
     """The set's history; an empty one when nothing was recorded or the file is unreadable."""
     try:

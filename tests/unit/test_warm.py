@@ -13,6 +13,7 @@ from kvmctl.planner import warm
 from kvmctl.planner.deadline import cold_warnings
 from kvmctl.planner.warm import BootChoice, Found, WarmKey, WarmRecord, choose
 from kvmctl.spec import parse_spec, spec_hash
+from kvmctl.state import history
 
 pytestmark = pytest.mark.unit
 
@@ -209,3 +210,13 @@ def test_plan_warning_for_a_warm_vm_says_a_warm_start_can_meet_it() -> None:
     a, b = cold_warnings(vms, {"a": 5.0, "b": 5.0})
     assert a.endswith("a warm start (boot.mode warm) can, from its saved state")
     assert b.endswith("after apply began")
+
+
+def test_history_tells_the_last_boot_path() -> None:
+    doc = {"vms": {"a": {"ready": {"cold": False}}, "b": {"ready": {"seconds": 1}}, "c": {}}}
+    assert [history.last_boot(doc, v) for v in ("a", "b", "c", "d")] == [
+        "warm",
+        "cold",
+        None,
+        None,
+    ]
