@@ -121,8 +121,9 @@ def choose(mode: str, action: str, key: WarmKey, found: Found) -> BootChoice:
         )
     save = key.image is not None
     if action != "start":
-        reason = "new domain" if action == "create" else "the domain is redefined"
-        return BootChoice("cold", discard=stale, save=save, reason=f"{reason}: no saved state")
+        what = "new domain" if action == "create" else "the domain is redefined"
+        state = "its old saved state removed" if stale else "no saved state"
+        return BootChoice("cold", discard=stale, save=save, reason=f"{what}: {state}")
     if found.unreadable is not None:
         return BootChoice(
             "cold", discard=True, save=save, reason=f"saved state unusable: {found.unreadable}"

@@ -75,7 +75,9 @@ def test_no_record_yet_boots_cold_and_saves_dropping_an_orphan_snapshot() -> Non
 def test_new_or_redefined_domain_boots_cold_and_saves(action: str) -> None:
     got = choose("warm", action, KEY, VALID)
     assert (got.path, got.discard, got.save) == ("cold", True, True)
-    assert not choose("warm", action, KEY, Found()).discard
+    assert got.reason.endswith(": its old saved state removed")
+    fresh = choose("warm", action, KEY, Found())
+    assert not fresh.discard and fresh.reason.endswith(": no saved state")
 
 
 def test_disk_only_snapshots_block_restore_delete_and_save() -> None:
