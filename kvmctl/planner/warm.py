@@ -18,7 +18,7 @@ restart could change). Any difference discards it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -153,3 +153,16 @@ def after_failure(error: str) -> BootChoice:
 def disk_only_names(kinds: Sequence[tuple[str, str]]) -> tuple[str, ...]:
     """(name, kind) of a VM's snapshots -> the names of the external ones."""
     return tuple(name for name, kind in kinds if kind == "external")
+
+
+def disk_only_refusals(modes: Mapping[str, str], names: Iterable[str]) -> list[str]:
+    """A disk-only snapshot of a warm VM (`modes`: VM -> boot.mode) would put
+    its saved state below an overlay, where it can be neither restored nor
+    deleted nor taken again: refused up front (exit 2), naming the field."""
+    return [
+        f"VM '{vm}' starts warm (vms.{vm}.boot.mode: warm): a disk-only snapshot would leave "
+        "its saved state below an overlay, unusable; take a snapshot with memory, or set "
+        "boot.mode cold first"
+        for vm in names
+        if modes.get(vm) == "warm"
+    ]

@@ -259,6 +259,15 @@ def _data_volume(dom: libvirt.virDomain) -> str:
     return str(pool.storageVolLookupByName(m.group(2)).path())
 
 
+def test_disk_only_snapshot_of_a_warm_vm_is_refused(spec: Path) -> None:
+    for args in (("--disk-only", str(spec), VM, "d1"), ("--all", "--disk-only", str(spec), "g1")):
+        run = kvmctl("snapshot", "create", *args)
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert f"vms.{VM}.boot.mode: warm" in run.stderr, run.stderr
+    names = on_domain(DOMAIN, URI, lambda dom: [s.getName() for s in dom.listAllSnapshots(0)])
+    assert names == ["kvmctl-warm"]
+
+
 def test_warm_shm_member_is_refused(tmp_path: Path) -> None:
     path = write_spec(
         tmp_path,

@@ -222,3 +222,9 @@ def test_history_tells_the_last_boot_path() -> None:
         None,
         None,
     ]
+
+
+def test_disk_only_snapshots_of_warm_vms_are_refused_naming_the_field() -> None:
+    (refusal,) = warm.disk_only_refusals({"a": "warm", "b": "cold"}, ["a", "b", "c"])
+    assert refusal.startswith("VM 'a' starts warm (vms.a.boot.mode: warm)")
+    assert warm.disk_only_refusals({"a": "cold"}, ["a"]) == []
