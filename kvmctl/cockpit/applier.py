@@ -57,6 +57,7 @@ class VmOutcome:
     deadline_met: bool | None = None
     # "warm" (restored from its saved state) or "cold" (booted), when it started.
     boot: str | None = None
+    fallback: str | None = None  # why a warm start failed and the VM booted cold
     notes: list[str] = field(default_factory=list)
 
 
@@ -259,6 +260,7 @@ class Applier:
         choice = after_failure(error)
         self.progress(plan.name, f"{choice.reason}; booting cold")
         outcome.notes.append(f"{choice.reason}; fell back to a cold boot")
+        outcome.fallback = error
         self.virt.stop(plan.domain)
         for step in undo:
             step()

@@ -15,7 +15,12 @@ def remember(set_name: str, outcomes: Iterable[VmOutcome], after: str) -> None:
     warm (restored from a saved state, kvmctl.cockpit.warm)."""
     ready = {
         o.vm: history.Readiness(
-            o.since_apply_s, o.deadline_s, o.deadline_met, after, cold=o.boot != "warm"
+            o.since_apply_s,
+            o.deadline_s,
+            o.deadline_met,
+            after,
+            cold=o.boot != "warm",
+            fallback=o.fallback,
         )
         for o in outcomes
         if o.since_apply_s is not None

@@ -155,6 +155,7 @@ def apply(
                         "deadline_s": o.deadline_s,
                         "deadline_met": o.deadline_met,
                         "boot": o.boot,
+                        "warm_start_failed": o.fallback,
                         "notes": o.notes,
                         "host": result.hosts.get(name),
                     }

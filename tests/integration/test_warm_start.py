@@ -248,6 +248,7 @@ def test_failed_restore_falls_back_to_cold(spec: Path) -> None:
     out = apply(spec)
     assert re.search(r"start, ready in \d+\.\d s \(cold\)", vm_line(out)), out
     assert "warm start failed: " in out and "fell back to a cold boot" in out
+    assert history.read(SET)["vms"][VM]["ready"]["warm_start_failed"]
     assert not continues(before, kernel_log())
     assert saved_snapshot() is not None and warm_records.read(SET, VM)[0] is not None
 

@@ -84,6 +84,7 @@ def test_a_failed_restore_falls_back_to_cold_says_so_and_saves_again() -> None:
     assert ("start_paused", "t-a") in virt.calls
     notes = outcome.notes
     assert "warm start failed: no such snapshot; fell back to a cold boot" in notes
+    assert outcome.fallback == "no such snapshot"
     assert "warm-start state saved" in notes
 
 

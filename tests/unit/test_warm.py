@@ -228,3 +228,11 @@ def test_disk_only_snapshots_of_warm_vms_are_refused_naming_the_field() -> None:
     (refusal,) = warm.disk_only_refusals({"a": "warm", "b": "cold"}, ["a", "b", "c"])
     assert refusal.startswith("VM 'a' starts warm (vms.a.boot.mode: warm)")
     assert warm.disk_only_refusals({"a": "cold"}, ["a"]) == []
+
+
+def test_history_keeps_a_failed_warm_start() -> None:
+    r = history.Readiness(5.0, None, None, "restart", cold=True, fallback="revert failed")
+    entry = history.merge_ready({}, "t", {"a": r}, 1.0)["vms"]["a"]["ready"]
+    assert entry["warm_start_failed"] == "revert failed" and entry["cold"] is True
+    plain = history.merge_ready({}, "t", {"a": history.Readiness(5.0)}, 1.0)
+    assert "warm_start_failed" not in plain["vms"]["a"]["ready"]
