@@ -63,6 +63,12 @@ class ReadyWatch:
             self._open_console()
         return self
 
+    def restored(self) -> ReadyWatch:
+        """The guest was restored from a saved state, its agent channel open
+        all along: no connect event comes, so pings alone decide."""
+        self._agent_seen.set()
+        return self
+
     def __exit__(self, *_exc: object) -> None:
         for cb in self._callbacks:
             try:

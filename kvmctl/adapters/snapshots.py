@@ -155,6 +155,32 @@ class SnapshotOps:
             return False
         return True
 
+    def set_guest_clock(self, domain: str) -> float:
+        """Set the guest's clock to this host's through the agent
+        (guest-set-time); a restored guest's clock stands where it was saved.
+        Returns the guest's time minus the host's afterwards, in seconds.
+        The agent also writes the guest's RTC (hwclock), which a guest
+        without one refuses: the system clock is set before that, so the
+        offset read back decides."""
+        dom = self._dom(domain)
+
+        def agent(command: str, arguments: dict[str, int] | None = None) -> object:
+            payload: dict[str, object] = {"execute": command}
+            if arguments:
+                payload["arguments"] = arguments
+            reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(payload), 10, 0)
+            return json.loads(reply).get("return")
+
+        with _mapped(f"cannot set the clock of domain '{domain}' (guest agent)"):
+            try:
+                agent("guest-set-time", {"time": time.time_ns()})
+            except libvirt.libvirtError as err:
+                if "hwclock" not in str(err):
+                    raise
+            guest_ns = agent("guest-get-time")
+        assert isinstance(guest_ns, int)
+        return guest_ns / 1e9 - time.time()
+
     def wait_agent(self, domain: str, timeout: float) -> float:
         """Until the guest agent answers (it reconnects after a revert); the
         monotonic time it did. Fails at once if the domain stops."""

@@ -32,6 +32,7 @@ from kvmctl.planner.hosts import host_groups
 from kvmctl.session import Session, open_session
 from kvmctl.spec import VM, Cockpit, load_spec
 from kvmctl.state import history
+from kvmctl.state import warm as warm_records
 from kvmctl.state.setlock import set_lock
 
 
@@ -232,6 +233,7 @@ def destroy(
     if host is None:
         history.forget(spec.name)  # the durations of snapshots that went with the domains
         record.forget(spec.name)
+        warm_records.forget(spec.name)  # their saved states went with the disks
     return result
 
 

@@ -23,6 +23,7 @@ from kvmctl.cockpit.bridges import apply_bridges
 from kvmctl.cockpit.journal import Journal
 from kvmctl.cockpit.retune import retune
 from kvmctl.cockpit.seed import seed_iso
+from kvmctl.cockpit.warm import WarmStarts
 from kvmctl.errors import ApplyError, KvmctlError
 from kvmctl.host import channels as host_channels
 from kvmctl.host import rt
@@ -31,6 +32,7 @@ from kvmctl.planner.cloudinit import SeedPlan
 from kvmctl.planner.diff import Action
 from kvmctl.planner.domain import build_domain, build_volume
 from kvmctl.planner.plan import Plan, VmPlan
+from kvmctl.planner.warm import BootChoice, after_failure
 from kvmctl.session import Session
 from kvmctl.xml.domain import Domain
 from kvmctl.xml.storage import StoragePool, StorageVolume
@@ -53,6 +55,9 @@ class VmOutcome:
     since_apply_s: float | None = None
     deadline_s: float | None = None
     deadline_met: bool | None = None
+    # "warm" (restored from its saved state) or "cold" (booted), when it started.
+    boot: str | None = None
+    fallback: str | None = None  # why a warm start failed and the VM booted cold
     notes: list[str] = field(default_factory=list)
 
 
@@ -98,6 +103,7 @@ class Applier:
         # When boot deadlines start counting (time.monotonic()); None: when run() begins.
         self.since = since
         self.journal = Journal()
+        self.warm = WarmStarts(virt)
         self.notes: list[str] = []
         # One netlink socket, used from the VM threads one at a time.
         self._net_lock = threading.Lock()
@@ -203,12 +209,64 @@ class Applier:
         elif action.kind == "start":
             self.virt.stop(plan.domain)  # a domain left paused by an interrupted run
             self.journal.record(f"start {plan.domain}", lambda: self.virt.stop(plan.domain))
+        choice = self._boot_choice(plan, action.kind, outcome)
         if action.kind in ("create", "restart"):
             self._storage(plan)
             self._define(plan, created=action.kind == "create")
         self._channels(plan)
+        if choice.path == "warm":
+            undo: list[Callable[[], None]] = []
+            try:
+                t_start, ready = self._warm_boot(plan, outcome, undo)
+            except (KvmctlError, NotReady) as err:
+                choice = self._fall_back(plan, str(err), outcome, undo)
+            else:
+                # Outside the fallback: a missed fatal deadline fails the run.
+                self._judge(plan, outcome, t_start, ready)
+                return outcome
+        outcome.boot = "cold"
         self._boot(plan, outcome)
+        if choice.save:
+            self.progress(plan.name, "saving its warm-start state")
+            outcome.notes.append(self.warm.save(plan))
         return outcome
+
+    def _boot_choice(self, plan: VmPlan, kind: str, outcome: VmOutcome) -> BootChoice:
+        """Warm or cold (kvmctl.planner.warm), a saved state that no longer
+        fits discarded first; the VM's domain is stopped."""
+        choice = self.warm.choose(plan, kind)
+        if choice.reason and plan.vm.boot.mode == "warm":
+            outcome.notes.append(f"cold boot: {choice.reason}")
+        elif choice.discard:
+            outcome.notes.append(f"warm-start state removed: {choice.reason}")
+        if choice.discard:
+            self._discard(plan, outcome)
+        return choice
+
+    def _discard(self, plan: VmPlan, outcome: VmOutcome) -> None:
+        """Never fatal: a state left behind is not restored without its
+        record, and the next start tries to remove it again."""
+        try:
+            self.warm.discard(plan)
+        except (KvmctlError, OSError) as err:
+            outcome.notes.append(f"warm-start state not removed: {err}")
+
+    def _fall_back(
+        self, plan: VmPlan, error: str, outcome: VmOutcome, undo: list[Callable[[], None]]
+    ) -> BootChoice:
+        """A warm start failed: the QEMU it left is stopped (its post-start
+        step undone), its state discarded, the definition put back as
+        planned; the VM boots cold."""
+        choice = after_failure(error)
+        self.progress(plan.name, f"{choice.reason}; booting cold")
+        outcome.notes.append(f"{choice.reason}; fell back to a cold boot")
+        outcome.fallback = error
+        self.virt.stop(plan.domain)
+        for step in undo:
+            step()
+        self._discard(plan, outcome)
+        self.virt.define(build_domain(plan, self.rt_by_thread).to_xml())
+        return choice
 
     def _channels(self, plan: VmPlan) -> None:
         """Region files private to QEMU's user and the socket directory, before
@@ -248,6 +306,50 @@ class Applier:
     def _boot(self, plan: VmPlan, outcome: VmOutcome) -> None:
         self.progress(plan.name, "starting")
         self.virt.start_paused(plan.domain)
+        self._after_start(plan, outcome)
+        with ReadyWatch(self.virt.conn, plan.domain, plan.vm.ready.probe) as watch:
+            t_resume = time.monotonic()
+            outcome.started_at = time.time()
+            self.virt.resume(plan.domain)
+            self.progress(plan.name, f"waiting for readiness ({plan.vm.ready.probe})")
+            try:
+                ready = watch.wait(plan.vm.ready.timeout)
+            except NotReady as err:
+                raise ApplyError(str(err)) from None
+        self._judge(plan, outcome, t_resume, ready)
+
+    def _warm_boot(
+        self, plan: VmPlan, outcome: VmOutcome, undo: list[Callable[[], None]]
+    ) -> tuple[float, float]:
+        """Restore the saved state (paused), give the restored QEMU the live
+        settings planned now, resume, set the guest's clock, then re-check
+        readiness with the VM's probe. Returns when it began and when it was
+        ready (time.monotonic()). Raises when any step fails; the QEMU it
+        started is the caller's to stop."""
+        self.progress(plan.name, "starting warm (restoring its saved state)")
+        t_start = time.monotonic()
+        outcome.started_at = time.time()
+        self.warm.restore_paused(plan)
+        # The revert brought back the definition the state was saved with:
+        # the same restart settings (its key), live ones set as planned now.
+        new = build_domain(plan, self.rt_by_thread)
+        self.virt.define(new.to_xml())
+        retune(self.virt, plan.domain, new, self.host_cpus)
+        undo.append(self._after_start(plan, outcome))
+        with ReadyWatch(self.virt.conn, plan.domain, plan.vm.ready.probe) as watch:
+            self.virt.resume(plan.domain)
+            remaining = plan.vm.ready.timeout - (time.monotonic() - t_start)
+            offset = self.warm.set_clock(plan, max(remaining, 1.0))
+            outcome.notes.append(f"warm start: guest clock set ({offset:+.2f} s off the host's)")
+            self.progress(plan.name, f"re-checking readiness ({plan.vm.ready.probe})")
+            remaining = plan.vm.ready.timeout - (time.monotonic() - t_start)
+            ready = watch.restored().wait(max(remaining, 1.0))
+        outcome.boot = "warm"
+        return t_start, ready
+
+    def _after_start(self, plan: VmPlan, outcome: VmOutcome) -> Callable[[], None]:
+        """The post-start step on a QEMU that is still paused; returns its
+        undo (also journaled)."""
         # Budgets can only shrink once no real-time thread is left in the
         # cgroups, so they are given back after the domain is stopped.
         rt_steps: list[rt.RtStep] = []
@@ -265,18 +367,14 @@ class Applier:
             rt_steps=rt_steps,
             net_lock=self._net_lock,
         )
-        with ReadyWatch(self.virt.conn, plan.domain, plan.vm.ready.probe) as watch:
-            t_resume = time.monotonic()
-            outcome.started_at = time.time()
-            self.virt.resume(plan.domain)
-            self.progress(plan.name, f"waiting for readiness ({plan.vm.ready.probe})")
-            try:
-                ready = watch.wait(plan.vm.ready.timeout)
-            except NotReady as err:
-                raise ApplyError(str(err)) from None
+        return undo_start
+
+    def _judge(self, plan: VmPlan, outcome: VmOutcome, t_resume: float, ready: float) -> None:
+        """Readiness reached at `ready`: the figures, and the boot deadline."""
         outcome.ready_seconds = ready - t_resume
+        assert outcome.started_at is not None
         outcome.ready_at = outcome.started_at + outcome.ready_seconds
-        self.progress(plan.name, f"ready after {outcome.ready_seconds:.1f} s")
+        self.progress(plan.name, f"ready after {outcome.ready_seconds:.1f} s ({outcome.boot})")
         outcome.since_apply_s = ready - (self.since or t_resume)
         outcome.deadline_s = limit = plan.vm.ready.deadline
         outcome.deadline_met = deadline.met(limit, outcome.since_apply_s)

@@ -11,10 +11,17 @@ from kvmctl.state import history
 
 
 def remember(set_name: str, outcomes: Iterable[VmOutcome], after: str) -> None:
-    """Record the VMs that booted (`after`: "apply" or "restart"). Every boot
-    an Applier makes today is cold: QEMU starts from scratch."""
+    """Record the VMs that booted (`after`: "apply" or "restart"), cold or
+    warm (restored from a saved state, kvmctl.cockpit.warm)."""
     ready = {
-        o.vm: history.Readiness(o.since_apply_s, o.deadline_s, o.deadline_met, after)
+        o.vm: history.Readiness(
+            o.since_apply_s,
+            o.deadline_s,
+            o.deadline_met,
+            after,
+            cold=o.boot != "warm",
+            fallback=o.fallback,
+        )
         for o in outcomes
         if o.since_apply_s is not None
     }

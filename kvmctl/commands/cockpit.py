@@ -44,11 +44,14 @@ def _plan_rows(plan: Plan) -> list[list[object]]:
                 f"{p.quota_us * 100 // p.period_us}%" if p.quota_us and p.period_us else "",
                 rt,
                 p.level,
+                p.vm.boot.mode,
                 change,
             ]
         )
     rows += [
-        [a.vm, "", "", "", "", "", "", "", "", "delete"] for a in plan.actions if a.kind == "delete"
+        [a.vm, "", "", "", "", "", "", "", "", "", "delete"]
+        for a in plan.actions
+        if a.kind == "delete"
     ]
     return rows
 
@@ -113,6 +116,7 @@ def _print_plan(p: Plan, where: str) -> None:
             "cap",
             "realtime",
             "level",
+            "boot",
             "change",
         ],
         _plan_rows(p),
@@ -151,6 +155,8 @@ def apply(
                         "since_apply_s": o.since_apply_s,
                         "deadline_s": o.deadline_s,
                         "deadline_met": o.deadline_met,
+                        "boot": o.boot,
+                        "warm_start_failed": o.fallback,
                         "notes": o.notes,
                         "host": result.hosts.get(name),
                     }
@@ -165,6 +171,8 @@ def apply(
         return
     for name, o in result.outcomes.items():
         ready = f", ready in {o.ready_seconds:.1f} s" if o.ready_seconds is not None else ""
+        if o.boot is not None:
+            ready += f" ({o.boot})"
         if o.deadline_s is not None and o.since_apply_s is not None:
             ready += f", {deadline.verdict(o.deadline_s, o.since_apply_s)}"
         where = f" on {result.hosts[name]}" if name in result.hosts else ""
@@ -213,6 +221,7 @@ def status(
             "quota",
             "restarts",
             "snapshots",
+            "boot",
             "drift",
         ],
         [
@@ -231,6 +240,7 @@ def status(
                 r.quota_us if r.quota_us is not None else "",
                 "-" if r.restarts is None else r.restarts,
                 _snapshots_cell(r),
+                _boot_cell(r),
                 "; ".join(r.drift) or "none",
             ]
             for r in rows
@@ -272,7 +282,19 @@ def _ready_cell(r: VmStatus) -> str:
     ready = {True: "yes", False: "no", None: "-"}[r.ready]
     if r.ready_deadline_s is None or r.last_ready_s is None:
         return ready
-    return f"{ready}, {deadline.verdict(r.ready_deadline_s, r.last_ready_s)}"
+    verdict = deadline.verdict(r.ready_deadline_s, r.last_ready_s)
+    return f"{ready}, {verdict}" + (f", {r.last_boot} start" if r.last_boot else "")
+
+
+def _boot_cell(r: VmStatus) -> str:
+    """The boot mode, and for a warm one the saved state it would start from."""
+    state = r.warm_state
+    if state is None:
+        return r.boot_mode if r.boot_mode == "cold" else f"{r.boot_mode}, no saved state"
+    if "error" in state:
+        return f"{r.boot_mode}, saved state unreadable"
+    fit = "current" if state.get("current") else "outdated"
+    return f"{r.boot_mode}, saved for {state.get('spec_hash')} ({fit})"
 
 
 def _hugepages_cell(r: VmStatus) -> str:

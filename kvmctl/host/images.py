@@ -225,3 +225,18 @@ def kernel_cmdline(
             )
         words.append(f"{key}={value}")
     return " ".join(words)
+
+
+def image_version(builtin: str | None, path: str | None) -> str | None:
+    """The version a warm start's saved state is kept for: the sha256 of a
+    built-in image's manifest (which names every artifact's sha256, so it
+    changes with any of them); for an image the spec names by path, its
+    size and modification time (hashing gigabytes on every start is too
+    slow). None when it cannot be read."""
+    try:
+        if builtin:
+            return _sha256(image_dir() / builtin / MANIFEST)
+        st = Path(str(path)).stat()
+        return hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    except OSError:
+        return None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmctl.adapters.virt import Virt
+from kvmctl.cockpit.warm import state_of as warm_state_of
 from kvmctl.host import threads
 from kvmctl.host.observe import read_int
 from kvmctl.planner import deadline
@@ -64,6 +65,10 @@ class VmStatus:
     # supervisor's decision to restart), and whether it met the deadline.
     last_ready_s: float | None = None
     deadline_met: bool | None = None
+    last_boot: str | None = None  # how that newest boot started: "cold" or "warm"
+    boot_mode: str = "cold"  # the spec's boot.mode
+    # The saved state a warm start would restore (kvmctl.cockpit.warm.state_of).
+    warm_state: dict[str, object] | None = None
     drift: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -105,6 +110,8 @@ def _planned(plan: VmPlan, states: dict[str, int]) -> VmStatus:
         emulator_planned=format_cpuset(plan.placement.emulator),
         hugepages_planned_kib=plan.vm.memory.size // 1024 if plan.vm.memory.hugepages else 0,
         ready_deadline_s=plan.vm.ready.deadline,
+        boot_mode=plan.vm.boot.mode,
+        warm_state=warm_state_of(plan),
     )
 
 
@@ -200,4 +207,5 @@ def add_history(
         row.last_snapshot_seconds = history.last_seconds(durations or {}, row.vm, "snapshot")
         row.last_migration_seconds = history.last_seconds(durations or {}, row.vm, "migration")
         row.last_ready_s = history.last_seconds(durations or {}, row.vm, "ready")
+        row.last_boot = history.last_boot(durations or {}, row.vm)
         row.deadline_met = deadline.met(row.ready_deadline_s, row.last_ready_s)

@@ -43,8 +43,10 @@ def cold_warnings(vms: Mapping[str, VM], best_cold: Mapping[str, float]) -> list
     for name, vm in vms.items():
         deadline, best = vm.ready.deadline, best_cold.get(name)
         if deadline is not None and best is not None and best > deadline:
+            warm = "; a warm start (boot.mode warm) can, from its saved state"
             out.append(
                 f"VM '{name}': ready.deadline {deadline:g} s cannot be met by a cold boot: the "
                 f"fastest one recorded was ready {best:.2f} s after apply began"
+                + (warm if vm.boot.mode == "warm" else "")
             )
     return out

@@ -111,6 +111,7 @@ class VmPlan:
                 "rt_period_us": self.realtime.period_us,
             },
             "start_level": self.level,
+            "boot": self.vm.boot.mode,
             "nics": [
                 {"network": n.network, "bridge": n.bridge, "mac": n.mac, "address": str(n.address)}
                 for n in self.nics

@@ -13,6 +13,7 @@ from typing import Any
 
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
 from kvmctl.errors import ApplyError, UsageError
+from kvmctl.planner import warm
 from kvmctl.planner.channels import memory_snapshot_refusals
 from kvmctl.planner.snapshot import (
     SnapshotRecord,
@@ -133,8 +134,11 @@ class _GroupCreate:
                 "choose another name or delete it first (kvmctl snapshot delete --all)"
             )
         check_group_create(self.name, records, self.disk_only)
+        spec = self.session.spec
         refusals = (
-            [] if self.disk_only else memory_snapshot_refusals(self.session.spec, self.plan.vms)
+            warm.disk_only_refusals({n: v.boot.mode for n, v in spec.vms.items()}, self.plan.vms)
+            if self.disk_only
+            else memory_snapshot_refusals(spec, self.plan.vms)
         )
         if refusals:
             raise UsageError("; ".join(refusals))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kvmctl.adapters.snapshots import PAUSED, RUNNING, SnapshotOps
 from kvmctl.errors import KvmctlError, UsageError
+from kvmctl.planner import warm
 from kvmctl.planner.channels import memory_snapshot_refusals
 from kvmctl.planner.plan import VmPlan
 from kvmctl.planner.snapshot import (
@@ -67,7 +68,11 @@ def create(
         vp = _vm_plan(session, vm)
         records = _require_domain(ops, vp)
         check_create(vm, records, name, disk_only)
-        refusals = [] if disk_only else memory_snapshot_refusals(spec, [vm])
+        refusals = (
+            warm.disk_only_refusals({vm: vp.vm.boot.mode}, [vm])
+            if disk_only
+            else memory_snapshot_refusals(spec, [vm])
+        )
         if refusals:
             raise UsageError(refusals[0])
         _require_running(ops, vp)

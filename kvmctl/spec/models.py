@@ -257,6 +257,13 @@ class Ready(Model):
         return self.probe[len("serial:") :] if self.probe.startswith("serial:") else None
 
 
+class Boot(Model):
+    # warm: start from a saved state of the VM taken once it first became ready
+    # (memory and disk together), instead of booting it; disk writes made after
+    # that point are discarded on every warm start (docs/operate.md).
+    mode: Literal["cold", "warm"] = "cold"
+
+
 class Restart(Model):
     policy: Literal["always", "on-failure", "never"] = "on-failure"
     max: Annotated[int, Field(ge=0)] = 5
@@ -299,7 +306,8 @@ class VM(Model):
     depends_on: list[str] = Field(default_factory=list)
     migration: Migration = Field(default_factory=Migration)
     shutdown: Shutdown = Field(default_factory=Shutdown)
-    added_later = ("shutdown",)
+    boot: Boot = Field(default_factory=Boot)
+    added_later = ("shutdown", "boot")
 
     @property
     def shutdown_grace(self) -> float:

@@ -31,6 +31,7 @@ def check(spec: Cockpit) -> list[Problem]:
         _safe_state,
         _channels,
         _deadlines,
+        _warm_boots,
     ):
         problems.extend(rule(spec))
     return problems
@@ -424,3 +425,29 @@ def _deadlines(spec: Cockpit) -> Iterator[Problem]:
             )
         if ready.deadline_fatal and ready.deadline is None:
             yield (("vms", name, "ready", "deadline_fatal"), "needs a ready.deadline")
+
+
+def _warm_boots(spec: Cockpit) -> Iterator[Problem]:
+    """A warm start brings back a VM's memory and disk as saved: refused where
+    the saved state cannot be taken or its restore cannot be told apart from a
+    boot that never happened."""
+    shm_members = {
+        m.vm: ch.name for ch in spec.channels if ch.kind == "shm" for m in ch.members or ()
+    }
+    for name, vm in spec.vms.items():
+        if vm.boot.mode != "warm":
+            continue
+        where = ("vms", name, "boot", "mode")
+        if name in shm_members:
+            yield (
+                where,
+                f"VM '{name}' is a member of shared region '{shm_members[name]}': QEMU cannot "
+                "save its memory (the ivshmem device blocks it), so it cannot start warm",
+            )
+        if vm.ready.serial_marker is not None:
+            yield (
+                where,
+                f"readiness probe '{vm.ready.probe}' watches the console for a boot message, "
+                "which a restored guest never prints again: use the 'agent' or 'cloud-init' "
+                "probe with a warm start",
+            )

@@ -13,6 +13,9 @@ file is ``$KVMCTL_HISTORY_DIR/<set>.json`` (default /var/lib/kvmctl/history):
       "ready": {"seconds": 4.62, "at": 1718000100.0, "after": "apply",
       "cold": true, "deadline": 2.0, "met": false, "best_cold_seconds": 4.4}}}}
 
+A cold boot that followed a failed warm start also has "warm_start_failed"
+(the error).
+
 Writers of one set are serialised with a lock file and replace the file
 atomically, so a reader never sees half a file.
 """
@@ -43,6 +46,7 @@ class Readiness:
     met: bool | None = None
     after: str = "apply"  # or "restart"
     cold: bool = True  # booted from scratch, not resumed from a saved state
+    fallback: str | None = None  # why a warm start failed before this cold boot
 
 
 def history_path(set_name: str, directory: Path | None = None) -> Path:
@@ -89,6 +93,8 @@ def merge_ready(
         }
         if best is not None:
             entry["best_cold_seconds"] = round(best, 3)
+        if r.fallback is not None:
+            entry["warm_start_failed"] = r.fallback
         vms.setdefault(vm, {})["ready"] = entry
     return {"set": set_name, "vms": vms}
 
@@ -112,6 +118,14 @@ def last_seconds(doc: Mapping[str, Any], vm: str, kind: str) -> float | None:
     entry = ((doc.get("vms") or {}).get(vm) or {}).get(kind) or {}
     value = entry.get("seconds")
     return float(value) if isinstance(value, int | float) else None
+
+
+def last_boot(doc: Mapping[str, Any], vm: str) -> str | None:
+    """How `vm`'s newest boot to ready in `doc` started: "cold" or "warm" (pure)."""
+    entry = ((doc.get("vms") or {}).get(vm) or {}).get("ready")
+    if not isinstance(entry, dict):
+        return None
+    return "cold" if entry.get("cold", True) else "warm"
 
 
 def read(set_name: str, directory: Path | None = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ installation) can point kvmctl at an empty tree with one variable,
 | applied specs   | ROOT/var/lib/kvmctl/specs        | KVMCTL_SPECS_DIR      |
 | history         | ROOT/var/lib/kvmctl/history      | KVMCTL_HISTORY_DIR    |
 | snapshots       | ROOT/var/lib/kvmctl/snapshots    | KVMCTL_SNAPSHOT_DIR   |
+| warm states     | ROOT/var/lib/kvmctl/warm         | KVMCTL_WARM_DIR       |
 | serial logs     | ROOT/var/log/kvmctl              | KVMCTL_LOG_DIR        |
 | guest images    | /var/lib/kvmctl/images           | KVMCTL_IMAGE_DIR      |
 | volumes (pool)  | /var/lib/kvmctl/volumes          | KVMCTL_VOLUME_DIR     |
@@ -90,6 +91,11 @@ def snapshot_dir() -> Path:
     return _env("KVMCTL_SNAPSHOT_DIR") or lib_dir() / "snapshots"
 
 
+def warm_dir() -> Path:
+    """What each warm-start VM's saved state was taken for (kvmctl.state.warm)."""
+    return _env("KVMCTL_WARM_DIR") or lib_dir() / "warm"
+
+
 def log_dir() -> Path:
     return _env("KVMCTL_LOG_DIR") or _under_root("/var/log/kvmctl")
 
@@ -113,6 +119,7 @@ def all_dirs() -> dict[str, Path]:
         "specs": specs_dir(),
         "history": history_dir(),
         "snapshots": snapshot_dir(),
+        "warm": warm_dir(),
         "logs": log_dir(),
         "images": image_dir(),
         "volumes": volume_dir(),

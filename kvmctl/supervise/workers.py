@@ -110,6 +110,9 @@ class Workers:
             since_decision_s=_rounded(outcome.since_apply_s),
             deadline_s=outcome.deadline_s,
             deadline_met=outcome.deadline_met,
+            boot=outcome.boot,  # warm or cold; the notes say why cold
+            warm_start_failed=outcome.fallback,
+            notes=outcome.notes,
             pid=pid,
         )
         if self._current(w, epoch):

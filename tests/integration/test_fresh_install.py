@@ -47,6 +47,7 @@ DIRECTORIES = (
     "/var/lib/kvmctl/specs",
     "/var/lib/kvmctl/history",
     "/var/lib/kvmctl/snapshots",
+    "/var/lib/kvmctl/warm",
     "/var/log/kvmctl",
 )
 PYTHON_IMPORTS = "import kvmctl.cli, libvirt, pyroute2, lxml, pydantic, pycdlib; print('ok')"

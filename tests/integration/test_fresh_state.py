@@ -58,6 +58,7 @@ REAL_DIRS = (
     Path("/var/lib/kvmctl/specs"),
     Path("/var/lib/kvmctl/history"),
     Path("/var/lib/kvmctl/snapshots"),
+    Path("/var/lib/kvmctl/warm"),
     Path("/var/lib/kvmctl/volumes"),
 )
 
