@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from kvmctl.host.observe import observe
-from kvmctl.planner.channels import device_checks
+from kvmctl.planner.channel_audit import device_checks
 from kvmctl.planner.drift import Check, compare, drift
 from kvmctl.planner.live import Observation
 from kvmctl.planner.plan import Plan, VmPlan

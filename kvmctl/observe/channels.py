@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from kvmctl.planner.channels import ChannelPlan, Device, carries
+from kvmctl.planner.channel_audit import carries
+from kvmctl.planner.channels import ChannelPlan, Device
 from kvmctl.spec.channels import MIB
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterator
 
-from kvmctl.spec.channels import Channel
+from kvmctl.spec.channel_rules import check_channels
 from kvmctl.spec.models import Cockpit
-from kvmctl.spec.safestate import HEARTBEAT_CHANNEL, TRIGGERS
+from kvmctl.spec.problems import Path, Problem, host_key
+from kvmctl.spec.safestate_rules import check_heartbeats, check_safe_state
 from kvmctl.spec.types import NAME_RE
-
-Path = tuple[str | int, ...]
-Problem = tuple[Path, str]
 
 
 def check(spec: Cockpit) -> list[Problem]:
@@ -27,9 +25,9 @@ def check(spec: Cockpit) -> list[Problem]:
         _depends_on,
         _cpus,
         _images,
-        _heartbeats,
-        _safe_state,
-        _channels,
+        check_heartbeats,
+        check_safe_state,
+        check_channels,
         _deadlines,
         _warm_boots,
     ):
@@ -81,7 +79,7 @@ def _hosts(spec: Cockpit) -> Iterator[Problem]:
     for vm in spec.vms.values():
         for dep in vm.depends_on:
             if dep in spec.vms and spec.vms[dep].host != vm.host:
-                graph.setdefault(_host_key(vm.host), set()).add(_host_key(spec.vms[dep].host))
+                graph.setdefault(host_key(vm.host), set()).add(host_key(spec.vms[dep].host))
     cycle = find_cycle({h: sorted(deps) for h, deps in graph.items()})
     if cycle:
         yield (
@@ -90,9 +88,6 @@ def _hosts(spec: Cockpit) -> Iterator[Problem]:
             "after the other, so a VM may only depend on VMs of hosts that start before its own)",
         )
 
-
-def _host_key(host: str | None) -> str:
-    return host if host is not None else "(no host:)"
 
 
 def _networks(spec: Cockpit) -> Iterator[Problem]:
@@ -243,175 +238,6 @@ def _images(spec: Cockpit) -> Iterator[Problem]:
                 f"'{vm.image.path}' is outside the allowed image directories "
                 f"({', '.join(allowed)}); move it there or add its directory to host.image_dirs",
             )
-
-
-def _channels(spec: Cockpit) -> Iterator[Problem]:
-    names: dict[str, int] = {}
-    vsock_of: dict[str, str] = {}
-    for i, ch in enumerate(spec.channels):
-        path: Path = ("channels", i)
-        if ch.name in names:
-            yield (
-                path + ("name",),
-                f"channel '{ch.name}' is already declared (channels[{names[ch.name]}])",
-            )
-        names.setdefault(ch.name, i)
-        yield from _kind_fields(ch, path)
-        if ch.kind == "shm":
-            yield from _members(spec, ch, path)
-        elif ch.vm is not None:
-            if ch.vm not in spec.vms:
-                yield (path + ("vm",), _unknown_vm(spec, ch.vm))
-            elif ch.kind == "vsock":
-                if ch.vm in vsock_of:
-                    yield (
-                        path + ("vm",),
-                        f"VM '{ch.vm}' already has vsock channel '{vsock_of[ch.vm]}' "
-                        "(a VM has one vsock device)",
-                    )
-                vsock_of.setdefault(ch.vm, ch.name)
-
-
-def _kind_fields(ch: Channel, path: Path) -> Iterator[Problem]:
-    """Which fields go with which kind: shm has size and members, the others vm."""
-    if ch.kind == "shm":
-        if ch.size is None:
-            yield (path + ("size",), "a shm channel needs size (a power of two, like '4MiB')")
-        if ch.vm is not None:
-            yield (path + ("vm",), "a shm channel lists its VMs under members, not vm")
-        return
-    if ch.vm is None:
-        yield (path + ("vm",), f"a {ch.kind} channel needs vm (the VM at its guest end)")
-    for field in ("size", "members"):
-        if getattr(ch, field) is not None:
-            yield (path + (field,), f"a {ch.kind} channel takes no {field} (only shm does)")
-
-
-def _members(spec: Cockpit, ch: Channel, path: Path) -> Iterator[Problem]:
-    members = ch.members or []
-    if len(members) < 2:
-        yield (
-            path + ("members",),
-            f"a shared region needs at least two members ({len(members)} listed): "
-            "one VM alone shares with nobody",
-        )
-    seen: dict[str, int] = {}
-    for j, member in enumerate(members):
-        where = path + ("members", j, "vm")
-        if member.vm not in spec.vms:
-            yield (where, _unknown_vm(spec, member.vm))
-            continue
-        if member.vm in seen:
-            yield (where, f"VM '{member.vm}' is already a member (members[{seen[member.vm]}])")
-            continue
-        seen[member.vm] = j
-        first = members[min(seen.values())].vm
-        here, there = spec.vms[member.vm].host, spec.vms[first].host
-        if here != there:
-            yield (
-                where,
-                f"VM '{member.vm}' runs on {_host_key(here)} and '{first}' on "
-                f"{_host_key(there)}: a shared region lives in one host's memory, so all "
-                "its members must run on the same host",
-            )
-
-
-def _heartbeats(spec: Cockpit) -> Iterator[Problem]:
-    beating = {name for name, vm in spec.vms.items() if vm.heartbeat is not None}
-    safe = spec.safe_state
-    acted_on = set(watched_vms(spec)) if safe and safe.heartbeat_missed is not None else set()
-    for name in sorted(beating - acted_on):
-        yield (
-            ("vms", name, "heartbeat"),
-            f"a missed heartbeat of VM '{name}' would change nothing: declare safe_state "
-            "with heartbeat_missed, watching this VM (criticality: safety, or safe_state.watch)",
-        )
-    for i, ch in enumerate(spec.channels):
-        if ch.name == HEARTBEAT_CHANNEL and ch.kind == "serial" and ch.vm in beating:
-            yield (
-                ("channels", i, "name"),
-                f"VM '{ch.vm}' has a heartbeat, which kvmctl carries over a serial channel "
-                f"named '{HEARTBEAT_CHANNEL}' of its own: name this one differently",
-            )
-
-
-def watched_vms(spec: Cockpit) -> list[str]:
-    """The VMs whose failures drive the safe state: safe_state.watch, or the
-    safety VMs."""
-    safe = spec.safe_state
-    if safe is not None and safe.watch is not None:
-        return list(safe.watch)
-    return sorted(n for n, vm in spec.vms.items() if vm.criticality == "safety")
-
-
-def _safe_state(spec: Cockpit) -> Iterator[Problem]:
-    safe = spec.safe_state
-    if safe is None:
-        return
-    base: Path = ("safe_state",)
-    for i, name in enumerate(safe.watch or []):
-        if name not in spec.vms:
-            yield (base + ("watch", i), _unknown_vm(spec, name))
-    watched = [n for n in watched_vms(spec) if n in spec.vms]
-    if not watched:
-        yield (
-            base + ("watch",),
-            "no VM to watch: list them under watch, or give a VM criticality: safety",
-        )
-    hosts = {spec.vms[n].host for n in watched} or {
-        spec.vms[n].host for n in safe.shed if n in spec.vms
-    }
-    for i, name in enumerate(safe.shed):
-        where = base + ("shed", i)
-        if name not in spec.vms:
-            yield (where, _unknown_vm(spec, name))
-        elif name in watched:
-            yield (where, f"VM '{name}' is watched: the safe state never pauses or caps it")
-        elif spec.vms[name].criticality == "safety":
-            yield (where, f"VM '{name}' is a safety VM: the safe state never pauses or caps it")
-        elif spec.vms[name].host not in hosts:
-            yield (
-                where,
-                f"VM '{name}' runs on {_host_key(spec.vms[name].host)}, no watched VM does: "
-                "the supervisor of a host acts on that host's VMs only",
-            )
-    if len(safe.shed) != len(set(safe.shed)):
-        yield (base + ("shed",), "lists a VM twice")
-    used: set[str] = set()
-    for trigger in TRIGGERS:
-        actions = safe.actions(trigger) or []
-        used.update(actions)
-        if ("pause" in actions or "cap" in actions) and not safe.shed:
-            yield (base + (trigger,), "pause and cap act on the VMs under shed, which lists none")
-        if "restart" in actions and trigger != "heartbeat_missed":
-            why = (
-                "its restart policy (vms.<name>.restart) restarts a crashed VM"
-                if trigger == "crashed"
-                else "the restart budget is spent: restarting anyway would defeat restart.max"
-            )
-            yield (base + (trigger,), f"restart is for heartbeat_missed only: {why}")
-    if "cap" in used and safe.cap is None:
-        yield (base + ("cap",), "the cap action needs cap (a CPU limit, like '20%')")
-    if safe.cap is not None and "cap" not in used:
-        yield (base + ("cap",), "no trigger lists the cap action")
-    for name in safe.shed:
-        vm = spec.vms.get(name)
-        if "cap" in used and vm is not None and vm.cpu.placement == "dedicated":
-            yield (
-                base + ("shed", safe.shed.index(name)),
-                f"VM '{name}' has dedicated CPUs, which are not capped: pause it instead",
-            )
-    if safe.heartbeat_missed is not None and not any(
-        spec.vms[n].heartbeat is not None for n in watched
-    ):
-        yield (
-            base + ("heartbeat_missed",),
-            "no watched VM has a heartbeat (vms.<name>.heartbeat: {period, deadline})",
-        )
-
-
-def _unknown_vm(spec: Cockpit, name: str) -> str:
-    return f"unknown VM '{name}' (known: {', '.join(sorted(spec.vms))})"
 
 
 def _deadlines(spec: Cockpit) -> Iterator[Problem]:

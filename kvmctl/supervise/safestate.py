@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kvmctl.spec.models import Cockpit
-from kvmctl.spec.semantics import watched_vms
+from kvmctl.spec.safestate_rules import watched_vms
 
 What = Literal["heartbeat-missed", "heartbeat-resumed", "failed", "gave-up", "ready"]
 StepKind = Literal["pause", "resume", "cap", "uncap", "restart"]

@@ -10,6 +10,7 @@ import pytest
 
 from kvmctl.adapters.virt import DomainInfo
 from kvmctl.host.livestate import live_domain
+from kvmctl.planner import channel_audit
 from kvmctl.planner import channels as chan
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.live import LiveDomain, LiveState
@@ -220,7 +221,7 @@ def test_audit_finds_exactly_the_declared_devices() -> None:
     plan = example_plan()
     hud = plan.vms["hud"]
     domain = build_domain(hud, rt_by_thread=True)
-    checks = chan.device_checks(hud, domain.to_xml())
+    checks = channel_audit.device_checks(hud, domain.to_xml())
     assert [(c.item, c.planned, c.ok) for c in checks] == [
         ("shmem vehicle-state", "kvmctl.demo-channels.vehicle-state 4MiB", True)
     ]
@@ -229,13 +230,13 @@ def test_audit_finds_exactly_the_declared_devices() -> None:
         devices = dataclasses.replace(domain.devices, shmems=shmems)
         return dataclasses.replace(domain, devices=devices).to_xml()
 
-    missing = chan.device_checks(hud, live())
+    missing = channel_audit.device_checks(hud, live())
     assert [(c.item, c.actual, c.ok) for c in missing] == [("shmem vehicle-state", "absent", False)]
-    resized = chan.device_checks(hud, live(Shmem(name=domain.devices.shmems[0].name, size_mib=8)))
+    resized = channel_audit.device_checks(hud, live(Shmem(name=domain.devices.shmems[0].name, size_mib=8)))
     assert [(c.actual, c.ok) for c in resized] == [
         ("kvmctl.demo-channels.vehicle-state 8MiB", False)
     ]
-    extra = chan.device_checks(
+    extra = channel_audit.device_checks(
         hud, live(domain.devices.shmems[0], Shmem(name="kvmctl.demo-channels.media-meta"))
     )
     assert [(c.item, c.planned, c.ok) for c in extra] == [
@@ -244,7 +245,7 @@ def test_audit_finds_exactly_the_declared_devices() -> None:
     ]
     # A VM with no channel at all and no device: nothing to check.
     plain = make_plan(spec(two()), facts()).vms["c"]
-    assert chan.device_checks(plain, build_domain(plain, rt_by_thread=True).to_xml()) == []
+    assert channel_audit.device_checks(plain, build_domain(plain, rt_by_thread=True).to_xml()) == []
 
 
 def test_audit_checks_serial_ports_and_the_vsock_device() -> None:
@@ -252,7 +253,7 @@ def test_audit_checks_serial_ports_and_the_vsock_device() -> None:
     plan = make_plan(spec(text), facts())
     c = plan.vms["c"]
     domain = build_domain(c, rt_by_thread=True)
-    checks = chan.device_checks(c, domain.to_xml())
+    checks = channel_audit.device_checks(c, domain.to_xml())
     assert [(x.item, x.ok) for x in checks] == [("serial hb", True), ("vsock cid", True)]
     bare = dataclasses.replace(
         domain,
@@ -260,13 +261,13 @@ def test_audit_checks_serial_ports_and_the_vsock_device() -> None:
             domain.devices, channels=domain.devices.channels[:1], vsock=None
         ),
     )
-    assert [(x.item, x.actual, x.ok) for x in chan.device_checks(c, bare.to_xml())] == [
+    assert [(x.item, x.actual, x.ok) for x in channel_audit.device_checks(c, bare.to_xml())] == [
         ("serial hb", "absent", False),
         ("vsock cid", "absent", False),
     ]
     # The guest agent's channel is libvirt's business, not a declared channel.
     other = make_plan(spec(two()), facts()).vms["c"]
-    assert chan.device_checks(other, domain.to_xml())[0].item == "serial org.kvmctl.hb"
+    assert channel_audit.device_checks(other, domain.to_xml())[0].item == "serial org.kvmctl.hb"
 
 
 def test_a_member_cannot_migrate_with_qemus_reason() -> None:
