@@ -68,15 +68,17 @@ test: setup
 	@$(MAKE) --no-print-directory integration
 
 unit:
-	$(PYTEST) tests/unit $(PYTEST_ARGS)
+	$(PYTEST) tests/unit -n $(INTEGRATION_WORKERS) $(PYTEST_ARGS)
 
-# Two workers: most tests wait on TCG guests and timeouts, not on a CPU. Tests
-# that restart libvirtd or run the host role (`exclusive`) run alone after.
+# Two workers, a module each at a time (its module-scoped guests boot once):
+# most tests wait on TCG guests and timeouts, not on a CPU. Then, alone, the
+# tests that restart libvirtd or run the host role (`exclusive`) and those that
+# dedicate a CPU (`dedicated_cpus`: on 2 CPUs that moves every shared set's pool).
 INTEGRATION_WORKERS ?= 2
 
 integration:
-	$(PYTEST) tests/integration -m "not exclusive" -n $(INTEGRATION_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
-	$(PYTEST) tests/integration -m exclusive --durations=5 $(PYTEST_ARGS)
+	$(PYTEST) tests/integration -m "not exclusive and not dedicated_cpus" -n $(INTEGRATION_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(PYTEST) tests/integration -m "exclusive or dedicated_cpus" --durations=10 $(PYTEST_ARGS)
 
 # Strict mypy (pyproject.toml) over the whole package, not only the pure layers.
 RUFF_PATHS := kvmctl tests bench

@@ -19,10 +19,6 @@ from kvmctl.host import threads
 URI = os.environ.get("KVMCTL_TEST_URI", "qemu:///system")
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cockpit.yaml"
-# The pytest-xdist group of the tests that dedicate a CPU here (conftest.py):
-# a CI host of two CPUs has one to dedicate, and kvmctl rightly refuses a
-# second set that asks for it while the first holds it.
-DEDICATED_CPUS = "dedicated-cpus"
 
 
 def kvmctl(

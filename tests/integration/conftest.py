@@ -56,20 +56,6 @@ def random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
 
 
-# --------------------------------------------------------------------------- scheduling
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make integration` runs the suite on pytest-xdist workers with
-    `--dist loadgroup`, then the `exclusive` tests alone. A module is one unit
-    of work, so its module-scoped guests boot once, on one worker; a test or
-    module marked with another group (`DEDICATED_CPUS`) keeps it."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-
-
 # --------------------------------------------------------------------------- libvirt events
 
 

@@ -23,7 +23,6 @@ import libvirt
 import pytest
 
 from tests.integration.cockpit_helpers import (
-    DEDICATED_CPUS,
     REPO,
     URI,
     kvmctl,
@@ -33,7 +32,7 @@ from tests.integration.cockpit_helpers import (
     sweep,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
+pytestmark = [pytest.mark.integration, pytest.mark.dedicated_cpus]
 
 TOKEN = secrets.token_hex(2)
 PREFIX = f"kvt-af{TOKEN}"  # 10 characters: a set name is PREFIX-<case of <= 4>

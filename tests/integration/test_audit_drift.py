@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.cockpit_helpers import (
-    DEDICATED_CPUS,
     cgroup_value,
     kvmctl,
     kvmctl_json,
@@ -21,7 +20,7 @@ from tests.integration.cockpit_helpers import (
 )
 from tests.integration.ops_helpers import applied_set
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
+pytestmark = [pytest.mark.integration, pytest.mark.dedicated_cpus]
 
 TOKEN = secrets.token_hex(2)
 SET = f"kvt-au-{TOKEN}"

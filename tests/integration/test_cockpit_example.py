@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from tests.integration.cockpit_helpers import (
-    DEDICATED_CPUS,
     cgroup_value,
     host_snapshot,
     kvmctl,
@@ -21,7 +20,7 @@ from tests.integration.cockpit_helpers import (
     write_spec,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
+pytestmark = [pytest.mark.integration, pytest.mark.dedicated_cpus]
 
 TOKEN = secrets.token_hex(2)
 SET = f"kvt-ck-{TOKEN}"

@@ -32,7 +32,6 @@ import pytest
 from kvmctl.host import threads
 from kvmctl.testing.lab import LabState
 from tests.integration.cockpit_helpers import (
-    DEDICATED_CPUS,
     REPO,
     URI,
     kvmctl,
@@ -48,7 +47,7 @@ from tests.integration.ops_helpers import (
     start_exporter,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
+pytestmark = [pytest.mark.integration, pytest.mark.dedicated_cpus]
 
 # kvmctl's state directories at their defaults; images are build artifacts
 # (`make images`) and stay.

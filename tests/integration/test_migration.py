@@ -20,7 +20,6 @@ from kvmctl.host import threads
 from kvmctl.testing import labops
 from kvmctl.testing.lab import LabState
 from tests.integration.cockpit_helpers import (
-    DEDICATED_CPUS,
     URI,
     kvmctl,
     kvmctl_popen,
@@ -215,7 +214,7 @@ def test_preflight_refuses_without_changing_either_host(mig: MigSet) -> None:
     assert lab_domains(mig.lab, mig.name) == {}
 
 
-@pytest.mark.xdist_group(DEDICATED_CPUS)
+@pytest.mark.dedicated_cpus
 def test_preflight_refuses_a_cpu_dedicated_there(tmp_path: Path, kvmctl_lab: LabState) -> None:
     """A safety VM moved to the lab holds the lab's only dedicable CPU: a
     second one cannot arrive there, though the same CPU is free on the source."""

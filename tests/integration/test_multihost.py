@@ -21,7 +21,6 @@ from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.testing import labops
 from kvmctl.testing.lab import LabState
 from tests.integration.cockpit_helpers import (
-    DEDICATED_CPUS,
     REPO,
     URI,
     domain_states,
@@ -33,7 +32,7 @@ from tests.integration.cockpit_helpers import (
 )
 from tests.integration.ops_helpers import SupervisorProcess, guest_run
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
+pytestmark = [pytest.mark.integration, pytest.mark.dedicated_cpus]
 
 SPEC = """\
 name: {name}

@@ -14,7 +14,6 @@ import pytest
 
 from kvmctl.planner.protection import PROTECTED_SHARES
 from tests.integration.cockpit_helpers import (
-    DEDICATED_CPUS,
     cgroup_value,
     kvmctl,
     kvmctl_json,
@@ -23,7 +22,7 @@ from tests.integration.cockpit_helpers import (
 from tests.integration.conftest import token
 from tests.integration.ops_helpers import SupervisorProcess, applied_set, kill_qemu
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group(DEDICATED_CPUS)]
+pytestmark = [pytest.mark.integration, pytest.mark.dedicated_cpus]
 
 SET = f"kvt-pr-{token(2)}"
 SPEC = f"""
