@@ -36,7 +36,7 @@ import yaml
 from _common import EXAMPLE, record, result_block, spec_variant, write_spec
 
 from kvmctl import cockpit
-from kvmctl.cockpit.applier import VmOutcome
+from kvmctl.cockpit.outcome import VmOutcome
 
 URI = "qemu:///system"
 INTRO = (

@@ -23,7 +23,7 @@ from kvmctl.cockpit.api import (
     preflight,
     preflight_all,
 )
-from kvmctl.cockpit.applier import ApplyResult, Progress
+from kvmctl.cockpit.outcome import ApplyResult, Progress
 from kvmctl.session import Session, open_session, plan_options, replan
 
 __all__ = [

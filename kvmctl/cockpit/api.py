@@ -17,13 +17,9 @@ from kvmctl.adapters.connection import open_connection
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.virt import Virt
 from kvmctl.cockpit import readiness, record
-from kvmctl.cockpit.applier import (
-    Applier,
-    ApplyResult,
-    Progress,
-    destroy_domain,
-    session_applier,
-)
+from kvmctl.cockpit.applier import Applier, session_applier
+from kvmctl.cockpit.outcome import ApplyResult, Progress
+from kvmctl.cockpit.teardown import destroy_domain
 from kvmctl.errors import ApplyError, HostError
 from kvmctl.host import channels as host_channels
 from kvmctl.host import images

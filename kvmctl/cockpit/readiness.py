@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kvmctl.cockpit.applier import VmOutcome
+from kvmctl.cockpit.outcome import VmOutcome
 from kvmctl.state import history
 
 

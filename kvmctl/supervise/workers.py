@@ -22,7 +22,8 @@ from kvmctl.adapters.events_watch import EventWatch
 from kvmctl.adapters.netlink import Netlink
 from kvmctl.adapters.ready import NotReady, ReadyWatch
 from kvmctl.cockpit import readiness
-from kvmctl.cockpit.applier import VmOutcome, session_applier
+from kvmctl.cockpit.applier import session_applier
+from kvmctl.cockpit.outcome import VmOutcome
 from kvmctl.errors import HostError, KvmctlError
 from kvmctl.host import threads
 from kvmctl.planner.diff import Action

@@ -18,8 +18,10 @@ import pytest
 
 from kvmctl.adapters.connection import open_connection
 from kvmctl.adapters.virt import Virt
-from kvmctl.cockpit.applier import Applier, destroy_domain
+from kvmctl.cockpit.applier import Applier
 from kvmctl.cockpit.seed import read_seed
+from kvmctl.cockpit.storage import create_storage, ensure_pool
+from kvmctl.cockpit.teardown import destroy_domain
 from kvmctl.session import open_session
 from tests.integration.cockpit_helpers import URI, host_snapshot, write_spec
 
@@ -69,8 +71,8 @@ def test_overlay_and_seed_accepted_by_qemu_and_removed_by_destroy(cloud_spec: Pa
         pool_path=session.options.pool_path,
         host_cpus=len(session.facts.cpu_ids),
     )
-    applier._pool()
-    applier._storage(web)
+    ensure_pool(session.virt, applier.journal, session.plan, session.options.pool_path)
+    create_storage(session.virt, applier.journal, applier.progress, web)
     applier._define(web, created=True)
     virt = session.virt
 

@@ -14,7 +14,8 @@ import pytest
 
 from kvmctl.cockpit import applier as applier_module
 from kvmctl.cockpit import poststart, readiness
-from kvmctl.cockpit.applier import Applier, VmOutcome
+from kvmctl.cockpit.applier import Applier
+from kvmctl.cockpit.outcome import VmOutcome
 from kvmctl.errors import ApplyError
 from kvmctl.planner.diff import Action
 from kvmctl.planner.plan import Plan, make_plan

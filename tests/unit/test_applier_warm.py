@@ -11,8 +11,8 @@ import time
 import pytest
 
 from kvmctl.cockpit import applier as applier_module
-from kvmctl.cockpit import poststart
-from kvmctl.cockpit.applier import VmOutcome
+from kvmctl.cockpit import poststart, warm_boot
+from kvmctl.cockpit.outcome import VmOutcome
 from kvmctl.errors import ApplyError
 from kvmctl.planner.plan import VmPlan
 from kvmctl.planner.warm import BootChoice
@@ -54,6 +54,7 @@ class _Warm:
 @pytest.fixture(autouse=True)
 def _no_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(applier_module, "ReadyWatch", _Restored)
+    monkeypatch.setattr(warm_boot, "ReadyWatch", _Restored)
     monkeypatch.setattr(poststart, "after_start", lambda *_a, **_k: [])
 
 
@@ -63,7 +64,7 @@ WARM_VM = "name: t\nvms:\n  a: {boot: {mode: warm}, ready: {deadline: 30s}}\n"
 def _run(text: str, warm: _Warm, since: float | None = None) -> tuple[_Virt, VmOutcome]:
     virt = _Virt()
     app = _applier(_starts(text), virt, since)
-    app.warm = warm  # type: ignore[assignment]
+    app.warm_boot.warm = warm  # type: ignore[assignment]
     return virt, app.run().outcomes["a"]
 
 
