@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lxml import etree
+
 from kvmctl.adapters import destination, shared_storage
 from kvmctl.adapters import migration as job_api
 from kvmctl.adapters.migration import Transfer
@@ -220,6 +222,18 @@ def _disks(
                 + (" (the volume of that name there is another file: remove it)" if present else "")
             )
             continue
+        image = _backing_image(disk)
+        if image is not None:
+            # libvirt would copy the whole chain flattened into one volume: the
+            # image's full size on the wire and in the destination's pool, and
+            # a disk that no longer sits on the image `apply` plans there.
+            problems.append(
+                f"VM '{name}': disk {target} ({pool}/{volume}) is an overlay on the image "
+                f"{image}, which kvmctl does not copy: --copy-storage moves disks without "
+                "a backing image only; move it on storage both hosts share, with the image "
+                "at the same path on both"
+            )
+            continue
         if present:
             problems.append(
                 f"VM '{name}': volume {pool}/{volume} already exists on the destination "
@@ -235,3 +249,9 @@ def _disks(
             )
         copies.append(DiskCopy(target, pool, volume, capacity))
     return copies, shared, problems
+
+
+def _backing_image(disk: etree._Element) -> str | None:
+    """The file a disk's top image sits on, as the live XML shows it."""
+    source = disk.find("backingStore/source")
+    return source.get("file") if source is not None else None
