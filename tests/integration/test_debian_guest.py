@@ -252,7 +252,7 @@ def test_destroy_shuts_the_real_guest_down_cleanly(
     events = domain_events(libvirt_conn.lookupByName(DOMAIN), libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE)
     result = kvmctl("destroy", str(applied), timeout=180)
     assert result.returncode == 0, result.stderr
-    stopped = []
+    stopped: list[int] = []
     while not stopped:  # events come through the event loop, maybe after the CLI exits
         event, detail = events.get(timeout=10)
         if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
