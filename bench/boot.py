@@ -242,7 +242,8 @@ def real_guest(no_record: bool) -> None:
     if no_record:
         return
     body = (
-        "The real guest: debian-12, 768 MiB, 1 vCPU, one run each (bare first); the same "
+        "The real guest: examples/cockpit-debian.yaml's ivi alone (debian-12, 768 MiB, 1 vCPU, "
+        "CPU limit 80 %, no network), one run each (bare first); the same "
         "XML and volumes (overlay on the image, NoCloud seed), the same wait (kvmctl's "
         "ReadyWatch). kvmctl's final is when `apply` returned (volumes and seed included); "
         "the bare one counts from `virsh create`."
