@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from kvmctl.adapters import guestexec, ready
@@ -62,10 +64,10 @@ def test_cloud_init_status_is_asked_only_once_the_result_file_is_there(
         return guestexec.Exited(0, DONE, "")
 
     monkeypatch.setattr(guestexec, "run", run)
-    monkeypatch.setattr(ready.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(time, "sleep", lambda _s: None)
     watch = ready.ReadyWatch.__new__(ready.ReadyWatch)
     watch.name, watch._dom, watch._failure, watch.ready_at = "d", None, None, None
     monkeypatch.setattr(watch, "_check_connection", lambda: None, raising=False)
-    watch._wait_cloud_init(ready.time.monotonic() + 60, 60)
+    watch._wait_cloud_init(time.monotonic() + 60, 60)
     assert calls == ["/bin/cat", "/bin/cat", "/bin/cat", "cloud-init"]
     assert watch.ready_at is not None
