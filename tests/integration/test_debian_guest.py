@@ -56,7 +56,7 @@ vms:
     memory: {{size: 768MiB}}
     disk: {{size: 2GiB}}
     networks: [{{name: media, address: {ADDRESS}}}]
-    ready: {{probe: cloud-init, timeout: 600s}}
+    ready: {{probe: cloud-init, timeout: 900s}}
     restart: {{policy: always, max: 3, window: 600s}}
     image:
       builtin: debian-12
@@ -106,8 +106,8 @@ PEER = f"{SET}-peer"
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     images.disk_image("debian-12")  # built by `make images`; says so when it is not
-    # A busy 2-core host may take most of the probe's 600 s to boot it.
-    with applied_set(tmp_path_factory.mktemp("deb"), SET, SPEC + CHANNEL, timeout=700) as path:
+    # A busy 2-core host may take most of the probe's 900 s to boot it.
+    with applied_set(tmp_path_factory.mktemp("deb"), SET, SPEC + CHANNEL, timeout=1000) as path:
         yield path
 
 
@@ -180,7 +180,7 @@ def test_data_mount_from_fstab_survives_a_restart(applied: Path) -> None:
     before = boot_id()
     sh(f"echo kept {TOKEN} >/data/kept.txt && sync")
     applied.write_text(SPEC)
-    result = kvmctl("apply", str(applied), timeout=700)
+    result = kvmctl("apply", str(applied), timeout=1000)
     assert result.returncode == 0, result.stderr
     wait_until(answers, 300, "the agent after the restart", step=2)
     assert boot_id() != before
@@ -230,7 +230,7 @@ def test_killed_qemu_is_restarted_and_cloud_init_stays_the_same_instance(
         sup.wait(60, event="observed", vm="ivi")
         mark = sup.mark()
         old = kill_qemu(DOMAIN)
-        restarted = sup.wait(700, since=mark, event="restarted", vm="ivi")
+        restarted = sup.wait(1000, since=mark, event="restarted", vm="ivi")
         assert restarted["pid"] not in (None, old) and restarted["pid"] == qemu_pid(DOMAIN)
     finally:
         sup.terminate()
