@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
+
 from kvmctl.adapters.shared_storage import Sharing
 from kvmctl.adapters.virt import Virt
 from kvmctl.migration.preflight import Request, _disks
+
+pytestmark = pytest.mark.unit
 
 IMAGE = "/var/lib/kvmctl/images/debian-12/disk.qcow2"
 
