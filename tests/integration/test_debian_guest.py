@@ -208,7 +208,14 @@ def test_copy_storage_of_the_overlay_is_refused_before_anything_moves(
     refused with a sentence naming both, and nothing changes on either host."""
     image = str(images.disk_image("debian-12").path)
     run = kvmctl(
-        "migrate", str(applied), "ivi", "--to", kvmctl_lab.uri, "--copy-storage", timeout=180
+        "migrate",
+        str(applied),
+        "ivi",
+        "--to",
+        kvmctl_lab.uri,
+        "--copy-storage",
+        "--insecure",
+        timeout=180,
     )
     assert run.returncode == 3, run.stderr
     assert f"is an overlay on the image {image}, which kvmctl does not copy" in run.stderr
