@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lxml import etree
-
 from kvmctl.adapters import destination, shared_storage
 from kvmctl.adapters import migration as job_api
 from kvmctl.adapters.migration import Transfer
@@ -112,7 +110,11 @@ def prepare(
             for nic in (vm_plan.nics if vm_plan else ())
             if nic.bridge not in bridges
         ]
-        copies, shared, disk_problems = _disks(name, live_xml, source, dest, request, sharing)
+        # The migratable XML leaves out backing chains: they come from the live one.
+        images = backing_images(source.xml(domains[name]))
+        copies, shared, disk_problems = _disks(
+            name, live_xml, images, source, dest, request, sharing
+        )
         problems += disk_problems
         if vm_plan is None:
             continue
@@ -159,6 +161,7 @@ def _running(source: Virt, set_name: str, name: str) -> str:
 def _disks(
     name: str,
     xml: str,
+    images: dict[str, str],
     source: Virt,
     dest: Virt,
     request: Request,
@@ -222,7 +225,7 @@ def _disks(
                 + (" (the volume of that name there is another file: remove it)" if present else "")
             )
             continue
-        image = _backing_image(disk)
+        image = images.get(target)
         if image is not None:
             # libvirt would copy the whole chain flattened into one volume: the
             # image's full size on the wire and in the destination's pool, and
@@ -251,7 +254,12 @@ def _disks(
     return copies, shared, problems
 
 
-def _backing_image(disk: etree._Element) -> str | None:
-    """The file a disk's top image sits on, as the live XML shows it."""
-    source = disk.find("backingStore/source")
-    return source.get("file") if source is not None else None
+def backing_images(xml: str) -> dict[str, str]:
+    """Target -> the file its top image sits on, for the disks the live
+    (not migratable) XML shows on a backing file."""
+    out: dict[str, str] = {}
+    for disk in parse_xml(xml).findall("devices/disk"):
+        source = disk.find("backingStore/source")
+        if source is not None and source.get("file"):
+            out[disk.find("target").get("dev")] = source.get("file")
+    return out

@@ -10,7 +10,7 @@ import pytest
 
 from kvmctl.adapters.shared_storage import Sharing
 from kvmctl.adapters.virt import Virt
-from kvmctl.migration.preflight import Request, _disks
+from kvmctl.migration.preflight import Request, _disks, backing_images
 
 pytestmark = pytest.mark.unit
 
@@ -46,7 +46,10 @@ def disks(backing: bool) -> tuple[list[Any], list[str]]:
     host = cast(Virt, Host())
     request = Request(dest_uri="qemu+tcp://10.251.0.2/system", migrate_uri=None, copy_storage=True)
     sharing = {"kvmctl": Sharing("kvmctl", shared=False)}
-    copies, _shared, problems = _disks("ivi", domain_xml(backing), host, host, request, sharing)
+    xml = domain_xml(backing)
+    copies, _shared, problems = _disks(
+        "ivi", xml, backing_images(xml), host, host, request, sharing
+    )
     return copies, problems
 
 
