@@ -28,6 +28,10 @@ _STOPPED = {
 }
 
 
+# Written at the end of cloud-init's final stage, in /run: this boot's.
+CLOUD_INIT_RESULT = "/run/cloud-init/result.json"
+
+
 class NotReady(Exception):
     pass
 
@@ -168,15 +172,21 @@ class ReadyWatch:
                 return
 
     def _wait_cloud_init(self, deadline: float, timeout: float) -> None:
-        """`cloud-init status` until done; an error or the timeout names the
-        stage cloud-init had reached."""
+        """`cloud-init status` once cloud-init's final stage has written its
+        result file, or at the timeout; an error or the timeout names the
+        stage cloud-init had reached. Until then only `cat` of that file is
+        run: each `cloud-init status` starts Python, which on a slow guest
+        takes the CPU from the very boot being waited for."""
         said = "cloud-init did not answer"
         while True:
             self._check_connection()
             if self._failure:
                 raise NotReady(self._failure)
+            if time.monotonic() < deadline and not self._cloud_init_finished():
+                time.sleep(1.0)
+                continue
             try:
-                out = guestexec.run(self._dom, "cloud-init", ["status", "--long"], 30).stdout
+                out = guestexec.run(self._dom, "cloud-init", ["status", "--long"], 60).stdout
             except (libvirt.libvirtError, TimeoutError) as err:
                 out, said = "", f"cloud-init status failed: {err}"
             fields = _status_fields(out)
@@ -192,6 +202,13 @@ class ReadyWatch:
                     f"cloud-init in domain '{self.name}' was not done within {timeout:g} s ({said})"
                 )
             time.sleep(1.0)
+
+    def _cloud_init_finished(self) -> bool:
+        """cloud-init wrote the result of its final stage (this boot's: /run)."""
+        try:
+            return guestexec.run(self._dom, "/bin/cat", [CLOUD_INIT_RESULT], 30).code == 0
+        except (libvirt.libvirtError, TimeoutError):
+            return False
 
     def _check_connection(self) -> None:
         """A daemon restart closes the connection, and with it the events and

@@ -110,7 +110,11 @@ def prepare(
             for nic in (vm_plan.nics if vm_plan else ())
             if nic.bridge not in bridges
         ]
-        copies, shared, disk_problems = _disks(name, live_xml, source, dest, request, sharing)
+        # The migratable XML leaves out backing chains: they come from the live one.
+        images = backing_images(source.xml(domains[name]))
+        copies, shared, disk_problems = _disks(
+            name, live_xml, images, source, dest, request, sharing
+        )
         problems += disk_problems
         if vm_plan is None:
             continue
@@ -157,6 +161,7 @@ def _running(source: Virt, set_name: str, name: str) -> str:
 def _disks(
     name: str,
     xml: str,
+    images: dict[str, str],
     source: Virt,
     dest: Virt,
     request: Request,
@@ -220,6 +225,18 @@ def _disks(
                 + (" (the volume of that name there is another file: remove it)" if present else "")
             )
             continue
+        image = images.get(target)
+        if image is not None:
+            # libvirt would copy the whole chain flattened into one volume: the
+            # image's full size on the wire and in the destination's pool, and
+            # a disk that no longer sits on the image `apply` plans there.
+            problems.append(
+                f"VM '{name}': disk {target} ({pool}/{volume}) is an overlay on the image "
+                f"{image}, which kvmctl does not copy: --copy-storage moves disks without "
+                "a backing image only; move it on storage both hosts share, with the image "
+                "at the same path on both"
+            )
+            continue
         if present:
             problems.append(
                 f"VM '{name}': volume {pool}/{volume} already exists on the destination "
@@ -235,3 +252,14 @@ def _disks(
             )
         copies.append(DiskCopy(target, pool, volume, capacity))
     return copies, shared, problems
+
+
+def backing_images(xml: str) -> dict[str, str]:
+    """Target -> the file its top image sits on, for the disks the live
+    (not migratable) XML shows on a backing file."""
+    out: dict[str, str] = {}
+    for disk in parse_xml(xml).findall("devices/disk"):
+        source = disk.find("backingStore/source")
+        if source is not None and source.get("file"):
+            out[disk.find("target").get("dev")] = source.get("file")
+    return out

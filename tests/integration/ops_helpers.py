@@ -236,12 +236,14 @@ def _libvirt_answers() -> bool:
 
 
 @contextmanager
-def applied_set(directory: Path, set_name: str, spec_text: str) -> Iterator[Path]:
-    """The spec written to `directory` and applied; destroyed afterwards, and
-    nothing of the set may be left for the sweep."""
+def applied_set(
+    directory: Path, set_name: str, spec_text: str, timeout: float = 300
+) -> Iterator[Path]:
+    """The spec written to `directory` and applied (within `timeout` s);
+    destroyed afterwards, and nothing of the set may be left for the sweep."""
     path = write_spec(directory, spec_text)
     try:
-        result = kvmctl("apply", str(path), timeout=300)
+        result = kvmctl("apply", str(path), timeout=timeout)
         assert result.returncode == 0, result.stderr
         yield path
     finally:
