@@ -169,7 +169,12 @@ class SnapshotOps:
             if arguments:
                 payload["arguments"] = arguments
             reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(payload), 10, 0)
-            return json.loads(reply).get("return")
+            try:
+                return json.loads(reply).get("return")
+            except (ValueError, AttributeError):
+                raise ApplyError(
+                    f"the guest agent of domain '{domain}' answered {reply!r}"
+                ) from None
 
         with _mapped(f"cannot set the clock of domain '{domain}' (guest agent)"):
             try:
@@ -178,7 +183,8 @@ class SnapshotOps:
                 if "hwclock" not in str(err):
                     raise
             guest_ns = agent("guest-get-time")
-        assert isinstance(guest_ns, int)
+        if not isinstance(guest_ns, int):
+            raise ApplyError(f"the guest agent of domain '{domain}' gave no time: {guest_ns!r}")
         return guest_ns / 1e9 - time.time()
 
     def wait_agent(self, domain: str, timeout: float) -> float:

@@ -4,6 +4,7 @@ volumes created, uploaded, read back and deleted by pool and volume name.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -56,10 +57,13 @@ class Storage(Connection):
                 try:
                     pool = self.conn.storagePoolDefineXML(xml, 0)
                 except libvirt.libvirtError:
-                    # Another run on this host defined it a moment ago.
+                    # Another run on this host defined it a moment ago, and may
+                    # not have made its directory yet.
                     pool = self._pool(name)
                     if pool is None:
                         raise
+                    with contextlib.suppress(libvirt.libvirtError):
+                        pool.build(libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE)
                 else:
                     pool.build(0)
                     created = True

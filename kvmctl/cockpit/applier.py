@@ -32,6 +32,7 @@ from kvmctl.planner.diff import Action
 from kvmctl.planner.domain import build_domain
 from kvmctl.planner.plan import Plan, VmPlan
 from kvmctl.session import Session
+from kvmctl.state import warm as warm_records
 from kvmctl.xml.domain import Domain
 
 
@@ -261,6 +262,8 @@ class Applier:
     def _delete(self, action: Action) -> None:
         self.progress(action.vm, "deleting")
         destroy_domain(self.virt, action.domain)
+        # Its saved state went with its disk; the record goes too.
+        warm_records.remove(self.plan.set_name, action.vm)
 
 
 def session_applier(

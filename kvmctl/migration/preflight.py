@@ -110,8 +110,7 @@ def prepare(
             for nic in (vm_plan.nics if vm_plan else ())
             if nic.bridge not in bridges
         ]
-        # The migratable XML leaves out backing chains: they come from the live one.
-        images = backing_images(source.xml(domains[name]))
+        images = domain_backing_images(source, domains[name])
         copies, shared, disk_problems = _disks(
             name, live_xml, images, source, dest, request, sharing
         )
@@ -252,6 +251,12 @@ def _disks(
             )
         copies.append(DiskCopy(target, pool, volume, capacity))
     return copies, shared, problems
+
+
+def domain_backing_images(source: Virt, domain: str) -> dict[str, str]:
+    """`backing_images` of a running domain, read from its live XML: the
+    migratable XML the rest of preflight reads leaves backing chains out."""
+    return backing_images(source.xml(domain))
 
 
 def backing_images(xml: str) -> dict[str, str]:

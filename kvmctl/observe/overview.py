@@ -69,7 +69,12 @@ def gather_channels(session: Session, rows: list[VmStatus]) -> list[ChannelStatu
     channels = session.plan.channels
     running = {r.vm for r in rows if r.state in ("running", "paused")}
     virt, vms = session.virt, session.plan.vms
-    live = {vm: virt.xml(vms[vm].domain) for vm in members_of(channels) & running}
+    live: dict[str, str] = {}
+    for vm in members_of(channels) & running:
+        try:
+            live[vm] = virt.xml(vms[vm].domain)
+        except KvmctlError:
+            pass  # stopped since the rows were read: shown as not running
     return channel_status(channels, live)
 
 

@@ -36,6 +36,7 @@ from typing import IO
 from kvmctl.adapters.events_watch import DomainEvent, DomainState, EventWatch
 from kvmctl.errors import KvmctlError, UsageError
 from kvmctl.planner.channels import serial_port
+from kvmctl.planner.hosts import is_remote
 from kvmctl.planner.plan import domain_name
 from kvmctl.spec import Cockpit, load_spec
 from kvmctl.spec.safestate import HEARTBEAT_CHANNEL
@@ -128,6 +129,11 @@ class Supervisor:
         for name in self.board.vms:
             beat = self.spec.vms[name].heartbeat
             if beat is None:
+                continue
+            if is_remote(self.uri):
+                # The host end is a socket file on the VM's host: only a
+                # supervisor running there can listen to it.
+                self.board.log("heartbeat-unheard", name, reason="supervised over " + self.uri)
                 continue
             port = serial_port(str(channel_dir()), self.set_name, name, HEARTBEAT_CHANNEL)
             view = HeartbeatView(beat.period, beat.deadline, port.socket)

@@ -3,8 +3,10 @@
 libvirt has QEMU listen on a unix socket for the channel
 (kvmctl.planner.channels.serial_port); one thread per VM connects to it as
 the only client, and every read counts as a beat. The guest writes one line
-per period (`kvmctl-tool heartbeat start PERIOD_MS` in the test guest); while
-nobody listens QEMU drops what it writes, so a guest never blocks on it.
+per period (`kvmctl-tool heartbeat start PERIOD_MS` in the test guest). While
+no supervisor is connected the guest's port counts as closed by the host and
+Linux's virtio console blocks a write (EAGAIN with O_NONBLOCK): a guest beats
+from a task of its own, never from the loop whose health it reports.
 
 The deadline is armed by the first beat of the supervisor's lifetime: before
 it, a VM is still booting, which its ready probe and timeout cover. Once

@@ -24,6 +24,7 @@ from kvmctl.supervise.safestate import (
     SafeState,
     Step,
     Transition,
+    capped_quota,
     on_event,
 )
 
@@ -46,6 +47,7 @@ class SafeStateKeeper:
         self.state = SafeState()
         self.since: float | None = None  # when the set became degraded
         self._uncapped: dict[str, tuple[int | None, int | None]] = {}  # vm -> (period, quota)
+        self._paused: set[str] = set()  # VMs this keeper paused
         board.safe = self.summary
 
     def summary(self) -> dict[str, object]:
@@ -132,16 +134,25 @@ class SafeStateKeeper:
         state = self.watch.states().get(w.domain)
         if state is None or not state.active:
             return "not running"
+        # Only what this keeper did is undone: a VM that was not running when
+        # it was paused or capped keeps what apply, the supervisor or an
+        # operator gave it since.
         if step.kind == "pause":
             SnapshotOps(virt).suspend(w.domain)
+            self._paused.add(w.name)
         elif step.kind == "resume":
+            if w.name not in self._paused:
+                return "not paused by the safe state"
             SnapshotOps(virt).resume(w.domain)
+            self._paused.discard(w.name)
         elif step.kind == "cap":
             period, quota = virt.vcpu_cap(w.domain)
             self._uncapped.setdefault(w.name, (period, quota))
             use = period or DEFAULT_PERIOD_US
-            virt.set_vcpu_cap(w.domain, use, max(1000, int(use * (step.limit or 100) / 100)))
+            virt.set_vcpu_cap(w.domain, use, capped_quota(use, quota, step.limit))
         elif step.kind == "uncap":
-            period, quota = self._uncapped.pop(w.name, (None, None))
+            if w.name not in self._uncapped:
+                return "not capped by the safe state"
+            period, quota = self._uncapped.pop(w.name)
             virt.set_vcpu_cap(w.domain, period, quota if quota is not None and quota > 0 else None)
         return None

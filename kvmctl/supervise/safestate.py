@@ -171,3 +171,13 @@ def _shed_steps(config: SafeConfig, applied: frozenset[str], wanted: frozenset[s
     if "pause" in wanted - applied:
         steps += [Step("pause", vm) for vm in config.shed]
     return steps
+
+
+def capped_quota(period_us: int, quota_us: int | None, limit_pct: float | None) -> int:
+    """The vCPU quota of a VM the safe state caps to `limit_pct` % of a CPU:
+    never more than the VM's own quota (a cap frees CPU, it never gives a VM
+    more than its `cpu.limit`), never under 1 ms a period (cgroup minimum)."""
+    cap = max(1000, int(period_us * (limit_pct or 100) / 100))
+    if quota_us is not None and quota_us > 0:
+        cap = min(cap, quota_us)
+    return cap

@@ -10,7 +10,7 @@ import pytest
 
 from kvmctl.adapters.shared_storage import Sharing
 from kvmctl.adapters.virt import Virt
-from kvmctl.migration.preflight import Request, _disks, backing_images
+from kvmctl.migration.preflight import Request, _disks, backing_images, domain_backing_images
 
 pytestmark = pytest.mark.unit
 
@@ -67,3 +67,16 @@ def test_a_plain_volume_is_copied() -> None:
     copies, problems = disks(backing=False)
     assert problems == []
     assert [(c.target, c.volume) for c in copies] == [("vda", "s-ivi-data.qcow2")]
+
+
+class Source:
+    """libvirt's two views of one running domain: the migratable XML has no
+    backing chain, the live one has."""
+
+    def xml(self, domain: str, inactive: bool = False, migratable: bool = False) -> str:
+        return domain_xml(backing=not migratable)
+
+
+def test_the_backing_chain_is_read_from_the_live_xml_not_the_migratable_one() -> None:
+    source = cast(Virt, Source())
+    assert domain_backing_images(source, "s-ivi") == {"vda": IMAGE}

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from kvmctl.spec import parse_spec
-from kvmctl.supervise.safestate import Happened, SafeConfig, SafeState, Step, on_event
+from kvmctl.supervise.safestate import (
+    Happened,
+    SafeConfig,
+    SafeState,
+    Step,
+    capped_quota,
+    on_event,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -185,3 +192,20 @@ def test_cap_goes_before_pause_and_resume_before_uncap() -> None:
 def test_step_as_dict() -> None:
     assert Step("cap", "ivi", 20.0).as_dict() == {"action": "cap", "vm": "ivi", "limit_pct": 20.0}
     assert Step("pause", "ivi").as_dict() == {"action": "pause", "vm": "ivi"}
+
+
+@pytest.mark.parametrize(
+    ("period", "quota", "limit", "expected"),
+    [
+        (100_000, None, 20, 20_000),  # uncapped VM: the declared cap
+        (100_000, -1, 20, 20_000),  # libvirt's "no quota"
+        (100_000, 50_000, 20, 20_000),  # tighter than its own limit
+        (100_000, 10_000, 50, 10_000),  # never more than its own limit
+        (100_000, None, 0.5, 1_000),  # the cgroup minimum
+        (50_000, None, None, 50_000),  # no cap given: one CPU
+    ],
+)
+def test_a_cap_frees_cpu_and_never_gives_more(
+    period: int, quota: int | None, limit: float | None, expected: int
+) -> None:
+    assert capped_quota(period, quota, limit) == expected
