@@ -56,6 +56,15 @@ def _quota(value: int | None) -> int | None:
     return -1 if value < 0 or value >= 2**53 // 1000 else value
 
 
+def _cap_params(period: int | None, quota: int | None) -> dict[str, int]:
+    """Scheduler parameters of a vCPU cap; no quota is written as -1 (no
+    cap), so a cap that is removed goes away live."""
+    params = {"vcpu_quota": quota if quota is not None else -1}
+    if period is not None:
+        params["vcpu_period"] = period
+    return params
+
+
 @dataclass(frozen=True)
 class InForce:
     vcpus: list[frozenset[int]]
@@ -246,10 +255,10 @@ class Virt(Storage):
         # Absent values are written as the defaults, so that removing shares:
         # (or the emulator protection) and limit: work live: the kernel's
         # default weight (libvirt maps it for cgroup v2) and -1, no cap.
-        params: dict[str, int] = {"cpu_shares": shares if shares is not None else DEFAULT_SHARES}
-        params["vcpu_quota"] = quota if quota is not None else -1
-        if period is not None:
-            params["vcpu_period"] = period
+        params = {
+            "cpu_shares": shares if shares is not None else DEFAULT_SHARES,
+            **_cap_params(period, quota),
+        }
         with _mapped(f"cannot change CPU shares/quota of domain '{name}'"):
             self.handle(name).setSchedulerParametersFlags(params, _MODIFY)
 
@@ -262,11 +271,10 @@ class Virt(Storage):
     def set_vcpu_cap(self, name: str, period: int | None, quota: int | None) -> None:
         """Cap (or with None uncap) the running domain's vCPUs, live only: the
         defined domain keeps its planned quota, the shares stay as they are."""
-        params: dict[str, int] = {"vcpu_quota": quota if quota is not None else -1}
-        if period is not None:
-            params["vcpu_period"] = period
         with _mapped(f"cannot change the CPU quota of domain '{name}'"):
-            self.handle(name).setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            self.handle(name).setSchedulerParametersFlags(
+                _cap_params(period, quota), libvirt.VIR_DOMAIN_AFFECT_LIVE
+            )
 
     def pin_vcpu(self, name: str, vcpu: int, cpus: frozenset[int], ncpus: int) -> None:
         cpumap = tuple(i in cpus for i in range(ncpus))
