@@ -84,7 +84,14 @@ def _safe_lines(rows: list[VmStatus], safe: dict[str, Any]) -> list[str]:
             age = "-" if r.heartbeat_age_s is None else f"{r.heartbeat_age_s:.1f} s ago"
             verdict = "MISSED" if r.heartbeat_missed else "ok"
             lines.append(f"heartbeat {r.vm}: {verdict}, last beat {age}")
-    if safe["degraded"]:
+    if safe.get("left_in_force"):
+        held = [f"{vm} paused" for vm in safe.get("paused") or []]
+        held += [f"{vm} capped" for vm in safe.get("uncapped") or {}]
+        lines.append(
+            f"DEGRADED: safe state left in force by a supervisor that is gone ({', '.join(held)});"
+            " `kvmctl supervise` takes it over and lifts it once the set is normal"
+        )
+    elif safe["degraded"]:
         active = ", ".join(safe.get("active") or [])
         lines.append(f"DEGRADED: safe state in force ({active})")
     return lines

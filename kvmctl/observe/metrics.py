@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from kvmctl.state.supervisor import safe_state_of
+
 if TYPE_CHECKING:
     from kvmctl.observe.status import VmStatus
 
@@ -212,10 +214,12 @@ def safe_families(set_name: str, supervisor: Mapping[str, Any]) -> list[Metric]:
         "kvmctl_vm_heartbeat_misses",
         "Heartbeat deadlines the VM missed (since the supervisor started).",
     )
+    safe = safe_state_of(dict(supervisor)) if supervisor else {}
+    if safe.get("left_in_force"):
+        degraded.add_metric([set_name], 1.0)  # shed VMs still held by a supervisor now gone
     if not supervisor.get("alive"):
         return [degraded, age, missed, misses]
-    safe = supervisor.get("safe_state")
-    if isinstance(safe, Mapping):
+    if isinstance(supervisor.get("safe_state"), Mapping):
         degraded.add_metric([set_name], 1.0 if safe.get("degraded") else 0.0)
     for vm, row in (supervisor.get("vms") or {}).items():
         beat = row.get("heartbeat") if isinstance(row, Mapping) else None

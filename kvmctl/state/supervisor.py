@@ -37,10 +37,18 @@ def supervisor_state(set_name: str, directory: Path | None = None) -> dict[str, 
 
 
 def safe_state_of(data: dict[str, Any] | None) -> dict[str, Any]:
-    """The set's safe state as its running supervisor keeps it: `degraded`
-    (False when no supervisor runs: nobody keeps the state), and the rest."""
+    """The set's safe state as its running supervisor keeps it: `degraded`,
+    and the rest. With no supervisor running nobody keeps the state, so it
+    is not degraded, unless a supervisor died without lifting its measures
+    (`left_in_force`: shed VMs still paused or capped until a new supervisor
+    takes them over)."""
     safe = dict((data or {}).get("safe_state") or {})
-    safe["degraded"] = bool(data and data.get("alive") and safe.get("degraded"))
+    alive = bool(data and data.get("alive"))
+    left = bool(
+        data and not alive and data.get("active") and (safe.get("paused") or safe.get("uncapped"))
+    )
+    safe["left_in_force"] = left
+    safe["degraded"] = left or bool(alive and safe.get("degraded"))
     return safe
 
 

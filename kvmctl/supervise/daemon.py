@@ -28,37 +28,25 @@ import sys
 import threading
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import IO
 
 from kvmctl.adapters.events_watch import DomainEvent, DomainState, EventWatch
 from kvmctl.errors import KvmctlError, UsageError
-from kvmctl.planner.channels import serial_port
-from kvmctl.planner.hosts import is_remote
 from kvmctl.planner.plan import domain_name
 from kvmctl.spec import Cockpit, load_spec
-from kvmctl.spec.safestate import HEARTBEAT_CHANNEL
-from kvmctl.state.paths import channel_dir, supervise_dir
+from kvmctl.state.paths import supervise_dir
 from kvmctl.state.setlock import pid_lock
 from kvmctl.state.supervisor import state_path
 from kvmctl.supervise.board import Board, VmWatch
 from kvmctl.supervise.events import EventHandler
-from kvmctl.supervise.heartbeat import HeartbeatListener, HeartbeatNote, HeartbeatView
-from kvmctl.supervise.policy import FAILURES, Decision, RestartPolicy, stop_cause
-from kvmctl.supervise.safe_apply import SafeStateKeeper
-from kvmctl.supervise.safestate import Happened, SafeConfig, What
+from kvmctl.supervise.heartbeat import HeartbeatNote
+from kvmctl.supervise.policy import RestartPolicy, stop_cause
+from kvmctl.supervise.safety import ReadyNote, Safety
 from kvmctl.supervise.workers import Note, Workers
 
 _FAILED_SHUTOFF = {"crashed", "failed"}
-
-
-@dataclass(frozen=True)
-class ReadyNote:
-    """A VM is running and ready again (from whichever thread saw it)."""
-
-    vm: str
 
 
 class Supervisor:
@@ -112,58 +100,9 @@ class Supervisor:
             self.board, self.watch, self.events.put, self._stop, self.spec_path, uri, host
         )
         self.handler = EventHandler(self.board, self.watch, self.workers)
-        self._listen_to_heartbeats()
-        self.keeper: SafeStateKeeper | None = None
-        config = SafeConfig.from_spec(self.spec)
-        if config is not None:
-            self.keeper = SafeStateKeeper(self.board, self.watch, config, self.handler.decide)
-            self.handler.on_decision = self._decided
-            self.board.on_phase = self._phase_changed
-
-    # --- heartbeat and safe state ------------------------------------------------
-
-    def _listen_to_heartbeats(self) -> None:
-        """A listener per supervised VM with a heartbeat, on the host end of
-        its heartbeat channel (planned as in kvmctl.planner.channels)."""
-        self._listeners: list[HeartbeatListener] = []
-        for name in self.board.vms:
-            beat = self.spec.vms[name].heartbeat
-            if beat is None:
-                continue
-            if is_remote(self.uri):
-                # The host end is a socket file on the VM's host: only a
-                # supervisor running there can listen to it.
-                self.board.log("heartbeat-unheard", name, reason="supervised over " + self.uri)
-                continue
-            port = serial_port(str(channel_dir()), self.set_name, name, HEARTBEAT_CHANNEL)
-            view = HeartbeatView(beat.period, beat.deadline, port.socket)
-            self.board.heartbeats[name] = view
-            self._listeners.append(HeartbeatListener(name, view, self.events.put, self._stop))
-
-    def _decided(self, w: VmWatch, cause: str, d: Decision) -> None:
-        assert self.keeper is not None
-        if d.kind == "give-up":
-            self.keeper.on(Happened("gave-up", w.name, w.phase), cause=cause)
-        elif cause in FAILURES and cause != "heartbeat":
-            self.keeper.on(Happened("failed", w.name, w.phase), cause=cause)
-
-    def _phase_changed(self, w: VmWatch) -> None:
-        """From any thread: the main thread hears of a VM ready again."""
-        if w.phase == "running" and w.ready:
-            self.events.put(ReadyNote(w.name))
-
-    def _heard(self, note: HeartbeatNote | ReadyNote) -> None:
-        if isinstance(note, ReadyNote):
-            if self.keeper is not None:
-                self.keeper.on(Happened("ready", note.vm))
-            return
-        w = self.board.vms[note.vm]
-        self.board.log(f"heartbeat-{note.kind}", note.vm, age_s=note.age_s, phase=w.phase)
-        if self.keeper is not None:
-            what: What = "heartbeat-missed" if note.kind == "missed" else "heartbeat-resumed"
-            self.keeper.on(Happened(what, note.vm, w.phase), age_s=note.age_s)
-        else:
-            self.board.write_state()
+        self.safety = Safety(
+            self.spec, self.board, self.watch, self.handler, self.events.put, self._stop, uri
+        )
 
     # --- running -------------------------------------------------------------------
 
@@ -193,8 +132,9 @@ class Supervisor:
             self.watch.connect()
             self.board.connected = True
             self.board.log("connected", uri=self.uri)
+            self.safety.adopt_left_state(self.directory)
             self._reconcile(initial=True)
-            for listener in self._listeners:
+            for listener in self.safety.listeners:
                 self.workers.spawn(f"heartbeat-{listener.vm}", listener.run)
             written = time.monotonic()
             try:
@@ -205,7 +145,7 @@ class Supervisor:
                         item = None
                     if item is not None:
                         self._handle(item)
-                    if self._listeners and time.monotonic() - written >= 1.0:
+                    if self.safety.listeners and time.monotonic() - written >= 1.0:
                         # Readers work out a heartbeat's age from its last beat.
                         self.board.write_state()
                         written = time.monotonic()
@@ -214,8 +154,7 @@ class Supervisor:
         return 0
 
     def _shutdown(self) -> None:
-        if self.keeper is not None and self.watch.conn is not None:
-            self.keeper.lift("the supervisor is stopping")
+        self.safety.stopping()
         busy = [w.name for w in self.board.vms.values() if w.phase in ("waiting", "restarting")]
         self.board.log("stopping", restarts_in_flight=busy)
         self.watch.close()
@@ -233,7 +172,7 @@ class Supervisor:
 
     def _handle(self, item: DomainEvent | Note | HeartbeatNote | ReadyNote) -> None:
         if isinstance(item, HeartbeatNote | ReadyNote):
-            self._heard(item)
+            self.safety.heard(item)
             return
         if isinstance(item, Note):
             noted = self.board.vms[item.vm]

@@ -11,7 +11,8 @@ failure, so a spent budget gives up rather than restarting).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kvmctl.adapters.events_watch import EventWatch
 from kvmctl.adapters.snapshots import SnapshotOps
@@ -58,7 +59,60 @@ class SafeStateKeeper:
             "active": self.state.reasons(),
             "applied": sorted(self.state.applied),
             "shed": list(self.config.shed),
+            # What a successor needs to undo these measures if this process
+            # dies without lifting them (see adopt).
+            "paused": sorted(self._paused),
+            "uncapped": {vm: list(v) for vm, v in sorted(self._uncapped.items())},
         }
+
+    def adopt(self, left: Mapping[str, Any]) -> None:
+        """Take over the safe state a supervisor of this set left in force
+        when it died without lifting it (killed, OOM): its measures are undone
+        by this one once the triggers clear, not never. Triggers the spec no
+        longer declares are dropped; with none left, the measures are lifted
+        now."""
+        active = frozenset(
+            (trigger, vm)
+            for reason in left.get("active") or []
+            for trigger, _, vm in [str(reason).partition(":")]
+            if trigger in self.config.actions and vm in self.config.watch
+        )
+        shed = set(self.config.shed)
+        self._paused = {str(vm) for vm in left.get("paused") or [] if vm in shed}
+        self._uncapped = {
+            str(vm): (_int_or_none(v[0]), _int_or_none(v[1]))
+            for vm, v in (left.get("uncapped") or {}).items()
+            if vm in shed and isinstance(v, list) and len(v) == 2
+        }
+        applied = frozenset({"pause"} if self._paused else set()) | frozenset(
+            {"cap"} if self._uncapped else set()
+        )
+        if not active and not applied:
+            return
+        self.state = SafeState(active, applied)
+        since = left.get("since")
+        self.since = float(since) if isinstance(since, int | float) and active else None
+        self.board.log(
+            "safe-state-adopted",
+            active=self.state.reasons(),
+            paused=sorted(self._paused),
+            capped=sorted(self._uncapped),
+        )
+        if not active:
+            self.lift("the triggers it was in force for are no longer declared")
+        else:
+            self.board.write_state()
+
+    def reimpose(self, vm: str) -> None:
+        """A shed VM that is running and ready again (restarted while the safe
+        state is in force) gets the measures in force, as the others have."""
+        if vm not in self.config.shed or not self.state.applied:
+            return
+        if "cap" in self.state.applied:  # cap first, as on entry
+            self._apply(Step("cap", vm, self.config.cap))
+        if "pause" in self.state.applied:
+            self._apply(Step("pause", vm))
+        self.board.write_state()
 
     def on(self, event: Happened, **detail: object) -> None:
         t = on_event(self.config, self.state, event)
@@ -71,7 +125,7 @@ class SafeStateKeeper:
     def lift(self, reason: str) -> None:
         """Return to normal whatever is active (the supervisor is stopping:
         nobody would lift the measures afterwards)."""
-        if not self.state.degraded:
+        if not self.state.degraded and not self.state.applied:
             return
         cleared = self.state.reasons()
         t = Transition(SafeState(), self._lift_steps(), cleared=tuple(cleared))
@@ -138,6 +192,8 @@ class SafeStateKeeper:
         # it was paused or capped keeps what apply, the supervisor or an
         # operator gave it since.
         if step.kind == "pause":
+            if state.state == "paused":
+                return "paused already"  # by an operator, or before this keeper took over
             SnapshotOps(virt).suspend(w.domain)
             self._paused.add(w.name)
         elif step.kind == "resume":
@@ -156,3 +212,7 @@ class SafeStateKeeper:
             period, quota = self._uncapped.pop(w.name)
             virt.set_vcpu_cap(w.domain, period, quota if quota is not None and quota > 0 else None)
         return None
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -332,3 +332,17 @@ def test_no_heartbeat_or_degraded_samples_without_a_running_supervisor() -> None
         fams = families(Scrape("s", [row()], supervisor=supervisor))
         assert value(fams, "kvmctl_degraded") is None
         assert value(fams, "kvmctl_vm_heartbeat_missed", vm="hud") is None
+
+
+def test_degraded_while_a_gone_supervisor_left_its_measures_in_force() -> None:
+    left = {
+        "alive": False,
+        "active": True,  # it never wrote its clean stop
+        "safe_state": {"degraded": True, "paused": ["ivi"], "uncapped": {}},
+        "vms": SUPERVISED["vms"],
+    }
+    fams = families(Scrape("s", [row()], supervisor=left))
+    assert value(fams, "kvmctl_degraded") == 1.0
+    assert value(fams, "kvmctl_vm_heartbeat_missed", vm="hud") is None  # nobody listens
+    stopped = {**left, "active": False}  # a clean stop lifts what it applied
+    assert value(families(Scrape("s", [row()], supervisor=stopped)), "kvmctl_degraded") is None
