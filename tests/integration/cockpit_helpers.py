@@ -146,9 +146,18 @@ def domain_states(prefix: str, uri: str = URI) -> dict[str, int]:
     """State of each domain named with `prefix` on `uri` (this host or a lab)."""
     conn = libvirt.open(uri)
     try:
-        return {
-            d.name(): d.state()[0] for d in conn.listAllDomains() if d.name().startswith(prefix)
-        }
+        states = {}
+        for d in conn.listAllDomains():
+            if not d.name().startswith(prefix):
+                continue
+            try:
+                states[d.name()] = d.state()[0]
+            except libvirt.libvirtError as e:
+                # Undefined between the listing and the read (a transient guest
+                # going, a failed incoming migration cleaned up): it is gone.
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+        return states
     finally:
         conn.close()
 

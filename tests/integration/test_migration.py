@@ -21,6 +21,7 @@ from kvmctl.testing import labops
 from kvmctl.testing.lab import LabState
 from tests.integration.cockpit_helpers import (
     URI,
+    domain_states,
     kvmctl,
     kvmctl_popen,
     sweep,
@@ -129,13 +130,7 @@ def lab_volumes(lab: LabState, prefix: str) -> list[str]:
 
 
 def lab_domains(lab: LabState, prefix: str) -> dict[str, int]:
-    conn = libvirt.open(lab.uri)
-    try:
-        return {
-            d.name(): d.state()[0] for d in conn.listAllDomains() if d.name().startswith(prefix)
-        }
-    finally:
-        conn.close()
+    return domain_states(prefix, lab.uri)
 
 
 def source_state(domain: str) -> int | None:
