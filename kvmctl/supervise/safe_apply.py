@@ -25,7 +25,9 @@ from kvmctl.supervise.safestate import (
     SafeState,
     Step,
     Transition,
+    adopted,
     capped_quota,
+    lifted,
     on_event,
 )
 
@@ -68,14 +70,12 @@ class SafeStateKeeper:
     def adopt(self, left: Mapping[str, Any]) -> None:
         """Take over the safe state a supervisor of this set left in force
         when it died without lifting it (killed, OOM): its measures are undone
-        by this one once the triggers clear, not never. Triggers the spec no
-        longer declares are dropped; with none left, the measures are lifted
-        now."""
+        by this one once the triggers clear, not never. What the spec no
+        longer declares is dropped, and the measures brought in line at once."""
         active = frozenset(
             (trigger, vm)
             for reason in left.get("active") or []
             for trigger, _, vm in [str(reason).partition(":")]
-            if trigger in self.config.actions and vm in self.config.watch
         )
         shed = set(self.config.shed)
         self._paused = {str(vm) for vm in left.get("paused") or [] if vm in shed}
@@ -84,24 +84,23 @@ class SafeStateKeeper:
             for vm, v in (left.get("uncapped") or {}).items()
             if vm in shed and isinstance(v, list) and len(v) == 2
         }
-        applied = frozenset({"pause"} if self._paused else set()) | frozenset(
-            {"cap"} if self._uncapped else set()
-        )
+        applied = frozenset(["pause"] * bool(self._paused) + ["cap"] * bool(self._uncapped))
         if not active and not applied:
             return
-        self.state = SafeState(active, applied)
-        since = left.get("since")
-        self.since = float(since) if isinstance(since, int | float) and active else None
+        t = adopted(self.config, active, applied)
         self.board.log(
             "safe-state-adopted",
-            active=self.state.reasons(),
+            active=t.state.reasons(),
+            dropped=list(t.cleared),
             paused=sorted(self._paused),
             capped=sorted(self._uncapped),
+            actions=[s.as_dict() for s in t.steps],
         )
-        if not active:
-            self.lift("the triggers it was in force for are no longer declared")
-        else:
-            self.board.write_state()
+        self.state = SafeState(frozenset(), applied)  # what is in force on the host
+        since = left.get("since")
+        if t.state.degraded and isinstance(since, int | float):
+            self.since = float(since)
+        self._enter(t, None, {})
 
     def reimpose(self, vm: str) -> None:
         """A shed VM that is running and ready again (restarted while the safe
@@ -127,21 +126,13 @@ class SafeStateKeeper:
         nobody would lift the measures afterwards)."""
         if not self.state.degraded and not self.state.applied:
             return
-        cleared = self.state.reasons()
-        t = Transition(SafeState(), self._lift_steps(), cleared=tuple(cleared))
-        self.board.log("safe-state-lifted", reason=reason, cleared=cleared)
+        t = lifted(self.config, self.state)
+        self.board.log("safe-state-lifted", reason=reason, cleared=list(t.cleared))
         self._enter(t, None, {})
 
-    def _lift_steps(self) -> tuple[Step, ...]:
-        applied = self.state.applied
-        steps = [Step("resume", vm) for vm in self.config.shed if "pause" in applied]
-        steps += [Step("uncap", vm) for vm in self.config.shed if "cap" in applied]
-        return tuple(steps)
-
     def _enter(self, t: Transition, event: Happened | None, detail: dict[str, object]) -> None:
-        was = self.state.degraded
         self.state = t.state
-        if t.state.degraded and not was:
+        if t.state.degraded and self.since is None:
             self.since = time.time()
         elif not t.state.degraded:
             self.since = None

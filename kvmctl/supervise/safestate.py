@@ -141,9 +141,7 @@ def on_event(config: SafeConfig, state: SafeState, event: Happened) -> Transitio
                 cleared.append((t, event.vm))
         if not cleared:
             return Transition(state)
-    wanted = frozenset(
-        a for t, _ in active for a in config.actions.get(t, ()) if a in ("pause", "cap")
-    )
+    wanted = _wanted(config, active)
     steps = _shed_steps(config, state.applied, wanted)
     steps += [
         Step("restart", vm)
@@ -155,6 +153,41 @@ def on_event(config: SafeConfig, state: SafeState, event: Happened) -> Transitio
         tuple(steps),
         entered=tuple(f"{t}:{vm}" for t, vm in entered),
         cleared=tuple(f"{t}:{vm}" for t, vm in cleared),
+    )
+
+
+def adopted(
+    config: SafeConfig, active: frozenset[tuple[str, str]], applied: frozenset[str]
+) -> Transition:
+    """Take over a safe state another supervisor left in force (`active`
+    triggers, `applied` measures): triggers the spec no longer declares, or
+    for VMs it no longer watches, are dropped (`cleared`), and the measures
+    are brought to what the remaining ones ask for (all lifted when none
+    remains)."""
+    kept = frozenset((t, vm) for t, vm in active if t in config.actions and vm in config.watch)
+    wanted = _wanted(config, kept)
+    return Transition(
+        SafeState(kept, wanted),
+        tuple(_shed_steps(config, applied, wanted)),
+        cleared=tuple(f"{t}:{vm}" for t, vm in sorted(active - kept)),
+    )
+
+
+def lifted(config: SafeConfig, state: SafeState) -> Transition:
+    """Back to normal whatever is active (nobody would lift it later)."""
+    return Transition(
+        SafeState(),
+        tuple(_shed_steps(config, state.applied, frozenset())),
+        cleared=tuple(state.reasons()),
+    )
+
+
+def _wanted(
+    config: SafeConfig, active: set[tuple[str, str]] | frozenset[tuple[str, str]]
+) -> frozenset[str]:
+    """The shed measures the active triggers ask for."""
+    return frozenset(
+        a for t, _ in active for a in config.actions.get(t, ()) if a in ("pause", "cap")
     )
 
 

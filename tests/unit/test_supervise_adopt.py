@@ -110,20 +110,26 @@ def test_triggers_no_longer_declared_are_lifted_at_once(tmp_path: Path) -> None:
     sup.safety.adopt_left_state(tmp_path)
     keeper = sup.safety.keeper
     assert keeper is not None and not keeper.state.degraded and not keeper.state.applied
-    (lifted,) = _events(out, "safe-state-lifted")
-    assert "no longer declared" in lifted["reason"]
+    (adopted,) = _events(out, "safe-state-adopted")
+    assert adopted["active"] == [] and adopted["dropped"] == ["crashed:hud", "heartbeat_missed:hud"]
     steps = [(e["action"], e["vm"]) for e in _events(out, "safe-state-step")]
     assert steps == [("resume", "ivi"), ("uncap", "ivi")]
 
 
 def test_a_malformed_record_adopts_only_what_it_can_read(tmp_path: Path) -> None:
-    _left(tmp_path, paused=["ivi", "nobody"], uncapped={"ivi": "x", "hud": [1, 2]})
+    _left(
+        tmp_path,
+        active=["heartbeat_missed:hud", "nonsense"],
+        paused=["ivi", "nobody"],
+        uncapped={"ivi": "x", "hud": [1, 2]},
+    )
     sup, _ = _supervisor(tmp_path)
     sup.safety.adopt_left_state(tmp_path)
     keeper = sup.safety.keeper
     assert keeper is not None
     assert keeper.summary()["paused"] == ["ivi"] and keeper.summary()["uncapped"] == {}
     assert keeper.state.applied == {"pause"}
+    assert keeper.state.reasons() == ["heartbeat_missed:hud"]
 
 
 def test_status_says_the_measures_were_left_in_force(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ from kvmctl.supervise.safestate import (
     SafeConfig,
     SafeState,
     Step,
+    adopted,
     capped_quota,
+    lifted,
     on_event,
 )
 
@@ -187,6 +189,53 @@ def test_cap_goes_before_pause_and_resume_before_uncap() -> None:
     both = SafeState(frozenset({("heartbeat_missed", "cluster")}), frozenset({"pause", "cap"}))
     t = on_event(cfg, both, Happened("heartbeat-resumed", "cluster"))
     assert [s.kind for s in t.steps] == ["resume", "resume", "uncap", "uncap"]
+
+
+MISSED = ("heartbeat_missed", "cluster")
+CRASHED = ("crashed", "cluster")
+
+
+@pytest.mark.parametrize(
+    ("active", "applied", "kept", "steps", "dropped"),
+    [
+        # left as it should be: taken over as it is, nothing to do
+        ({MISSED}, {"pause"}, {MISSED}, [], []),
+        # a measure no active trigger asks for any more is lifted
+        ({MISSED}, {"pause", "cap"}, {MISSED}, ["uncap", "uncap"], []),
+        # a measure an active trigger asks for but was never applied is applied
+        ({MISSED, CRASHED}, {"pause"}, {MISSED, CRASHED}, ["cap", "cap"], []),
+        # a trigger of a VM no longer watched is dropped, and what it held lifted
+        ({("crashed", "gone")}, {"cap"}, set(), ["uncap", "uncap"], ["crashed:gone"]),
+        # a declared trigger without shed measures (gave_up: []) is kept, asking nothing
+        ({("gave_up", "cluster")}, set(), {("gave_up", "cluster")}, [], []),
+    ],
+)
+def test_adopted_brings_measures_in_line_with_the_kept_triggers(
+    active: set[tuple[str, str]],
+    applied: set[str],
+    kept: set[tuple[str, str]],
+    steps: list[str],
+    dropped: list[str],
+) -> None:
+    t = adopted(config(), frozenset(active), frozenset(applied))
+    assert t.state.active == kept
+    assert [s.kind for s in t.steps] == steps
+    assert list(t.cleared) == dropped
+
+
+def test_adopted_drops_what_the_spec_no_longer_declares() -> None:
+    cfg = config(SPEC.replace("  gave_up: []\n", ""))
+    t = adopted(cfg, frozenset({("gave_up", "cluster")}), frozenset({"pause"}))
+    assert not t.state.degraded and t.cleared == ("gave_up:cluster",)
+    assert [s.kind for s in t.steps] == ["resume", "resume"]
+
+
+def test_lifted_undoes_every_measure_resume_first() -> None:
+    state = SafeState(frozenset({MISSED, CRASHED}), frozenset({"pause", "cap"}))
+    t = lifted(config(), state)
+    assert not t.state.degraded and not t.state.applied
+    assert [s.kind for s in t.steps] == ["resume", "resume", "uncap", "uncap"]
+    assert t.cleared == ("crashed:cluster", "heartbeat_missed:cluster")
 
 
 def test_step_as_dict() -> None:
