@@ -674,3 +674,22 @@ def _state_root() -> Iterator[Path]:
     else:
         os.environ["KVMCTL_STATE_ROOT"] = old
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tree_images() -> Iterator[Path]:
+    """The test guest built from this tree (idempotent, seconds with the
+    build cache of `make images`): the host's shared image directory may hold
+    one built from another tree, whose toolbox has no heartbeat command."""
+    out = Path(os.environ["KVMCTL_STATE_ROOT"]) / "images"
+    build = subprocess.run(
+        [str(REPO / "guest-images" / "build.sh"), "test-guest"],
+        env={**os.environ, "KVMCTL_IMAGE_DIR": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KVMCTL_IMAGE_DIR", str(out))  # for every kvmctl the tests run
+        yield out

@@ -12,9 +12,7 @@ test guests on shared CPUs, so the module can run beside others.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cockpit_helpers import REPO, kvmctl, kvmctl_json
+from tests.integration.cockpit_helpers import kvmctl, kvmctl_json
 from tests.integration.ops_helpers import (
     SupervisorProcess,
     applied_set,
@@ -64,26 +62,7 @@ safe_state:
 
 
 @pytest.fixture(scope="module")
-def images() -> Iterator[Path]:
-    """The test guest built from this tree (idempotent, seconds with the
-    build cache of `make images`): the host's shared image directory may hold
-    one built from another tree, whose toolbox has no heartbeat command."""
-    out = Path(os.environ["KVMCTL_STATE_ROOT"]) / "images"
-    build = subprocess.run(
-        [str(REPO / "guest-images" / "build.sh"), "test-guest"],
-        env={**os.environ, "KVMCTL_IMAGE_DIR": str(out)},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("KVMCTL_IMAGE_DIR", str(out))  # for every kvmctl the tests run
-        yield out
-
-
-@pytest.fixture(scope="module")
-def spec(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def spec(tree_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with applied_set(tmp_path_factory.mktemp("hb"), SET, SPEC) as path:
         yield path
 
