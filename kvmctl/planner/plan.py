@@ -4,7 +4,7 @@ what must change. Pure: no libvirt, no files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from kvmctl.host.facts import HostFacts, VirtType
 from kvmctl.planner import channels as chan
@@ -13,6 +13,7 @@ from kvmctl.planner.cloudinit import SeedPlan, seed_files
 from kvmctl.planner.cpuset import format_cpuset
 from kvmctl.planner.diff import Action, Fingerprint, diff
 from kvmctl.planner.drift import repair_drift
+from kvmctl.planner.fingerprint import with_fingerprint
 from kvmctl.planner.live import LiveState
 from kvmctl.planner.networks import (
     BridgeAction,
@@ -302,7 +303,7 @@ def _vm_plan(
         seed=seed,
         channels=channels,
     )
-    return _with_fingerprint(plan)
+    return with_fingerprint(plan)
 
 
 def guest_cmdline(base: str, name: str, nics: tuple[NicPlan, ...]) -> str:
@@ -311,64 +312,6 @@ def guest_cmdline(base: str, name: str, nics: tuple[NicPlan, ...]) -> str:
     words = [base, f"kvmctl.name={name}"]
     words += [f"kvmctl.ip={n.mac},{n.address.with_prefixlen}" for n in nics]
     return " ".join(w for w in words if w)
-
-
-def _with_fingerprint(plan: VmPlan) -> VmPlan:
-    vm = plan.vm
-    settings: dict[str, object] = {
-        "vcpus": vm.vcpus,
-        "cpu-mode": vm.cpu.placement,
-        # Policy and priority need the domain XML (vcpusched) at start; the
-        # RT budgets are host-derived and set live by thread, so a host with
-        # other budgets (a migration's destination) changes no restart group.
-        "realtime": None
-        if plan.realtime is None
-        else {"policy": plan.realtime.policy, "priority": plan.realtime.priority},
-        "rt-budget": None
-        if plan.realtime is None
-        else [
-            plan.realtime.period_us,
-            plan.realtime.domain_runtime_us,
-            plan.realtime.vcpu_runtime_us,
-        ],
-        "memory": vm.memory.model_dump(mode="json"),
-        "image": [
-            vm.image.model_dump(mode="json"),
-            plan.kernel,
-            plan.initrd,
-            plan.cmdline,
-            # Only where there is a seed, so existing fingerprints stay as they were.
-            *([plan.seed.digest] if plan.seed else []),
-        ],
-        "disk": vm.disk.size,
-        "networks": [
-            [
-                n.bridge,
-                n.mac,
-                str(n.address),
-                n.port_isolated,
-                n.tap,
-                n.bandwidth.model_dump(mode="json") if n.bandwidth else None,
-            ]
-            for n in plan.nics
-        ],
-        "display": None if vm.display is None else vm.display.model_dump(mode="json"),
-        "watchdog": None if vm.watchdog is None else vm.watchdog.model_dump(mode="json"),
-        "virt-type": plan.virt_type,
-        "shares": plan.shares,
-        "cap": [plan.period_us, plan.quota_us],
-        "pins": [
-            [format_cpuset(c) for c in plan.placement.vcpu_pins],
-            format_cpuset(plan.placement.emulator),
-            format_cpuset(plan.placement.iothread),
-        ],
-        "iotune": [vm.disk.iops_limit, vm.disk.bps_limit],
-        "labels": [vm.role, vm.criticality],
-    }
-    channels = plan.channels.settings()
-    if channels is not None:
-        settings["channels"] = channels
-    return replace(plan, fingerprint=Fingerprint.of(settings))
 
 
 def _foreign_domains(set_name: str, plans: dict[str, VmPlan], live: LiveState) -> list[str]:
