@@ -70,21 +70,15 @@ test: setup
 unit:
 	$(PYTEST) tests/unit -n $(INTEGRATION_WORKERS) $(PYTEST_ARGS)
 
-# Two workers, a module each at a time (its module-scoped guests boot once):
-# most tests wait on TCG guests and timeouts, not on a CPU. Then, alone, the
-# tests that restart libvirtd or run the host role (`exclusive`) and those that
-# dedicate a CPU (`dedicated_cpus`: on 2 CPUs that moves every shared set's pool).
+# In three parts (scripts/integration.sh): on two workers, a module at a time
+# each, everything that may share the host; then the tests that dedicate a CPU,
+# one at a time, beside those that create no kvmctl set; then, alone, the tests
+# that restart libvirtd or run the host role. Each part must run a test; the
+# target fails if any part failed.
 INTEGRATION_WORKERS ?= 2
 
-# Both parts always run; the target fails if either failed. A part that a
-# PYTEST_ARGS filter leaves empty (pytest's exit 5) is no failure.
 integration:
-	rc=0; \
-	$(PYTEST) tests/integration -m "not exclusive and not dedicated_cpus" -n $(INTEGRATION_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) || rc=$$?; \
-	[ $$rc -eq 5 ] && [ -n "$(PYTEST_ARGS)" ] && rc=0; \
-	$(PYTEST) tests/integration -m "exclusive or dedicated_cpus" --durations=10 $(PYTEST_ARGS) || { \
-	    s=$$?; [ $$s -eq 5 ] && [ -n "$(PYTEST_ARGS)" ] || rc=$$s; }; \
-	exit $$rc
+	scripts/integration.sh "$(PYTEST)" $(INTEGRATION_WORKERS) $(PYTEST_ARGS)
 
 # Strict mypy (pyproject.toml) over the whole package, not only the pure layers.
 RUFF_PATHS := kvmctl tests bench

@@ -20,7 +20,7 @@ from tests.integration.cockpit_helpers import EXAMPLE, cli_env
 from tests.integration.cockpit_helpers import URI as REAL_URI
 from tests.integration.cockpit_helpers import kvmctl as run_kvmctl
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.no_set]
 
 MISSING = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
 

@@ -25,7 +25,7 @@ from kvmctl.host import images, kvmprobe, probeguest
 from kvmctl.host.facts import HostFacts
 from tests.integration.cockpit_helpers import URI, cli_env, kvmctl_popen
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.no_set]
 
 FirstProbe = tuple[Path, dict[str, Any], float, int]  # run dir, doctor JSON, seconds, pid
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     # no package); the fixtures hand out its objects.
     from conftest import GuestFactory, TestGuest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.no_set]
 
 SUBNET = ipaddress.IPv4Network("10.77.250.0/24")
 

@@ -14,7 +14,7 @@ from kvmctl.testing import lab as labs
 from kvmctl.testing import labops
 from tests.integration.cockpit_helpers import kvmctl, kvmctl_json
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.no_set]
 
 
 def _sees(state: labs.LabState, path: Path) -> bool:
