@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,3 +76,12 @@ def result_block(
         f"{platform.node()}"
     )
     return f"{head}\n\n{body}\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def domain_type(domain: str, uri: str = "qemu:///system") -> str:
+    """The domain's type: kvm, or qemu when it runs under TCG."""
+    conn = libvirt.open(uri)
+    try:
+        return str(conn.lookupByName(domain).XMLDesc(0).split("type='", 1)[1].split("'", 1)[0])
+    finally:
+        conn.close()

@@ -33,7 +33,7 @@ from typing import Any
 
 import libvirt
 import yaml
-from _common import EXAMPLE, record, result_block, spec_variant, write_spec
+from _common import EXAMPLE, domain_type, record, result_block, spec_variant, write_spec
 
 from kvmctl import cockpit
 from kvmctl.cockpit.outcome import VmOutcome
@@ -64,14 +64,6 @@ def power_off(domain: str) -> None:
         dom = conn.lookupByName(domain)
         if dom.isActive():
             dom.destroy()
-    finally:
-        conn.close()
-
-
-def domain_type(domain: str) -> str:
-    conn = libvirt.open(URI)
-    try:
-        return str(conn.lookupByName(domain).XMLDesc(0).split("type='", 1)[1].split("'", 1)[0])
     finally:
         conn.close()
 
