@@ -85,3 +85,12 @@ def domain_type(domain: str, uri: str = "qemu:///system") -> str:
         return str(conn.lookupByName(domain).XMLDesc(0).split("type='", 1)[1].split("'", 1)[0])
     finally:
         conn.close()
+
+
+def running_domains(uri: str = "qemu:///system") -> int:
+    """How many domains run on the host: a bench's neighbours it did not start."""
+    conn = libvirt.open(uri)
+    try:
+        return len(conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+    finally:
+        conn.close()

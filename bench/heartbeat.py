@@ -33,9 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import libvirt  # noqa: E402
-
-from bench._common import domain_type, record, result_block  # noqa: E402
+from bench._common import domain_type, record, result_block, running_domains  # noqa: E402
 from kvmctl import cockpit  # noqa: E402
 from tests.integration.ops_helpers import (  # noqa: E402
     SupervisorProcess,
@@ -103,7 +101,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kvmctl-bench-"))
     spec = work / "spec.yaml"
     spec.write_text(SPEC.format(name=SET, vm=VM, period=args.period_ms, deadline=args.deadline_ms))
-    others = len(libvirt.open(URI).listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+    others = running_domains(URI)
     load0 = os.getloadavg()[0]
     rounds: list[dict[str, float]] = []
     os.environ["KVMCTL_SUPERVISE_DIR"] = str(work)

@@ -54,6 +54,7 @@ from _common import (  # noqa: E402
     RESULTS,
     record,
     result_block,
+    running_domains,
     spec_variant,
     write_spec,
 )
@@ -223,7 +224,7 @@ def main() -> int:
         for state in states
     }
     spec = specs[states[0]]
-    load0, others0 = os.getloadavg()[0], len(list(Path("/run/libvirt/qemu").glob("*.pid")))
+    load0, others0 = os.getloadavg()[0], running_domains(URI)
     print(f"set {set_name}, {args.seconds} s per measurement, ivi cap {args.cap} %", flush=True)
     try:
         t = time.monotonic()

@@ -33,7 +33,15 @@ from typing import Any
 
 import libvirt
 import yaml
-from _common import EXAMPLE, domain_type, record, result_block, spec_variant, write_spec
+from _common import (
+    EXAMPLE,
+    domain_type,
+    record,
+    result_block,
+    running_domains,
+    spec_variant,
+    write_spec,
+)
 
 from kvmctl import cockpit
 from kvmctl.cockpit.outcome import VmOutcome
@@ -87,7 +95,7 @@ def main() -> None:
     cold_path = write_spec(cluster_spec(set_name, args.as_is, "cold"))
     warm_path = cold_path.with_name("warm.yaml")
     warm_path.write_text(yaml.safe_dump(cluster_spec(set_name, args.as_is, "warm")))
-    others = len(libvirt.open(URI).listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+    others = running_domains(URI)
     load0 = os.getloadavg()[0]
     rows: dict[str, VmOutcome] = {}
     try:
