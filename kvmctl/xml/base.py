@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Self, Union, dataclass_transform
+from typing import Any, ClassVar, Literal, Self, dataclass_transform
 
 from lxml import etree
 
-from kvmctl.xml.convert import STR, Converter, rescale
+from kvmctl.xml.convert import STR, Converter
+from kvmctl.xml.engine import claimed_tags, read, write
+from kvmctl.xml.typecheck import check_type
 
 PROP_KEY = "kvmctl.xml.prop"
 Kind = Literal["value", "values", "flag", "child", "children", "unclaimed"]
@@ -145,12 +146,12 @@ class XMLModel:
             for f in dataclasses.fields(cls)  # type: ignore[arg-type]  # a dataclass since above
             if PROP_KEY in f.metadata
         )
-        cls._CLAIMED = _claimed(cls._PROPS)
+        cls._CLAIMED = claimed_tags(cls._PROPS)
         cls._HINTS = None
 
     def __post_init__(self) -> None:
         for name, hint in type(self)._hints().items():
-            _check_type(type(self), name, hint, getattr(self, name))
+            check_type(type(self), name, hint, getattr(self, name))
         self._validate()
 
     @classmethod
@@ -169,7 +170,7 @@ class XMLModel:
     def to_element(self, tag: str | None = None) -> Any:
         el = etree.Element(tag or self.TAG, nsmap=self.NSMAP)
         for name, prop in self._PROPS:
-            _write(el, prop, getattr(self, name))
+            write(el, prop, getattr(self, name))
         return el
 
     def to_xml(self) -> str:
@@ -187,7 +188,7 @@ class XMLModel:
         kwargs: dict[str, Any] = {}
         for name, prop in cls._PROPS:
             try:
-                got = _read(el, prop, cls._CLAIMED)
+                got = read(el, prop, cls._CLAIMED)
             except ValueError as exc:
                 raise ValueError(f"<{expected}> {prop.path or name}: {exc}") from None
             if got is not dataclasses.MISSING:
@@ -215,154 +216,3 @@ def parse_xml(text: str) -> Any:
         return etree.fromstring(text.encode("utf-8"), parser)
     except etree.XMLSyntaxError as exc:
         raise ValueError(f"not well-formed XML: {exc}") from None
-
-
-# -- engine ------------------------------------------------------------------
-
-
-def _claimed(props: tuple[tuple[str, Prop], ...]) -> frozenset[str]:
-    tags: set[str] = set()
-    for _, prop in props:
-        segs = prop.segments
-        if segs and not segs[0].startswith("@"):
-            tags.add(segs[0])
-        elif prop.kind in ("child", "children"):
-            tags.add(prop.child_tag)
-    return frozenset(tags)
-
-
-def _find(el: Any, segs: list[str]) -> Any:
-    for seg in segs:
-        el = next(el.iterchildren(seg), None)
-        if el is None:
-            return None
-    return el
-
-
-def _ensure(el: Any, segs: list[str]) -> Any:
-    for seg in segs:
-        found = next(el.iterchildren(seg), None)
-        el = etree.SubElement(el, seg) if found is None else found
-    return el
-
-
-def _write(el: Any, prop: Prop, val: Any) -> None:
-    segs = prop.segments
-    if prop.kind == "value":
-        if val is None:
-            return
-        text = prop.conv.format(val)
-        if segs and segs[-1].startswith("@"):
-            holder = _ensure(el, segs[:-1])
-            holder.set(segs[-1][1:], text)
-        else:
-            holder = _ensure(el, segs)
-            holder.text = text
-        if prop.unit:
-            holder.set("unit", prop.unit)
-    elif prop.kind == "values":
-        attr = segs[-1][1:] if segs[-1].startswith("@") else None
-        tag_at = -2 if attr else -1
-        parent = _ensure(el, segs[:tag_at]) if val else None
-        for item in val:
-            repeated = etree.SubElement(parent, segs[tag_at])
-            if attr:
-                repeated.set(attr, prop.conv.format(item))
-            else:
-                repeated.text = prop.conv.format(item)
-    elif prop.kind == "flag":
-        if val:
-            _ensure(el, segs)
-    elif prop.kind == "child":
-        if val is not None:
-            _ensure(el, segs).append(val.to_element(prop.tag))
-    elif prop.kind == "children":
-        if val is None or (not val and not (segs and prop.keep_empty)):
-            return
-        parent = _ensure(el, segs)
-        for item in val:
-            parent.append(item.to_element(prop.tag))
-    else:
-        for xml in val:
-            el.append(etree.fromstring(xml))
-
-
-def _read(el: Any, prop: Prop, claimed: frozenset[str]) -> Any:
-    segs = prop.segments
-    if prop.kind == "value":
-        if segs and segs[-1].startswith("@"):
-            holder = _find(el, segs[:-1])
-            raw = None if holder is None else holder.get(segs[-1][1:])
-        else:
-            holder = _find(el, segs)
-            # An element without text counts as absent, as libvirt treats it.
-            raw = None if holder is None else holder.text
-        if raw is None:
-            return dataclasses.MISSING
-        parsed = prop.conv.parse(raw)
-        if prop.unit:
-            parsed = rescale(parsed, holder.get("unit", prop.unit), prop.unit)
-        return parsed
-    if prop.kind == "values":
-        attr = segs[-1][1:] if segs[-1].startswith("@") else None
-        tag_at = -2 if attr else -1
-        parent = _find(el, segs[:tag_at])
-        if parent is None:
-            return dataclasses.MISSING
-        return tuple(
-            prop.conv.parse(c.get(attr, "") if attr else (c.text or ""))
-            for c in parent.iterchildren(segs[tag_at])
-        )
-    if prop.kind == "flag":
-        return _find(el, segs) is not None
-    if prop.kind == "unclaimed":
-        return tuple(
-            etree.tostring(c, encoding="unicode", with_tail=False)
-            for c in el.iterchildren(etree.Element)
-            if c.tag not in claimed
-        )
-    assert prop.model is not None
-    parent = _find(el, segs)
-    if parent is None:
-        return dataclasses.MISSING
-    found = [prop.model.from_element(c, prop.tag) for c in parent.iterchildren(prop.child_tag)]
-    if prop.kind == "child":
-        return found[0] if found else dataclasses.MISSING
-    return tuple(found)
-
-
-def _check_type(cls: type, name: str, hint: Any, val: Any) -> None:
-    """Reject values a caller could not have meant, naming field and choices."""
-    if _matches(hint, val):
-        return
-    choices = _literals(hint)
-    if choices and not isinstance(val, tuple):
-        allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{cls.__name__}.{name}: {val!r} is not one of {allowed}")
-    raise TypeError(f"{cls.__name__}.{name}: {val!r} does not match {hint}")
-
-
-def _matches(hint: Any, val: Any) -> bool:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return True
-    if hint is None or hint is type(None):
-        return val is None
-    if origin is Literal:
-        return any(val == a and type(val) is type(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return any(_matches(a, val) for a in args)
-    if origin is tuple:
-        return isinstance(val, tuple) and all(_matches(args[0], v) for v in val)
-    if hint is int:
-        return isinstance(val, int) and not isinstance(val, bool)
-    if isinstance(hint, type):
-        return isinstance(val, hint)
-    return True
-
-
-def _literals(hint: Any) -> list[Any]:
-    if typing.get_origin(hint) is Literal:
-        return list(typing.get_args(hint))
-    return [a for arg in typing.get_args(hint) for a in _literals(arg)]
