@@ -248,8 +248,11 @@ class Applier:
         retune(self.virt, plan.domain, new, self.host_cpus)
         if self.on_this_host:
             steps: list[rt.RtStep] = []
-            self.journal.record(f"real-time budgets of {plan.domain}", lambda: rt.undo(steps))
-            self.notes += poststart.reschedule(plan, rt_by_thread=self.rt_by_thread, rt_steps=steps)
+            was: dict[int, tuple[str, int]] = {}
+            self.journal.record(f"vCPU scheduling of {plan.domain}", lambda: rt.undo(steps, was))
+            self.notes += poststart.reschedule(
+                plan, rt_by_thread=self.rt_by_thread, rt_steps=steps, was=was
+            )
             # Idempotent; puts back shaping a new tap lacks (a VM that arrived by migration).
             self.notes += poststart.shape(plan, self._netlink(), self._net_lock)
 

@@ -89,14 +89,22 @@ def make_realtime(vp: VmPlan, steps: list[rt.RtStep]) -> list[str]:
     return notes
 
 
-def reschedule(vp: VmPlan, *, rt_by_thread: bool, rt_steps: list[rt.RtStep]) -> list[str]:
+def reschedule(
+    vp: VmPlan,
+    *,
+    rt_by_thread: bool,
+    rt_steps: list[rt.RtStep],
+    was: dict[int, tuple[str, int]],
+) -> list[str]:
     """vCPU scheduling of a running QEMU as planned: real-time set again where
     it was lost (a migration does not carry it, a `chrt` may undo it), or
-    taken away; nothing where it is as planned."""
+    taken away; nothing where it is as planned. `was` receives each vCPU
+    thread's policy before any change, for `rt.undo` to put back."""
     pid = threads.qemu_pid(vp.domain)
     if pid is None:
         raise ApplyError(f"cannot find the QEMU process of '{vp.domain}'")
     qemu = threads.inspect(pid)
+    was.update(rt.policies(qemu))
     want = ("other", 0) if vp.realtime is None else (vp.realtime.policy, vp.realtime.priority)
     if vp.realtime is None or not rt_by_thread:
         if any((t.policy, t.priority) != want for t in qemu.vcpus):

@@ -116,8 +116,22 @@ def _read_or_zero(parent: Path, domain_dir: Path) -> int:
     return 0
 
 
-def undo(steps: list[RtStep]) -> None:
-    """Give back budgets, children first. Best effort: a vanished cgroup is fine."""
+def policies(qemu: QemuProcess) -> dict[int, tuple[str, int]]:
+    """Each vCPU thread's policy and priority as they are, for `undo`."""
+    return {t.tid: (t.policy, t.priority) for t in qemu.vcpus}
+
+
+def undo(steps: list[RtStep], was: dict[int, tuple[str, int]] | None = None) -> None:
+    """Put the vCPU threads in `was` back to their policy (a live update's
+    change; a stopped domain's threads are gone), then give back budgets,
+    children first: a budget cannot shrink below what the real-time threads
+    still in its cgroup need. Best effort: a vanished thread or cgroup is fine."""
+    for tid, (policy, priority) in (was or {}).items():
+        if policy in POLICIES:
+            try:
+                os.sched_setscheduler(tid, POLICIES[policy], os.sched_param(priority))
+            except OSError:
+                pass
     with _BUDGETS:
         _give_back(steps)
 
