@@ -69,8 +69,10 @@ def test_top_per_vm_and_vcpu(spec: Path, tmp_path: Path) -> None:
     ivi, cluster = rows["ivi"], rows["cluster"]
     assert ivi["state"] == cluster["state"] == "running"
     # The busy guest is busy, but held under its cap (50 % of a CPU, plus slack
-    # for the emulator threads, which the cap does not cover).
-    assert 20 <= ivi["vcpus"][0]["cpu_pct"] <= 60, ivi
+    # for the emulator threads, which the cap does not cover). How much CPU it
+    # gets below the cap is not its own: other tests' guests share the 2 CPUs
+    # (a CI run saw 19.9 %), so busy is judged against the idle cluster below.
+    assert 5 <= ivi["vcpus"][0]["cpu_pct"] <= 60, ivi
     assert cluster["vcpus"][0]["cpu_pct"] < ivi["vcpus"][0]["cpu_pct"] / 2, (cluster, ivi)
     for row in (ivi, cluster):
         proc = qemu(row["domain"])
