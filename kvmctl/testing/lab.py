@@ -22,9 +22,7 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +30,8 @@ from pathlib import Path
 from kvmctl.errors import HostError
 from kvmctl.state.paths import run_dir, volume_dir
 from kvmctl.state.statefile import write_atomic
+from kvmctl.testing import labproc as proc
+from kvmctl.testing.labscripts import TCP_PORT, enter_script, libvirtd_conf
 
 # libvirt's per-host directories, made private inside the lab's mount namespace.
 LIBVIRT_DIRS = (
@@ -42,7 +42,6 @@ LIBVIRT_DIRS = (
     "/var/cache/libvirt",
 )
 LAB_NET = ipaddress.IPv4Network("10.251.0.0/16")
-TCP_PORT = 16509
 READY_TIMEOUT = 30.0
 
 
@@ -90,7 +89,7 @@ def _state_file(name: str) -> Path:
     return labs_dir() / f"{name}.json"
 
 
-def _save(state: LabState) -> None:
+def save_state(state: LabState) -> None:
     write_atomic(_state_file(state.name), json.dumps(asdict(state), indent=2))
 
 
@@ -104,12 +103,6 @@ def load_state(name: str) -> LabState | None:
 def list_labs() -> list[LabState]:
     found = [load_state(p.stem) for p in sorted(labs_dir().glob("*.json"))]
     return [s for s in found if s is not None]
-
-
-def _run(*argv: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise HostError(f"`{' '.join(argv)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
@@ -129,55 +122,6 @@ def _free_subnet() -> ipaddress.IPv4Network:
     return secrets.choice(free)
 
 
-def _libvirtd_conf(state: LabState) -> str:
-    return "\n".join(
-        [
-            "# kvmctl lab host: test only, plain TCP on a private veth.",
-            "listen_tcp = 1",
-            "listen_tls = 0",
-            f'listen_addr = "{state.lab_address}"',
-            f'tcp_port = "{TCP_PORT}"',
-            'auth_tcp = "none"',
-            'auth_unix_rw = "none"',
-            f'host_uuid = "{state.host_uuid}"',
-            "keepalive_interval = 2",
-            "keepalive_count = 3",
-            "",
-        ]
-    )
-
-
-def _start_script(state: LabState) -> str:
-    """Run inside the lab's namespaces: bind the private tree over libvirt's
-    directories, then start both daemons there."""
-    lines = [
-        "set -e",
-        "ip link set lo up",
-        # `ip netns exec` mounted a fresh /sys for the namespace, without the
-        # cgroup hierarchies libvirt needs for pinning, shares and caps.
-        f"mount --rbind {state.path('/cgroup')} /sys/fs/cgroup",
-    ]
-    for absolute in state.private_dirs:
-        lines.append(f"mkdir -p {absolute}")
-        lines.append(f"mount --bind {state.path(absolute)} {absolute}")
-    lines += [
-        "virtlogd -d --pid-file /run/libvirt/lab-virtlogd.pid",
-        "libvirtd -d --listen -f /etc/libvirt/libvirtd.conf "
-        "--pid-file /run/libvirt/lab-libvirtd.pid",
-    ]
-    return "\n".join(lines)
-
-
-def _enter_script(state: LabState) -> str:
-    """Run under `unshare -m`: keep the host's cgroup tree reachable, then enter
-    the network namespace with the start script."""
-    stash = state.path("/cgroup")
-    return (
-        f"set -e; mkdir -p {stash}; mount --rbind /sys/fs/cgroup {stash}; "
-        f"exec ip netns exec {state.netns} sh -c '{_start_script(state)}'"
-    )
-
-
 def _prepare_tree(state: LabState) -> None:
     for absolute in state.private_dirs:
         state.path(absolute).mkdir(parents=True, exist_ok=True)
@@ -186,30 +130,9 @@ def _prepare_tree(state: LabState) -> None:
     # the daemon's own settings and the stored objects are the lab's.
     for conf in Path("/etc/libvirt").glob("*.conf"):
         shutil.copy2(conf, etc / conf.name)
-    (etc / "libvirtd.conf").write_text(_libvirtd_conf(state))
+    (etc / "libvirtd.conf").write_text(libvirtd_conf(state))
     (etc / "qemu").mkdir(exist_ok=True)
     (etc / "storage").mkdir(exist_ok=True)
-
-
-def _read_pid(path: Path, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return int(path.read_text().strip())
-        except (OSError, ValueError):
-            time.sleep(0.05)
-    raise HostError(f"the lab daemon did not write {path}")
-
-
-def _wait_listening(address: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((address, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise HostError(f"the lab libvirtd does not listen on {address}:{port}")
 
 
 class LabHost:
@@ -250,7 +173,7 @@ class LabHost:
             shared_storage=self.shared_storage,
         )
         self.state = state
-        _save(state)
+        save_state(state)
         try:
             self._start(state)
         except BaseException:
@@ -260,25 +183,29 @@ class LabHost:
 
     def _start(self, state: LabState) -> None:
         _prepare_tree(state)
-        _run("ip", "netns", "add", state.netns)
-        _run("ip", "link", "add", state.veth_host, "type", "veth", "peer", "name", state.veth_lab)
-        _run("ip", "link", "set", state.veth_lab, "netns", state.netns)
-        _run("ip", "addr", "add", f"{state.host_address}/{state.prefix}", "dev", state.veth_host)
-        _run("ip", "link", "set", state.veth_host, "up")
+        proc.run("ip", "netns", "add", state.netns)
+        proc.run(
+            "ip", "link", "add", state.veth_host, "type", "veth", "peer", "name", state.veth_lab
+        )
+        proc.run("ip", "link", "set", state.veth_lab, "netns", state.netns)
+        proc.run(
+            "ip", "addr", "add", f"{state.host_address}/{state.prefix}", "dev", state.veth_host
+        )
+        proc.run("ip", "link", "set", state.veth_host, "up")
         # Whatever happens to the veth, traffic for the lab never takes the
         # default route off this machine: a blackhole behind the link's route.
-        _run("ip", "route", "add", "blackhole", _subnet(state), "metric", "4000")
+        proc.run("ip", "route", "add", "blackhole", _subnet(state), "metric", "4000")
         lab = ("ip", "netns", "exec", state.netns)
-        _run(
+        proc.run(
             *lab, "ip", "addr", "add", f"{state.lab_address}/{state.prefix}", "dev", state.veth_lab
         )
-        _run(*lab, "ip", "link", "set", state.veth_lab, "up")
-        _run("unshare", "-m", "--propagation", "private", "sh", "-c", _enter_script(state))
+        proc.run(*lab, "ip", "link", "set", state.veth_lab, "up")
+        proc.run("unshare", "-m", "--propagation", "private", "sh", "-c", enter_script(state))
         run = state.path("/run/libvirt")
-        state.pids["virtlogd"] = _read_pid(run / "lab-virtlogd.pid", READY_TIMEOUT)
-        state.pids["libvirtd"] = _read_pid(run / "lab-libvirtd.pid", READY_TIMEOUT)
-        _save(state)
-        _wait_listening(state.lab_address, TCP_PORT, READY_TIMEOUT)
+        state.pids["virtlogd"] = proc.read_pid(run / "lab-virtlogd.pid", READY_TIMEOUT)
+        state.pids["libvirtd"] = proc.read_pid(run / "lab-libvirtd.pid", READY_TIMEOUT)
+        save_state(state)
+        proc.wait_listening(state.lab_address, TCP_PORT, READY_TIMEOUT)
         _warm(state)
 
     def down(self) -> None:
@@ -310,13 +237,13 @@ def teardown(state: LabState) -> None:
     """Remove every trace of a lab: its guests' QEMUs and daemons by PID, the
     namespace and veth, the private tree and the state file."""
     for qemu in _qemu_pids(state):
-        _kill(qemu, signal.SIGKILL)
+        proc.kill(qemu, signal.SIGKILL)
     for daemon in ("libvirtd", "virtlogd"):
         pid = state.pids.get(daemon)
         if pid:
-            _kill(pid, signal.SIGTERM)
-            if not _wait_gone(pid, 10.0):
-                _kill(pid, signal.SIGKILL)
+            proc.kill(pid, signal.SIGTERM)
+            if not proc.wait_gone(pid, 10.0):
+                proc.kill(pid, signal.SIGKILL)
     subprocess.run(["ip", "link", "del", state.veth_host], capture_output=True, check=False)
     subprocess.run(
         ["ip", "route", "del", "blackhole", _subnet(state), "metric", "4000"],
@@ -347,27 +274,6 @@ def _qemu_pids(state: LabState) -> list[int]:
         except (OSError, ValueError):
             continue
     return pids
-
-
-def _kill(pid: int, sig: int) -> bool:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            return True
-        if "\nState:\tZ" in status:  # exited; whoever is its parent has yet to reap it
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _remove_tree(root: Path) -> None:

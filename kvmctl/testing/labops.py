@@ -6,26 +6,18 @@ from __future__ import annotations
 
 import signal
 
-from kvmctl.testing.lab import (
-    READY_TIMEOUT,
-    TCP_PORT,
-    LabState,
-    _kill,
-    _read_pid,
-    _run,
-    _save,
-    _wait_gone,
-    _wait_listening,
-)
+from kvmctl.testing import labproc as proc
+from kvmctl.testing.lab import READY_TIMEOUT, LabState, save_state
+from kvmctl.testing.labscripts import TCP_PORT
 
 
 def kill_libvirtd(state: LabState) -> None:
     """SIGKILL the lab's libvirtd (its QEMUs keep running, as on a real host)."""
     pid = state.pids.pop("libvirtd", None)
     if pid:
-        _kill(pid, signal.SIGKILL)
-        _wait_gone(pid, 10.0)
-    _save(state)
+        proc.kill(pid, signal.SIGKILL)
+        proc.wait_gone(pid, 10.0)
+    save_state(state)
 
 
 def inside(state: LabState) -> list[str]:
@@ -40,7 +32,7 @@ def start_libvirtd(state: LabState) -> None:
     """Start the lab's libvirtd again inside the lab's namespaces."""
     pidfile = state.path("/run/libvirt") / "lab-libvirtd.pid"
     pidfile.unlink(missing_ok=True)
-    _run(
+    proc.run(
         *inside(state),
         "libvirtd",
         "-d",
@@ -50,16 +42,16 @@ def start_libvirtd(state: LabState) -> None:
         "--pid-file",
         "/run/libvirt/lab-libvirtd.pid",
     )
-    state.pids["libvirtd"] = _read_pid(pidfile, READY_TIMEOUT)
-    _save(state)
-    _wait_listening(state.lab_address, TCP_PORT, READY_TIMEOUT)
+    state.pids["libvirtd"] = proc.read_pid(pidfile, READY_TIMEOUT)
+    save_state(state)
+    proc.wait_listening(state.lab_address, TCP_PORT, READY_TIMEOUT)
 
 
 def set_link(state: LabState, up: bool) -> None:
     """Take the lab's end of the veth down (a network loss) or up again. The
     host's end stays up, so its route (and the blackhole behind it) keeps the
     lab's addresses on this machine."""
-    _run(
+    proc.run(
         "ip",
         "netns",
         "exec",
