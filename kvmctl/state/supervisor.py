@@ -39,14 +39,12 @@ def supervisor_state(set_name: str, directory: Path | None = None) -> dict[str, 
 def safe_state_of(data: dict[str, Any] | None) -> dict[str, Any]:
     """The set's safe state as its running supervisor keeps it: `degraded`,
     and the rest. With no supervisor running nobody keeps the state, so it
-    is not degraded, unless a supervisor died without lifting its measures
+    is not degraded, unless a supervisor stopped without lifting its measures
     (`left_in_force`: shed VMs still paused or capped until a new supervisor
-    takes them over)."""
+    takes them over; killed, or not connected to libvirtd as it stopped)."""
     safe = dict((data or {}).get("safe_state") or {})
     alive = bool(data and data.get("alive"))
-    left = bool(
-        data and not alive and data.get("active") and (safe.get("paused") or safe.get("uncapped"))
-    )
+    left = bool(data and not alive and (safe.get("paused") or safe.get("uncapped")))
     safe["left_in_force"] = left
     safe["degraded"] = left or bool(alive and safe.get("degraded"))
     return safe

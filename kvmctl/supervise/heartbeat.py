@@ -35,6 +35,7 @@ class HeartbeatNote:
     vm: str
     kind: str  # "missed" or "resumed"
     age_s: float  # since the last beat, at the time of the report
+    last_beat: float | None = None  # its wall clock (for a resume: the beat heard again)
 
 
 @dataclass
@@ -131,7 +132,7 @@ class HeartbeatListener:
         self.view.last_beat = time.time()
         if self.view.missed:
             self.view.missed = False
-            self.report(HeartbeatNote(self.vm, "resumed", round(age, 3)))
+            self.report(HeartbeatNote(self.vm, "resumed", round(age, 3), self.view.last_beat))
 
     def _check(self) -> None:
         if self._last is None or self.view.missed:
@@ -140,4 +141,4 @@ class HeartbeatListener:
         if age > self.view.deadline:
             self.view.missed = True
             self.view.misses += 1
-            self.report(HeartbeatNote(self.vm, "missed", round(age, 3)))
+            self.report(HeartbeatNote(self.vm, "missed", round(age, 3), self.view.last_beat))

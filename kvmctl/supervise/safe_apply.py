@@ -11,7 +11,7 @@ failure, so a spent budget gives up rather than restarting).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from kvmctl.adapters.events_watch import EventWatch
@@ -67,36 +67,39 @@ class SafeStateKeeper:
             "uncapped": {vm: list(v) for vm, v in sorted(self._uncapped.items())},
         }
 
-    def adopt(self, left: Mapping[str, Any]) -> None:
+    def adopt(self, left: Mapping[str, Any], heard: Collection[str]) -> None:
         """Take over the safe state a supervisor of this set left in force
-        when it died without lifting it (killed, OOM): its measures are undone
-        by this one once the triggers clear, not never. What the spec no
-        longer declares is dropped, and the measures brought in line at once."""
-        active = frozenset(
+        when it stopped without lifting it (killed, OOM, or not connected to
+        libvirtd as it stopped): its measures are undone by this one once
+        the triggers clear, not never. What the spec no longer declares is
+        dropped, and the measures brought in line at once. A missed heartbeat
+        that no listener here hears (`heard`) could never resume: dropped."""
+        found = frozenset(
             (trigger, vm)
             for reason in left.get("active") or []
             for trigger, _, vm in [str(reason).partition(":")]
         )
-        shed = set(self.config.shed)
-        self._paused = {str(vm) for vm in left.get("paused") or [] if vm in shed}
+        unheard = {(t, vm) for t, vm in found if t == "heartbeat_missed" and vm not in heard}
+        active = found - unheard
+        # Only a VM that can have been shed: one of this set that is not watched.
+        vms = set(self.board.vms) - set(self.config.watch)
+        self._paused = {str(vm) for vm in left.get("paused") or [] if vm in vms}
         self._uncapped = {
             str(vm): (_int_or_none(v[0]), _int_or_none(v[1]))
             for vm, v in (left.get("uncapped") or {}).items()
-            if vm in shed and isinstance(v, list) and len(v) == 2
+            if vm in vms and isinstance(v, list) and len(v) == 2
         }
-        applied = frozenset(["pause"] * bool(self._paused) + ["cap"] * bool(self._uncapped))
-        if not active and not applied:
+        if not active and not self._paused and not self._uncapped:
             return
-        t = adopted(self.config, active, applied)
+        t = adopted(self.config, active, frozenset(self._paused), frozenset(self._uncapped))
         self.board.log(
             "safe-state-adopted",
             active=t.state.reasons(),
-            dropped=list(t.cleared),
+            dropped=sorted([*t.cleared, *(f"{trig}:{vm}" for trig, vm in unheard)]),
             paused=sorted(self._paused),
             capped=sorted(self._uncapped),
             actions=[s.as_dict() for s in t.steps],
         )
-        self.state = SafeState(frozenset(), applied)  # what is in force on the host
         since = left.get("since")
         if t.state.degraded and isinstance(since, int | float):
             self.since = float(since)
@@ -185,8 +188,15 @@ class SafeStateKeeper:
         if step.kind == "pause":
             if state.state == "paused":
                 return "paused already"  # by an operator, or before this keeper took over
-            SnapshotOps(virt).suspend(w.domain)
+            # Recorded first: a supervisor killed during the call leaves its
+            # successor a record to undo (a resume of a running VM only fails).
             self._paused.add(w.name)
+            self.board.write_state()
+            try:
+                SnapshotOps(virt).suspend(w.domain)
+            except KvmctlError:
+                self._paused.discard(w.name)
+                raise
         elif step.kind == "resume":
             if w.name not in self._paused:
                 return "not paused by the safe state"
@@ -195,6 +205,7 @@ class SafeStateKeeper:
         elif step.kind == "cap":
             period, quota = virt.vcpu_cap(w.domain)
             self._uncapped.setdefault(w.name, (period, quota))
+            self.board.write_state()  # the quota to put back, before it is changed
             use = period or DEFAULT_PERIOD_US
             virt.set_vcpu_cap(w.domain, use, capped_quota(use, quota, step.limit))
         elif step.kind == "uncap":

@@ -157,18 +157,26 @@ def on_event(config: SafeConfig, state: SafeState, event: Happened) -> Transitio
 
 
 def adopted(
-    config: SafeConfig, active: frozenset[tuple[str, str]], applied: frozenset[str]
+    config: SafeConfig,
+    active: frozenset[tuple[str, str]],
+    paused: frozenset[str],
+    capped: frozenset[str],
 ) -> Transition:
     """Take over a safe state another supervisor left in force (`active`
-    triggers, `applied` measures): triggers the spec no longer declares, or
-    for VMs it no longer watches, are dropped (`cleared`), and the measures
-    are brought to what the remaining ones ask for (all lifted when none
-    remains)."""
+    triggers; the VMs it `paused` and `capped`): triggers the spec no longer
+    declares, or for VMs it no longer watches, are dropped (`cleared`), and
+    the measures are brought to what the remaining ones ask for (all lifted
+    when none remains). A VM held that the spec no longer sheds is let go
+    whatever remains in force."""
     kept = frozenset((t, vm) for t, vm in active if t in config.actions and vm in config.watch)
     wanted = _wanted(config, kept)
+    shed = frozenset(config.shed)
+    applied = frozenset(["pause"] * bool(paused & shed) + ["cap"] * bool(capped & shed))
+    strays = [Step("resume", vm) for vm in sorted(paused - shed)]
+    strays += [Step("uncap", vm) for vm in sorted(capped - shed)]
     return Transition(
         SafeState(kept, wanted),
-        tuple(_shed_steps(config, applied, wanted)),
+        tuple(strays + _shed_steps(config, applied, wanted)),
         cleared=tuple(f"{t}:{vm}" for t, vm in sorted(active - kept)),
     )
 

@@ -14,7 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import libvirt
+
 from kvmctl.adapters.events_watch import EventWatch
+from kvmctl.adapters.ready import NotReady, ReadyWatch
+from kvmctl.errors import KvmctlError
 from kvmctl.planner.channels import serial_port
 from kvmctl.planner.hosts import is_remote
 from kvmctl.spec import Cockpit
@@ -27,6 +31,9 @@ from kvmctl.supervise.heartbeat import HeartbeatListener, HeartbeatNote, Heartbe
 from kvmctl.supervise.policy import FAILURES, Decision
 from kvmctl.supervise.safe_apply import SafeStateKeeper
 from kvmctl.supervise.safestate import Happened, SafeConfig, What
+
+# How long a taken-over VM's probe is asked before the reconcile watches it.
+RECHECK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -78,16 +85,51 @@ class Safety:
         return listeners
 
     def adopt_left_state(self, directory: Path) -> None:
-        """A predecessor that died without lifting its safe state (its state
-        file still says active) left measures in force: take them over."""
+        """A predecessor that stopped without lifting its safe state (killed,
+        or not connected to libvirtd as it stopped) left shed VMs paused or
+        capped: take them over. Without a `safe_state:` in the spec any more,
+        they are let go at once."""
         left = supervisor_state(self.board.set_name, directory)
-        if self.keeper is None or not left or not left.get("active") or left["alive"]:
+        if not left or left["alive"]:
             return
-        self.keeper.adopt(left.get("safe_state") or {})
-        for trigger, vm in self.keeper.state.active:
+        safe = left.get("safe_state") or {}
+        if not (left.get("active") or safe.get("paused") or safe.get("uncapped")):
+            return  # a clean stop lifts its measures; a failed lift keeps its records
+        keeper = self.keeper or SafeStateKeeper(
+            self.board, self.watch, SafeConfig((), (), None, {}), lambda w, cause: None
+        )
+        keeper.adopt(safe, heard=set(self.board.heartbeats))
+        held = keeper.summary()
+        if self.keeper is None and not held["paused"] and not held["uncapped"]:
+            self.board.safe = None  # nothing left to keep for a set without a safe state
+        for trigger, vm in keeper.state.active:
             view = self.board.heartbeats.get(vm)
+            w = self.board.vms.get(vm)
             if trigger == "heartbeat_missed" and view is not None:
                 view.missed = True  # its next beat is the resume that clears it
+            elif trigger in ("crashed", "gave_up") and w is not None:
+                self._recheck(w)
+
+    def _recheck(self, w: VmWatch) -> None:
+        """A taken-over crash or spent budget clears when the VM is ready, which
+        the predecessor may not have seen (killed while the VM was booting).
+        A running domain whose probe does not answer now is left to the first
+        reconcile to watch (`recovering`) rather than taken for ready. Not
+        with a serial probe: a guest that booted prints its line no more."""
+        conn = self.watch.conn
+        if conn is None or w.probe.startswith("serial:"):
+            return
+        try:
+            state = self.watch.states().get(w.domain)
+        except KvmctlError:
+            return  # the reconcile decides
+        if state is None or not state.active:
+            return
+        try:
+            with ReadyWatch(conn, w.domain, w.probe) as watch:
+                watch.restored().wait(RECHECK_S)  # a ready guest answers at once
+        except (NotReady, libvirt.libvirtError):
+            w.phase = "recovering"
 
     def heard(self, note: HeartbeatNote | ReadyNote) -> None:
         if isinstance(note, ReadyNote):
@@ -96,7 +138,13 @@ class Safety:
                 self.keeper.reimpose(note.vm)
             return
         w = self.board.vms[note.vm]
-        self.board.log(f"heartbeat-{note.kind}", note.vm, age_s=note.age_s, phase=w.phase)
+        self.board.log(
+            f"heartbeat-{note.kind}",
+            note.vm,
+            age_s=note.age_s,
+            last_beat=note.last_beat,
+            phase=w.phase,
+        )
         if self.keeper is not None:
             what: What = "heartbeat-missed" if note.kind == "missed" else "heartbeat-resumed"
             self.keeper.on(Happened(what, note.vm, w.phase), age_s=note.age_s)

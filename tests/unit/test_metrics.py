@@ -344,5 +344,6 @@ def test_degraded_while_a_gone_supervisor_left_its_measures_in_force() -> None:
     fams = families(Scrape("s", [row()], supervisor=left))
     assert value(fams, "kvmctl_degraded") == 1.0
     assert value(fams, "kvmctl_vm_heartbeat_missed", vm="hud") is None  # nobody listens
-    stopped = {**left, "active": False}  # a clean stop lifts what it applied
+    lifted = {"degraded": False, "paused": [], "uncapped": {}}
+    stopped = {**left, "active": False, "safe_state": lifted}  # a clean stop lifts them
     assert value(families(Scrape("s", [row()], supervisor=stopped)), "kvmctl_degraded") is None

@@ -217,7 +217,10 @@ def test_adopted_brings_measures_in_line_with_the_kept_triggers(
     steps: list[str],
     dropped: list[str],
 ) -> None:
-    t = adopted(config(), frozenset(active), frozenset(applied))
+    shed = frozenset(config().shed)
+    paused = shed if "pause" in applied else frozenset()
+    capped = shed if "cap" in applied else frozenset()
+    t = adopted(config(), frozenset(active), paused, capped)
     assert t.state.active == kept
     assert [s.kind for s in t.steps] == steps
     assert list(t.cleared) == dropped
@@ -225,9 +228,16 @@ def test_adopted_brings_measures_in_line_with_the_kept_triggers(
 
 def test_adopted_drops_what_the_spec_no_longer_declares() -> None:
     cfg = config(SPEC.replace("  gave_up: []\n", ""))
-    t = adopted(cfg, frozenset({("gave_up", "cluster")}), frozenset({"pause"}))
+    t = adopted(cfg, frozenset({("gave_up", "cluster")}), frozenset(cfg.shed), frozenset())
     assert not t.state.degraded and t.cleared == ("gave_up:cluster",)
     assert [s.kind for s in t.steps] == ["resume", "resume"]
+
+
+def test_adopted_lets_go_of_vms_no_longer_shed_whatever_stays_in_force() -> None:
+    # `old` was shed when it was paused and capped; the spec sheds it no more.
+    t = adopted(config(), frozenset({MISSED}), frozenset({"ivi", "old"}), frozenset({"old"}))
+    assert t.state.active == {MISSED}
+    assert [(s.kind, s.vm) for s in t.steps] == [("resume", "old"), ("uncap", "old")]
 
 
 def test_lifted_undoes_every_measure_resume_first() -> None:
