@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import domain_type, record, result_block, running_domains  # noqa: E402
 from kvmctl import cockpit  # noqa: E402
+from tests.integration.cockpit_helpers import sweep  # noqa: E402
 from tests.integration.ops_helpers import (  # noqa: E402
     SupervisorProcess,
     domain_state,
@@ -74,7 +76,7 @@ def one_round(sup: SupervisorProcess, period_ms: int, deadline_s: float) -> dict
     missed = sup.wait(60, since=mark, event="heartbeat-missed", vm="cluster")
     entered = sup.wait(30, since=mark, event="safe-state", on="heartbeat-missed")
     paused = sup.wait(30, since=mark, event="safe-state-step", action="pause", done=True)
-    last_beat = missed["ts"] - missed["age_s"]
+    last_beat = missed["last_beat"]  # the listener's clock, before the hop to the main thread
     assert domain_state(f"{SET}-ivi") == "paused"
     mark = sup.mark()
     tool(cluster, "heartbeat", "start", str(period_ms))
@@ -85,7 +87,7 @@ def one_round(sup: SupervisorProcess, period_ms: int, deadline_s: float) -> dict
         "detect": missed["age_s"],
         "entered": entered["ts"] - last_beat,
         "paused": paused["ts"] - last_beat,
-        "resumed": resume["ts"] - resumed["ts"],
+        "resumed": resume["ts"] - resumed["last_beat"],
     }
 
 
@@ -96,6 +98,8 @@ def main() -> None:
     parser.add_argument("--deadline-ms", type=int, default=1000)
     parser.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     deadline_s = args.deadline_ms / 1000
     bound = deadline_s + args.period_ms / 1000
     work = Path(tempfile.mkdtemp(prefix="kvmctl-bench-"))
@@ -124,7 +128,13 @@ def main() -> None:
         finally:
             sup.terminate()
     finally:
-        cockpit.destroy(spec, URI)
+        try:
+            cockpit.destroy(spec, URI)
+        finally:
+            left = sweep(SET)
+            if left:
+                print(f"removed leftovers: {left}", file=sys.stderr)
+            shutil.rmtree(work, ignore_errors=True)
     lines = [
         "| round | miss after last beat (s) | / deadline | safe state (s) | ivi paused (s) "
         "| within deadline + period | beat again to ivi resumed (s) |",
