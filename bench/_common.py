@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,3 +95,16 @@ def running_domains(uri: str = "qemu:///system") -> int:
         return len(conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
     finally:
         conn.close()
+
+
+def destroy_and_sweep(spec: Path, set_name: str, uri: str = "qemu:///system") -> None:
+    """Destroy a bench's set, then remove whatever a failed destroy left, and say so."""
+    from kvmctl import cockpit
+    from tests.integration.cockpit_helpers import sweep
+
+    try:
+        cockpit.destroy(spec, uri)
+    finally:
+        left = sweep(set_name)
+        if left:
+            print(f"removed leftovers: {left}", file=sys.stderr)

@@ -34,9 +34,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import domain_type, record, result_block, running_domains  # noqa: E402
+from bench._common import (  # noqa: E402
+    destroy_and_sweep,
+    domain_type,
+    record,
+    result_block,
+    running_domains,
+)
 from kvmctl import cockpit  # noqa: E402
-from tests.integration.cockpit_helpers import sweep  # noqa: E402
 from tests.integration.ops_helpers import (  # noqa: E402
     SupervisorProcess,
     domain_state,
@@ -129,11 +134,8 @@ def main() -> None:
             sup.terminate()
     finally:
         try:
-            cockpit.destroy(spec, URI)
+            destroy_and_sweep(spec, SET, URI)
         finally:
-            left = sweep(SET)
-            if left:
-                print(f"removed leftovers: {left}", file=sys.stderr)
             shutil.rmtree(work, ignore_errors=True)
     lines = [
         "| round | miss after last beat (s) | / deadline | safe state (s) | ivi paused (s) "

@@ -52,6 +52,7 @@ import _hostprobe as hp  # noqa: E402
 from _common import (  # noqa: E402
     EXAMPLE,
     RESULTS,
+    destroy_and_sweep,
     record,
     result_block,
     running_domains,
@@ -70,7 +71,6 @@ from _neighbours import CrashLoop, Hogs  # noqa: E402
 from kvmctl import cockpit  # noqa: E402
 from kvmctl.host import threads  # noqa: E402
 from kvmctl.planner.plan import domain_name  # noqa: E402
-from tests.integration.cockpit_helpers import sweep  # noqa: E402
 from tests.integration.ops_helpers import SupervisorProcess, tool  # noqa: E402
 
 URI = os.environ.get("LIBVIRT_DEFAULT_URI", "qemu:///system")
@@ -233,12 +233,7 @@ def main() -> int:
         virt_type = cockpit.open_session(spec, URI).facts.virt_type
         runs = run_rounds(specs, set_name, args.seconds, args.rounds)
     finally:
-        try:
-            cockpit.destroy(spec, URI)
-        finally:
-            left = sweep(set_name)
-            if left:
-                print(f"removed leftovers: {left}", file=sys.stderr)
+        destroy_and_sweep(spec, set_name, URI)
     load1 = os.getloadavg()[0]
 
     rows = table(runs)
