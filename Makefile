@@ -61,21 +61,23 @@ demo: setup
 	@echo "The cockpit's screens: $(abspath $(SCREENS))"
 	@echo "The cockpit keeps running. Remove it with: $(BIN)/kvmctl destroy $(SPEC)"
 
-## test: set up, lint, then unit and integration tests (each must run at least one test)
+## test: set up, then lint, unit and integration tests (each must run at least one
+## test); lint and the unit tests run beside the integration tests that must not
+## share libvirtd with others, so both CPUs stay busy
 test: setup
-	@$(MAKE) --no-print-directory lint
-	@$(MAKE) --no-print-directory unit
-	@$(MAKE) --no-print-directory integration
+	@BESIDE_EXCLUSIVE="$(MAKE) --no-print-directory lint unit" $(MAKE) --no-print-directory integration
 
+UNIT_WORKERS ?= 2
 unit:
-	$(PYTEST) tests/unit -n $(INTEGRATION_WORKERS) $(PYTEST_ARGS)
+	$(PYTEST) tests/unit -n $(UNIT_WORKERS) $(PYTEST_ARGS)
 
-# In three parts (scripts/integration.sh): on two workers, a module at a time
-# each, everything that may share the host; then the tests that dedicate a CPU,
-# one at a time, beside those that create no kvmctl set; then, alone, the tests
-# that restart libvirtd or run the host role. Each part must run a test; the
-# target fails if any part failed.
-INTEGRATION_WORKERS ?= 2
+# In three parts (scripts/integration.sh): alone, the tests that restart libvirtd
+# or run the host role; then, on three workers, a module at a time each,
+# everything that may share the host; then the tests that dedicate a CPU, one at
+# a time. The first and last have a second pytest beside them. Three workers on
+# two CPUs: the parallel part's tests wait on guests and daemons about a third of
+# the time. Each pytest must run a test; the target fails if any failed.
+INTEGRATION_WORKERS ?= 3
 
 integration:
 	scripts/integration.sh "$(PYTEST)" $(INTEGRATION_WORKERS) $(PYTEST_ARGS)

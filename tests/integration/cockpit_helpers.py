@@ -15,6 +15,7 @@ import libvirt
 
 from kvmctl.adapters import storage
 from kvmctl.host import threads
+from kvmctl.planner.networks import parse_alias
 
 URI = os.environ.get("KVMCTL_TEST_URI", "qemu:///system")
 REPO = Path(__file__).resolve().parents[2]
@@ -186,8 +187,9 @@ def libvirt_objects(prefix: str, uri: str = URI) -> dict[str, list[str]]:
 def sweep(prefix: str, uri: str = URI) -> list[str]:
     """Last-resort cleanup: stop and undefine every domain named with `prefix`,
     delete its volumes in pool `kvmctl` and, on this host, the links named with
-    `prefix`. Returns what it removed (empty when `kvmctl destroy` left nothing
-    behind). `uri` may be a lab host's."""
+    `prefix` or kvmctl's bridges of a set named so (a spec may name its bridge
+    freely: kvmctl marks it by its alias). Returns what it removed (empty when
+    `kvmctl destroy` left nothing behind). `uri` may be a lab host's."""
     from pyroute2 import IPRoute
 
     removed: list[str] = []
@@ -228,7 +230,12 @@ def sweep(prefix: str, uri: str = URI) -> list[str]:
         return removed
     with IPRoute() as ipr:
         for link in sorted(os.listdir("/sys/class/net")):
-            if link.startswith(prefix):
+            try:
+                alias = Path("/sys/class/net", link, "ifalias").read_text().strip()
+            except OSError:
+                alias = ""  # gone meanwhile
+            owner = parse_alias(alias)
+            if link.startswith(prefix) or (owner is not None and owner[0].startswith(prefix)):
                 found = ipr.link_lookup(ifname=link)
                 if found:
                     ipr.link("del", index=found[0])

@@ -35,6 +35,7 @@ from kvmctl.adapters.events import ensure_event_loop
 from kvmctl.errors import HostError
 from kvmctl.host import images
 from tests.integration.guest_agent import ExecResult, agent_command, exec_start, exec_status
+from tests.integration.schedule import pytest_collection_modifyitems  # noqa: F401  (a hook)
 
 URI = os.environ.get("KVMCTL_TEST_URI", "qemu:///system")
 DOMAIN_TYPE = os.environ.get("KVMCTL_TEST_DOMAIN_TYPE", "qemu")

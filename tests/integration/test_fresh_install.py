@@ -21,7 +21,7 @@ import pytest
 from tests.integration.conftest import REPO
 from tests.integration.fresh_root import FreshRoot, base_tarball
 
-pytestmark = [pytest.mark.integration, pytest.mark.no_set]
+pytestmark = [pytest.mark.integration, pytest.mark.no_libvirt]
 
 SRC = "/opt/kvmctl"
 # What `make setup` promises a kvmctl host has: the command, and why.

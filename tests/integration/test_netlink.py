@@ -34,7 +34,7 @@ from kvmctl.spec import parse_spec
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.no_set,
+    pytest.mark.no_libvirt,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netlink and namespaces"),
 ]
 
