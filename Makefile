@@ -72,12 +72,11 @@ unit:
 	$(PYTEST) tests/unit -n $(UNIT_WORKERS) $(PYTEST_ARGS)
 
 # In three parts (scripts/integration.sh): alone, the tests that restart libvirtd
-# or run the host role; then, on three workers, a module at a time each,
+# or run the host role; then, on two workers, a module at a time each,
 # everything that may share the host; then the tests that dedicate a CPU, one at
-# a time. The first and last have a second pytest beside them. Three workers on
-# two CPUs: the parallel part's tests wait on guests and daemons about a third of
-# the time. Each pytest must run a test; the target fails if any failed.
-INTEGRATION_WORKERS ?= 3
+# a time. The first and last have a second pytest beside them. Each pytest must
+# run a test; the target fails if any failed.
+INTEGRATION_WORKERS ?= 2
 
 integration:
 	scripts/integration.sh "$(PYTEST)" $(INTEGRATION_WORKERS) $(PYTEST_ARGS)

@@ -19,6 +19,7 @@ LONGEST_FIRST = (
     "test_snapshots.py",
     "test_supervise.py",
     "test_apply_failures.py",
+    "test_multihost.py",
     "test_cockpit_networks.py",
     "test_channels.py",
     "test_deadlines.py",

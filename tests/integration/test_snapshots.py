@@ -134,16 +134,8 @@ class Guests:
             time.sleep(0.02)
 
     def counter(self, vm: str) -> tuple[int, int]:
-        """(in-memory counter, /data/counter) in one guest-exec. The toolbox
-        rewrites its in-memory counter in place ten times a second (truncate,
-        then write), so a read can land in between and find it empty ("none",
-        seen once under a loaded CI host): read again, a few ticks at most."""
-        for _ in range(5):
-            out = self.sh(vm, "kvmctl-tool counter read")
-            fields = dict(w.split("=", 1) for w in out.split())
-            if fields["memory"] != "none":
-                break
-            time.sleep(TICK / 2)
+        """(in-memory counter, /data/counter) in one guest-exec."""
+        fields = dict(w.split("=", 1) for w in self.sh(vm, "kvmctl-tool counter read").split())
         return int(fields["memory"]), int(fields["disk"])
 
     def clock_offset(self, vm: str, samples: int = 7) -> tuple[float, float]:
