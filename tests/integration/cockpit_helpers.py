@@ -87,6 +87,18 @@ def cgroup_value(domain: str, name: str, vcpu: bool = True) -> int:
     return int((directory / name).read_text())
 
 
+def worker_housekeeping_cpu() -> int:
+    """The housekeeping CPU for this pytest process's sets. With the default,
+    CPU 0, every shared vCPU of every set lands on CPU 1 of a 2-CPU host while
+    the host's own work leaves CPU 0 half idle; in the parallel part each
+    pytest-xdist worker `gwN` keeps CPU N instead (modulo the CPUs it may use),
+    so the two workers' guests run on different CPUs. Outside xdist, CPU 0.
+    Placement tests compare with the plan, which follows the spec either way."""
+    cpus = sorted(os.sched_getaffinity(0))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return cpus[int(worker) % len(cpus)] if worker.isdigit() else cpus[0]
+
+
 def write_spec(tmp: Path, text: str, name: str = "cockpit.yaml") -> Path:
     path = tmp / name
     path.write_text(text)

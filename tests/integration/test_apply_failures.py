@@ -30,6 +30,7 @@ from tests.integration.cockpit_helpers import (
     kvmctl_popen,
     set_snapshot,
     sweep,
+    worker_housekeeping_cpu,
 )
 
 # No test here runs a dedicated VM: the two CPU cases are refused in preflight.
@@ -76,7 +77,7 @@ def spec(tmp_path: Path) -> Iterator[Spec]:
     def make(case: str, *vms: str, network: bool = True) -> tuple[str, Path]:
         assert len(case) <= 4, "bridge names are at most 15 characters"
         name = f"{PREFIX}-{case}"
-        text = f"name: {name}\nhost:\n  housekeeping_cpus: [0]\n"
+        text = f"name: {name}\nhost:\n  housekeeping_cpus: [{worker_housekeeping_cpu()}]\n"
         if network:
             text += f"networks:\n  net: {{bridge: {name}, subnet: 10.79.{len(made) + 1}.0/24}}\n"
         text += "vms:\n" + "".join(vms)

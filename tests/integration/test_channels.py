@@ -28,7 +28,13 @@ import pytest
 
 from kvmctl.planner.channels import IVSHMEM_BLOCKER
 from kvmctl.testing.lab import LabState
-from tests.integration.cockpit_helpers import URI, kvmctl, libvirt_objects, write_spec
+from tests.integration.cockpit_helpers import (
+    URI,
+    kvmctl,
+    libvirt_objects,
+    worker_housekeeping_cpu,
+    write_spec,
+)
 from tests.integration.ops_helpers import (
     SupervisorProcess,
     applied_set,
@@ -48,6 +54,7 @@ SHM = Path("/dev/shm")
 VM = "{memory: {size: 128MiB}, disk: {size: 32MiB}, ready: {probe: agent, timeout: 120s}}"
 SPEC = f"""
 name: {SET}
+host: {{housekeeping_cpus: [{worker_housekeeping_cpu()}]}}
 vms:
   a: {VM}
   b: {VM}

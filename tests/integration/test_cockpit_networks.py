@@ -40,6 +40,7 @@ from tests.integration.cockpit_helpers import (
     kvmctl_json,
     qemu,
     refresh_pool,
+    worker_housekeeping_cpu,
     write_spec,
 )
 from tests.integration.guest_agent import ExecResult, exec_start, exec_status
@@ -78,7 +79,7 @@ def _vm(name: str, networks: str) -> str:
 
 SPEC = (
     f"name: {SET}\n"
-    "host:\n  housekeeping_cpus: [0]\n"
+    f"host:\n  housekeeping_cpus: [{worker_housekeeping_cpu()}]\n"
     "networks:\n"
     f"  veh: {{bridge: {BRIDGES['veh']}, subnet: {SUBNETS['veh']}, isolated: true}}\n"
     f"  med: {{bridge: {BRIDGES['med']}, subnet: {SUBNETS['med']}}}\n"

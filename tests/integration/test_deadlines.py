@@ -28,6 +28,7 @@ from tests.integration.cockpit_helpers import (
     kvmctl_json,
     set_snapshot,
     sweep,
+    worker_housekeeping_cpu,
     write_spec,
 )
 from tests.integration.ops_helpers import SupervisorProcess, kill_qemu
@@ -57,7 +58,9 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, st
     """The set with one met and one missed deadline, applied; (spec, apply's stdout)."""
     path = write_spec(
         tmp_path_factory.mktemp("dl"),
-        f"name: {SET}\nvms:\n" + vm("met", GENEROUS) + vm("late", IMPOSSIBLE),
+        f"name: {SET}\nhost: {{housekeeping_cpus: [{worker_housekeeping_cpu()}]}}\nvms:\n"
+        + vm("met", GENEROUS)
+        + vm("late", IMPOSSIBLE),
     )
     try:
         run = kvmctl("apply", str(path), timeout=300)

@@ -27,7 +27,7 @@ import pytest
 
 from kvmctl.host import images
 from kvmctl.testing.lab import LabState
-from tests.integration.cockpit_helpers import kvmctl, kvmctl_json
+from tests.integration.cockpit_helpers import kvmctl, kvmctl_json, worker_housekeeping_cpu
 from tests.integration.conftest import token
 from tests.integration.ops_helpers import (
     SupervisorProcess,
@@ -49,6 +49,7 @@ ADDRESS = SUBNET.network_address + 20
 PEER_ADDRESS = SUBNET.network_address + 21
 SPEC = f"""
 name: {SET}
+host: {{housekeeping_cpus: [{worker_housekeeping_cpu()}]}}
 networks:
   media: {{bridge: {BRIDGE}, subnet: {SUBNET}, isolated: true}}
 vms:

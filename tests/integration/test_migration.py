@@ -25,6 +25,7 @@ from tests.integration.cockpit_helpers import (
     kvmctl,
     kvmctl_popen,
     sweep,
+    worker_housekeeping_cpu,
     write_spec,
 )
 from tests.integration.migration_helpers import plain_move
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 SPEC = """\
 name: {name}
-host: {{housekeeping_cpus: [0]}}
+host: {{housekeeping_cpus: [{housekeeping}]}}
 networks:
   bus: {{bridge: {bridge}, subnet: 10.252.{net}.0/24}}
 vms:
@@ -53,6 +54,7 @@ vms:
 def spec_text(name: str, **kw: object) -> str:
     values = {
         "name": name,
+        "housekeeping": worker_housekeeping_cpu(),
         "bridge": f"{name[-6:]}br",
         "net": secrets.randbelow(200) + 20,
         "criticality": "normal",
@@ -452,7 +454,7 @@ def test_dirtying_guest_converges_under_the_policy_where_plain_defaults_do_not(
 
 WHOLE_SET = """\
 name: {name}
-host: {{housekeeping_cpus: [0]}}
+host: {{housekeeping_cpus: [{housekeeping}]}}
 vms:
   base:
     criticality: high
@@ -473,7 +475,7 @@ def test_whole_set_moves_dependants_first_and_all_arrive(
     tmp_path: Path, kvmctl_lab: LabState
 ) -> None:
     s = MigSet(tmp_path, kvmctl_lab)
-    s.spec.write_text(WHOLE_SET.format(name=s.name))
+    s.spec.write_text(WHOLE_SET.format(name=s.name, housekeeping=worker_housekeeping_cpu()))
     try:
         s.apply()
         run = kvmctl(

@@ -28,6 +28,7 @@ from tests.integration.cockpit_helpers import (
     kvmctl_json,
     libvirt_objects,
     sweep,
+    worker_housekeeping_cpu,
     write_spec,
 )
 from tests.integration.ops_helpers import SupervisorProcess, guest_run
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.integration
 
 SPEC = """\
 name: {name}
-host: {{housekeeping_cpus: [0]}}
+host: {{housekeeping_cpus: [{housekeeping}]}}
 hosts:
   lab: {{uri: "{lab_uri}", virt_type: qemu}}
 networks:
@@ -77,6 +78,7 @@ class TwoHostSet:
     ) -> Path:
         text = SPEC.format(
             name=self.name,
+            housekeeping=worker_housekeeping_cpu(),
             lab_uri=lab_uri or self.lab.uri,
             net=secrets.randbelow(200) + 20,
             ivi_networks=ivi_networks,

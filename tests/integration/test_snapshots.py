@@ -38,6 +38,7 @@ from tests.integration.cockpit_helpers import (
     kvmctl_json,
     kvmctl_popen,
     qemu,
+    worker_housekeeping_cpu,
     write_spec,
 )
 from tests.integration.guest_agent import agent_command, exec_start, exec_status
@@ -63,7 +64,7 @@ def _vm(name: str, extra: str = "", hugepages: bool = False) -> str:
     )
 
 
-HEAD = f"name: {SET}\nhost:\n  housekeeping_cpus: [0]\nvms:\n"
+HEAD = f"name: {SET}\nhost:\n  housekeeping_cpus: [{worker_housekeeping_cpu()}]\nvms:\n"
 FULL = (
     HEAD
     + _vm("cl", "    role: instrument-cluster\n", hugepages=True)

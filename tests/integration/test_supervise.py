@@ -23,7 +23,15 @@ import psutil
 import pytest
 
 from kvmctl.state.supervisor import supervisor_state
-from tests.integration.cockpit_helpers import REPO, URI, kvmctl, kvmctl_json, sweep, write_spec
+from tests.integration.cockpit_helpers import (
+    REPO,
+    URI,
+    kvmctl,
+    kvmctl_json,
+    sweep,
+    worker_housekeeping_cpu,
+    write_spec,
+)
 from tests.integration.ops_helpers import (
     SupervisorProcess,
     counter,
@@ -45,6 +53,7 @@ A, B = f"{SET}-a", f"{SET}-b"
 B_MAX = 4
 SPEC = f"""
 name: {SET}
+host: {{housekeeping_cpus: [{worker_housekeeping_cpu()}]}}
 vms:
   a:
     memory: {{size: 192MiB}}
