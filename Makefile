@@ -71,11 +71,11 @@ UNIT_WORKERS ?= 2
 unit:
 	$(PYTEST) tests/unit -n $(UNIT_WORKERS) $(PYTEST_ARGS)
 
-# In three parts (scripts/integration.sh): alone, the tests that restart libvirtd
-# or run the host role; then, on two workers, a module at a time each,
-# everything that may share the host; then the tests that dedicate a CPU, one at
-# a time. The first and last have a second pytest beside them. Each pytest must
-# run a test; the target fails if any failed.
+# In three parts (scripts/integration.sh): the tests that restart libvirtd or run
+# the host role, with only tests that use no libvirtd beside them; then, on two
+# workers, a module at a time each, everything that may share the host; then the
+# tests that dedicate a CPU, one at a time, beside those that create no kvmctl
+# set. Each pytest must run a test; the target fails if any failed.
 INTEGRATION_WORKERS ?= 2
 
 integration:

@@ -50,10 +50,12 @@ settle() {
 # Every pytest runs as a background job in its own process group (job control),
 # waited for, so a signal reaches the trap at once and is passed on exactly once
 # to each group, whoever sent it. `env` restores SIGINT where this script was
-# started with it ignored, so an interrupt runs pytest's finalizers.
+# started with it ignored, so an interrupt runs pytest's finalizers. Stdin is
+# /dev/null, as for any background job without job control: a job reading the
+# terminal would be stopped (SIGTTIN), not ended.
 set -m
 run_pytest() {
-    env --default-signal=INT $pytest "${paths[@]}" "$@"
+    env --default-signal=INT $pytest "${paths[@]}" "$@" </dev/null
 }
 
 # The second pytest of a part, after FIRST-COMMAND when one is given: in a
@@ -80,10 +82,11 @@ beside() { # LABEL FIRST-COMMAND PYTEST-ARGS...
             return "$rc"
         }
         if [ -n "$first" ]; then
-            env --default-signal=INT bash -c "$first" &
+            env --default-signal=INT bash -c "$first" </dev/null &
             child=$!
             finish || st=$?
         fi
+        [ "$stopping" -eq 0 ] || exit 130
         run_pytest "$@" &
         child=$!
         finish
@@ -115,7 +118,9 @@ main() {
     main_pid=
 }
 stop() {
-    trap - INT TERM
+    # Once: a second Ctrl-C would leave the tests' domains and labs behind.
+    trap '' INT TERM HUP
+    echo "integration: SIG$1, waiting for the tests' finalizers"
     [ -z "$main_pid" ] || kill -INT -- -"$main_pid" 2>/dev/null
     [ -z "$beside_pid" ] || kill -TERM "$beside_pid" 2>/dev/null
     wait
@@ -125,6 +130,7 @@ stop() {
 }
 trap 'stop INT' INT
 trap 'stop TERM' TERM
+trap 'stop HUP' HUP
 
 beside "beside the exclusive tests: ${BESIDE_EXCLUSIVE:+$BESIDE_EXCLUSIVE, then }the tests that use no libvirtd" \
     "${BESIDE_EXCLUSIVE:-}" -m "no_libvirt and not exclusive" --durations=5 "$@"

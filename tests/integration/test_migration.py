@@ -234,6 +234,9 @@ def test_preflight_refuses_a_cpu_dedicated_there(tmp_path: Path, kvmctl_lab: Lab
         there.cleanup()
 
 
+# Exclusive: while it holds the host's free hugepages, a hugepage-backed VM that
+# another test applies (here or on a lab) would be refused.
+@pytest.mark.exclusive
 def test_preflight_refuses_when_the_destination_lacks_hugepages(mig: MigSet) -> None:
     mig.apply()
     # Hold all but 10 free 2 MiB pages (the lab shares this machine's pool).

@@ -134,6 +134,16 @@ class Guests:
             assert time.monotonic() < deadline, f"{vm}: {script!r} still running"
             time.sleep(0.02)
 
+    def start_counter(self, vm: str) -> None:
+        """Start the toolbox counter and return once it has written both files:
+        its loop runs detached, so `counter start` returns before the first tick."""
+        self.sh(
+            vm,
+            "kvmctl-tool counter start >/dev/null && "
+            "until kvmctl-tool counter read | grep -q 'memory=[0-9].* disk=[0-9]'; "
+            "do usleep 20000; done",
+        )
+
     def counter(self, vm: str) -> tuple[int, int]:
         """(in-memory counter, /data/counter) in one guest-exec."""
         fields = dict(w.split("=", 1) for w in self.sh(vm, "kvmctl-tool counter read").split())
@@ -180,7 +190,7 @@ def cockpit(specs: dict[str, Path], guests: Guests) -> Iterator[Path]:
         result = kvmctl_json("apply", str(specs["full"]))
         assert set(result["vms"]) == set(VMS)
         for vm in VMS:
-            guests.sh(vm, "kvmctl-tool counter start")
+            guests.start_counter(vm)
         yield specs["full"]
     finally:
         for _attempt in range(3):  # libvirtd may be restarting under another suite
@@ -295,7 +305,7 @@ def test_group_snapshot_is_one_instant_and_revert_follows_depends_on(
     cockpit: Path, guests: Guests
 ) -> None:
     for vm in VMS:
-        guests.sh(vm, "kvmctl-tool counter start")
+        guests.start_counter(vm)
     time.sleep(1.0)
     offsets_before = {vm: guests.clock_offset(vm) for vm in VMS}
     before = {vm: guests.counter(vm) for vm in VMS}
@@ -459,7 +469,7 @@ def test_deleting_disk_only_snapshots_keeps_later_data(cockpit: Path, guests: Gu
     started = kvmctl_json("apply", spec)
     assert started["vms"]["pas"]["action"] == "start"
     read_back()
-    guests.sh("pas", "kvmctl-tool counter start")
+    guests.start_counter("pas")
 
 
 # --------------------------------------------------------------------------- bad input
