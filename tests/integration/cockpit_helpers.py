@@ -241,14 +241,11 @@ def sweep(prefix: str, uri: str = URI) -> list[str]:
     if uri != URI:
         return removed
     with IPRoute() as ipr:
-        for link in sorted(os.listdir("/sys/class/net")):
-            try:
-                alias = Path("/sys/class/net", link, "ifalias").read_text().strip()
-            except OSError:
-                alias = ""  # gone meanwhile
+        links = sorted((m.get("ifname"), m.get("ifalias")) for m in ipr.get_links())
+        for link, alias in links:
             owner = parse_alias(alias)
             if link.startswith(prefix) or (owner is not None and owner[0].startswith(prefix)):
-                found = ipr.link_lookup(ifname=link)
+                found = ipr.link_lookup(ifname=link)  # again: deleting one may take others
                 if found:
                     ipr.link("del", index=found[0])
                     removed.append(f"link {link}")
